@@ -1,0 +1,169 @@
+"""
+Small pieces every script shares: the --flags parser built from a config dataclass, the CLI error wrapper,
+device choice, seeding, and checkpoints (atomic, step-stamped, with `latest` and `best` pointers).
+"""
+import argparse
+import dataclasses
+import inspect
+import json
+import os
+import re
+import sys
+
+import torch
+
+
+class UserError(Exception):
+    """A problem with what the user asked for (a flag, a file, a checkpoint): printed as one line, no traceback."""
+
+
+def run_cli(main, cfg):
+    """Run main(cfg); a UserError (or a data error) becomes `error: ...` on stderr and exit status 2."""
+    from data.format import DataError
+    try:
+        return main(cfg)
+    except (UserError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+def _field_help(cls):
+    """The `# comment` after each field in the dataclass source becomes that flag's --help text."""
+    helps = {}
+    try:
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)", line)
+            if m:
+                helps[m.group(1)] = m.group(2)
+    except (OSError, TypeError):
+        pass
+    return helps
+
+
+def _parse_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def parse_config(cls, argv=None):
+    """Build `cls` (a dataclass) from --flags, one per field; `--config file.json` supplies values first."""
+    parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="JSON file of field values (flags given here override it)")
+    helps = _field_help(cls)
+    for f in dataclasses.fields(cls):
+        kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), f.type)
+        if kind not in (int, float, _parse_bool):
+            kind = str
+        parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"{helps.get(f.name, '')} (default: {f.default})")
+    args = parser.parse_args(argv)
+    values = {}
+    if args.config:
+        try:
+            with open(args.config) as fh:
+                values = json.load(fh)
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"cannot read --config {args.config}: {e}")
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            parser.error(f"--config {args.config} has unknown fields: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    return cls(**values)
+
+
+def print_config(cfg):
+    print(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
+
+
+# --- devices ---------------------------------------------------------------------------------------------------
+def pick_device(name="auto"):
+    """cuda, then mps, then cpu; or the device named."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+def _atomic_write_text(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
+    """Write out_dir/ckpt_{step:06d}.pt atomically (temp file, then rename) and point `latest` (and `best`) at it.
+    Older step checkpoints beyond `keep_last` are removed, never the one `best` points at."""
+    os.makedirs(out_dir, exist_ok=True)
+    name = f"ckpt_{step:06d}.pt"
+    path = os.path.join(out_dir, name)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    _atomic_write_text(os.path.join(out_dir, "latest"), name + "\n")
+    if best:
+        _atomic_write_text(os.path.join(out_dir, "best"), name + "\n")
+    if keep_last > 0:
+        keep = {name, _read_pointer(out_dir, "best")}
+        old = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r"ckpt_\d+\.pt", f))
+        for f in old[:-keep_last]:
+            if f not in keep:
+                os.remove(os.path.join(out_dir, f))
+    return path
+
+
+def _read_pointer(out_dir, which):
+    try:
+        with open(os.path.join(out_dir, which)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def resolve_checkpoint(path, which="best"):
+    """A checkpoint file, or a run folder (then its `best` checkpoint, else its `latest`)."""
+    if os.path.isdir(path):
+        for w in (which, "latest"):
+            name = _read_pointer(path, w)
+            if name:
+                return os.path.join(path, name)
+        raise UserError(f"no checkpoint in {path}: it has no 'latest' pointer (did training save one?)")
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path, which="best"):
+    """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code)."""
+    path = resolve_checkpoint(path, which)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file fails inside torch in many ways
+        raise UserError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project (no model or model_config in it)")
+    ckpt["path"] = path
+    return ckpt
+
+
+def load_model(path, device="cpu", which="best"):
+    """Rebuild (model, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
+    from model import GPT, GPTConfig
+    from tokenizer import Tokenizer
+    ckpt = load_checkpoint(path, which)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {ckpt['path']} does not match its own model config: {str(e)[:200]}") from None
+    return model.to(device).eval(), Tokenizer.from_spec(ckpt["tokenizer"]), ckpt

@@ -1,0 +1,82 @@
+"""
+The GSM8K-Aug line format every data set here is written in, one example per line:
+
+    question||<<expr=result>> <<expr=result>> ... #### answer
+
+The chain (the steps between `||` and `####`) may be empty. Answers are compared after normalisation.
+"""
+import math
+import re
+
+STEP = re.compile(r"<<([^<>]*)>>")
+
+
+class DataError(ValueError):
+    """A malformed data file or line; the message names the file and line."""
+
+
+def parse_line(line, where="<line>"):
+    """One GSM8K-Aug line -> (question, steps, answer); `steps` is a list of step strings without `<< >>`."""
+    line = line.rstrip("\n")
+    if "||" not in line:
+        raise DataError(f"{where}: malformed line, no '||' between question and chain: {line[:80]!r}")
+    question, rest = line.rsplit("||", 1)
+    if "####" not in rest:
+        raise DataError(f"{where}: malformed line, no '####' before the answer: {line[:80]!r}")
+    chain, answer = rest.rsplit("####", 1)
+    steps = STEP.findall(chain)
+    leftover = STEP.sub("", chain).strip()
+    if leftover:
+        raise DataError(f"{where}: malformed chain, text outside <<...>> steps ({leftover[:40]!r}): {line[:80]!r}")
+    question, answer = question.strip(), normalise_answer(answer)
+    if not question:
+        raise DataError(f"{where}: malformed line, empty question: {line[:80]!r}")
+    if not answer:
+        raise DataError(f"{where}: malformed line, empty answer: {line[:80]!r}")
+    return question, [s.strip() for s in steps], answer
+
+
+def format_line(question, steps, answer):
+    chain = " ".join(f"<<{s}>>" for s in steps)
+    return f"{question}||{chain} #### {answer}"
+
+
+def chain_text(steps):
+    """The reasoning chain as the model reads and writes it."""
+    return " ".join(f"<<{s}>>" for s in steps)
+
+
+def read_split(path):
+    """All examples of a GSM8K-Aug file, as a list of (question, steps, answer)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    return [parse_line(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
+
+
+def write_split(path, examples):
+    with open(path, "w", encoding="utf-8") as f:
+        for q, steps, a in examples:
+            f.write(format_line(q, steps, a) + "\n")
+
+
+def normalise_answer(text):
+    """'1,450,000' -> '1450000', '18.0' -> '18', ' $5 ' -> '5'; anything else is kept, stripped."""
+    s = text.strip().replace(",", "").replace("$", "").strip()
+    if re.fullmatch(r"-?\d+\.0*", s):
+        s = s.split(".")[0]
+    return s
+
+
+def answers_match(predicted, reference):
+    """Numerically equal after normalisation (to 1e-6 relative), else equal as strings."""
+    p, r = normalise_answer(predicted), normalise_answer(reference)
+    try:
+        pf, rf = float(p), float(r)
+    except ValueError:
+        return p == r
+    return math.isfinite(pf) and math.isclose(pf, rf, rel_tol=1e-6, abs_tol=1e-9)

@@ -1,0 +1,111 @@
+"""
+GSM8K in the GSM8K-Aug format: question||<<eq>> <<eq>> ... #### answer (the chain keeps only the calculator equations).
+
+Reads the original GSM8K jsonl files (question + natural-language answer with <<...>> annotations and `#### answer`) and
+GSM8K-Aug txt files from --source, and writes data/gsm8k/{train,val,test}.txt:
+- train: GSM8K train (7,473) converted, minus the 500 validation questions (6,973); or the ~385k GSM8K-Aug train file
+  given with --aug_train;
+- val:   GSM8K-Aug valid.txt (500 questions taken from GSM8K train, hence held out of train above);
+- test:  GSM8K-Aug test.txt (= the 1,319 GSM8K test problems).
+Where a source file is missing and the network is reachable, it is downloaded into --out/raw first.
+
+    python -m data.gsm8k                                   # from ../shared/data
+    python -m data.gsm8k --source /path/to/folder --aug_train /path/to/gsm8k_aug_train.txt
+"""
+import json
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import UserError, parse_config, run_cli  # noqa: E402
+from data.format import STEP, DataError, normalise_answer, read_split, write_split  # noqa: E402
+
+# where each file lives in --source, and where it can be downloaded from
+FILES = {
+    "gsm8k/train.jsonl": "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl",
+    "gsm8k/test.jsonl": "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl",
+    "gsm8k_aug/valid.txt": "https://raw.githubusercontent.com/da03/Internalize_CoT_Step_by_Step/main/data/gsm8k/valid.txt",
+    "gsm8k_aug/test.txt": "https://raw.githubusercontent.com/da03/Internalize_CoT_Step_by_Step/main/data/gsm8k/test.txt",
+}
+AUG_TRAIN_URL = "https://media.githubusercontent.com/media/da03/Internalize_CoT_Step_by_Step/main/data/gsm8k/train.txt"
+
+
+def parse_gsm8k_answer(answer, where="<answer>"):
+    """A GSM8K answer text -> (steps, final answer): the <<...>> equations in order, and what follows `####`."""
+    if "####" not in answer:
+        raise DataError(f"{where}: malformed GSM8K answer, no '#### answer' line")
+    body, final = answer.rsplit("####", 1)
+    final = normalise_answer(final)
+    if not final:
+        raise DataError(f"{where}: malformed GSM8K answer, empty final answer")
+    return [s.strip() for s in STEP.findall(body)], final
+
+
+def read_gsm8k_jsonl(path):
+    """All examples of a GSM8K jsonl file, as a list of (question, steps, answer)."""
+    if not os.path.exists(path):
+        raise DataError(f"data file not found: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{i}"
+            try:
+                row = json.loads(line)
+                question, answer = row["question"], row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{where}: malformed line, expected JSON with 'question' and 'answer' ({e})") from None
+            steps, final = parse_gsm8k_answer(answer, where)
+            out.append((question.replace("\n", " ").strip(), steps, final))
+    return out
+
+
+def fetch(source, rel, out_dir, url):
+    """The path of source/rel, downloading it from `url` into out_dir/raw/rel when it is missing."""
+    path = os.path.join(source, rel)
+    if os.path.exists(path):
+        return path
+    local = os.path.join(out_dir, "raw", rel)
+    if os.path.exists(local):
+        return local
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    print(f"{path} is missing: downloading {url}")
+    try:
+        urllib.request.urlretrieve(url, local + ".tmp")
+    except OSError as e:
+        raise UserError(f"{path} is missing and downloading {url} failed ({e}); "
+                        f"give --source a folder that holds {rel}") from None
+    os.replace(local + ".tmp", local)
+    return local
+
+
+@dataclass
+class GSM8KConfig:
+    source: str = "../shared/data"  # folder holding gsm8k/{train,test}.jsonl and gsm8k_aug/{valid,test}.txt
+    aug_train: str = ""             # optional: the ~385k-line GSM8K-Aug train.txt ("download" fetches it)
+    out: str = "data/gsm8k"         # where train.txt, val.txt and test.txt are written
+
+
+def main(cfg):
+    paths = {rel: fetch(cfg.source, rel, cfg.out, url) for rel, url in FILES.items()}
+    val = read_split(paths["gsm8k_aug/valid.txt"])
+    test = read_split(paths["gsm8k_aug/test.txt"])
+    if cfg.aug_train:
+        src = cfg.aug_train if cfg.aug_train != "download" else fetch("", "gsm8k_aug/train.txt", cfg.out, AUG_TRAIN_URL)
+        train = read_split(src)
+    else:
+        held_out = {" ".join(q.split()) for q, _, _ in val}
+        train = [ex for ex in read_gsm8k_jsonl(paths["gsm8k/train.jsonl"]) if ex[0] not in held_out]
+    os.makedirs(cfg.out, exist_ok=True)
+    for name, examples in (("train", train), ("val", val), ("test", test)):
+        write_split(os.path.join(cfg.out, f"{name}.txt"), examples)
+    empty = sum(1 for _, s, _ in train if not s)
+    print(f"wrote {cfg.out}: train {len(train):,} ({empty} with an empty chain), val {len(val):,}, test {len(test):,}")
+    return {"train": len(train), "val": len(val), "test": len(test)}
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_config(GSM8KConfig))

