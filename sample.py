@@ -70,7 +70,8 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
 
 
 def split_output(tok, ids, chain_given=False):
-    """Generated ids -> (chain ids, answer text, finished). The chain ends at <|eot|>, the answer at <|eos|>."""
+    """Generated ids -> (chain ids, answer text, finished). The chain ends at <|eot|>, the answer at <|eos|>;
+    finished means an answer was given and closed: <|eot|> (unless the chain was given) and then <|eos|>."""
     finished = tok.eos in ids
     if finished:
         ids = ids[:ids.index(tok.eos)]
@@ -85,7 +86,7 @@ def split_output(tok, ids, chain_given=False):
 @torch.no_grad()
 def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, seed=0, max_new_tokens=0, batch_size=256):
     """Answer with a text chain of thought (c = 1) or with none (c = 0, No-CoT: <|eot|> follows <|bot|> at once).
-    Returns one dict per question: chain (ids), answer (text), finished (reached <|eos|>)."""
+    Returns one dict per question: chain (ids), answer (text), finished (see split_output)."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     max_new = max_new_tokens or model.cfg.block_size
     results = []

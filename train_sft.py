@@ -43,7 +43,7 @@ class TrainConfig:
     block_size: int = 0            # context length; 0: the longest example in the data plus 32
     # optimisation
     batch_size: int = 64           # sequences per step
-    max_steps: int = 3000          # training steps (the LR schedule spans them)
+    max_steps: int = 1200          # training steps (the LR schedule spans them)
     lr: float = 2e-3               # peak learning rate
     min_lr: float = 1e-4           # learning rate at the end of the cosine decay
     warmup_steps: int = 100        # linear warm-up steps

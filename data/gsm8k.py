@@ -98,7 +98,7 @@ def main(cfg):
         train = read_split(src)
     else:
         held_out = {" ".join(q.split()) for q, _, _ in val}
-        train = [ex for ex in read_gsm8k_jsonl(paths["gsm8k/train.jsonl"]) if ex[0] not in held_out]
+        train = [ex for ex in read_gsm8k_jsonl(paths["gsm8k/train.jsonl"]) if " ".join(ex[0].split()) not in held_out]
     os.makedirs(cfg.out, exist_ok=True)
     for name, examples in (("train", train), ("val", val), ("test", test)):
         write_split(os.path.join(cfg.out, f"{name}.txt"), examples)

@@ -1,0 +1,21 @@
+# make demo: set up .venv if needed, then run the main job (data, CoT and No-CoT training, evaluation).
+# make test: set up .venv if needed, then run the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test clean
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+demo: $(VENV)/installed
+	$(BIN)/python demo.py
+
+test: $(VENV)/installed
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf out runs/*.log data/synth

@@ -1,0 +1,233 @@
+"""Tests of the data code: the GSM8K-Aug line format (data/format.py), the GSM8K conversion (data/gsm8k.py) on the
+shared offline files, and the synthetic arithmetic task (data/synthetic.py).
+
+Run: .venv/bin/python -m pytest tests
+"""
+import os
+import re
+
+import pytest
+
+from common import UserError
+from data.format import DataError, answers_match, format_line, parse_line, read_split, write_split
+from data.gsm8k import GSM8KConfig, read_gsm8k_jsonl
+from data.gsm8k import main as gsm8k_main
+from data.synthetic import SynthConfig, generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("COLAR_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+# --- the line format -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("line,expected", [
+    ("3+4*2||<<3+4=7>> <<7*2=14>> #### 14\n", ("3+4*2", ["3+4=7", "7*2=14"], "14")),
+    ("q|| #### 6", ("q", [], "6")),
+    ("q||#### 6", ("q", [], "6")),
+    ("How much?||<<5*425=2125>> #### 2,125", ("How much?", ["5*425=2125"], "2125")),
+    ("How much? ||<<36/2=18>>####18.0", ("How much?", ["36/2=18"], "18")),
+    ("a || b||<< 1+1=2 >>  #### $5 ", ("a || b", ["1+1=2"], "5")),
+    ("neg||<<3-5=-2>> #### -2", ("neg", ["3-5=-2"], "-2")),
+])
+def test_parse_line_good(line, expected):
+    assert parse_line(line) == expected
+
+
+@pytest.mark.parametrize("line,what", [
+    ("question <<1+1=2>> #### 2", "'||'"),
+    ("question||<<1+1=2>> 2", "'####'"),
+    ("question||<<1+1=2>> so 2 #### 2", "outside"),
+    ("question||<<1+1=2>> #### ", "empty answer"),
+    ("question||<<1+1=2>> #### $ , ", "empty answer"),
+    ("  ||<<1+1=2>> #### 2", "empty question"),
+])
+def test_parse_line_malformed(line, what):
+    with pytest.raises(DataError) as e:
+        parse_line(line, "train.txt:17")
+    msg = str(e.value)
+    assert msg.startswith("train.txt:17:")
+    assert what in msg
+    assert isinstance(e.value, ValueError)
+
+
+def test_format_line_round_trips():
+    ex = ("Janet’s ducks lay 16 eggs.", ["16-3-4=9", "9*2=18"], "18")
+    assert format_line(*ex) == "Janet’s ducks lay 16 eggs.||<<16-3-4=9>> <<9*2=18>> #### 18"
+    assert parse_line(format_line(*ex)) == ex
+    assert parse_line(format_line("q", [], "6")) == ("q", [], "6")
+
+
+def test_read_split_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("a||<<1+1=2>> #### 2\nb|| #### 3\nc||<<1+1=2>> 2\nd|| #### 4\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_split(str(path))
+    assert f"{path}:3" in str(e.value)
+    assert f"{path}:2" not in str(e.value)
+    with pytest.raises(DataError, match="not found"):
+        read_split(str(tmp_path / "missing.txt"))
+
+
+def test_write_then_read_split(tmp_path):
+    examples = [("a b", ["1+1=2"], "2"), ("c", [], "7"), ("Janet’s", ["2*3=6", "6-1=5"], "5")]
+    path = str(tmp_path / "x.txt")
+    write_split(path, examples)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n")  # blank lines are skipped
+    assert read_split(path) == examples
+
+
+@pytest.mark.parametrize("p,r,same", [
+    ("18", "18.0", True), ("1,000", "1000", True), ("0.5", ".5", True), ("abc", "abc", True),
+    ("$5", "5", True), (" 7 ", "7", True), ("-3", "-3.00", True),
+    ("17", "18", False), ("", "0", False), ("abc", "abd", False), ("0.5", "0.6", False), ("nan", "nan", False),
+])
+def test_answers_match(p, r, same):
+    assert answers_match(p, r) is same
+    assert answers_match(r, p) is same
+
+
+# --- the real shared files -------------------------------------------------------------------------------------
+def shared(rel):
+    if not os.path.isdir(SHARED):
+        pytest.skip(f"shared data folder {SHARED} is missing (set COLAR_SHARED_DATA to where it is)")
+    return os.path.join(SHARED, rel)
+
+
+def count_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def test_shared_file_counts():
+    assert count_lines(shared("gsm8k/train.jsonl")) == 7473
+    assert count_lines(shared("gsm8k/test.jsonl")) == 1319
+    assert len(read_split(shared("gsm8k_aug/valid.txt"))) == 500
+    assert len(read_split(shared("gsm8k_aug/test.txt"))) == 1319
+    assert len(read_gsm8k_jsonl(shared("gsm8k/train.jsonl"))) == 7473
+
+
+def test_gsm8k_test_jsonl_converts_to_gsm8k_aug_test():
+    converted = read_gsm8k_jsonl(shared("gsm8k/test.jsonl"))
+    aug = read_split(shared("gsm8k_aug/test.txt"))
+    assert len(converted) == len(aug) == 1319
+    for i, ((q1, s1, a1), (q2, s2, a2)) in enumerate(zip(converted, aug)):
+        assert (s1, a1) == (s2, a2), f"example {i + 1}"
+        assert " ".join(q1.split()) == " ".join(q2.split()), f"example {i + 1}"
+    assert aug[0] == ("Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
+                      "muffins for her friends every day with four. She sells the remainder at the farmers' market "
+                      "daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' "
+                      "market?", ["16-3-4=9", "9*2=18"], "18")
+
+
+@pytest.fixture(scope="module")
+def gsm8k_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gsm8k")
+    counts = gsm8k_main(GSM8KConfig(source=shared(""), out=str(out)))
+    return out, counts
+
+
+def test_gsm8k_main_writes_val_and_test(gsm8k_out):
+    out, counts = gsm8k_out
+    val, test = read_split(str(out / "val.txt")), read_split(str(out / "test.txt"))
+    assert (counts["val"], counts["test"]) == (len(val), len(test)) == (500, 1319)
+    assert val == read_split(shared("gsm8k_aug/valid.txt"))
+    assert test == read_split(shared("gsm8k_aug/test.txt"))
+    train = read_split(str(out / "train.txt"))
+    assert counts["train"] == len(train)
+    assert all(a for _, _, a in train)
+
+
+def test_gsm8k_main_holds_val_out_of_train(gsm8k_out):
+    out, counts = gsm8k_out
+    train = read_split(str(out / "train.txt"))
+    val = read_split(str(out / "val.txt"))
+    norm = lambda q: " ".join(q.split())  # noqa: E731
+    leaked = {norm(q) for q, _, _ in val} & {norm(q) for q, _, _ in train}
+    assert not leaked, f"{len(leaked)} val questions are in train"
+    assert counts["train"] == len(train) == 6973
+
+
+# --- the synthetic task ----------------------------------------------------------------------------------------
+def small(**kw):
+    base = dict(n_train=200, n_val=20, n_test=20, seed=3)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def reevaluate(question, mod):
+    """Independent check: parse `start op b op b ...` and apply the operations left to right."""
+    m = re.fullmatch(r"(\d+)((?:[-+*]\d+)+)", question)
+    assert m, question
+    value = int(m.group(1))
+    steps = []
+    for op, b in re.findall(r"([-+*])(\d+)", m.group(2)):
+        b = int(b)
+        new = value + b if op == "+" else value - b if op == "-" else value * b
+        if mod:
+            new %= mod
+        steps.append(f"{value}{op}{b}={new}")
+        value = new
+    return steps, str(value)
+
+
+def test_synthetic_is_deterministic_per_seed():
+    a, b, c = generate(small(seed=5)), generate(small(seed=5)), generate(small(seed=6))
+    assert a == b
+    assert a != c
+    assert {k: len(v) for k, v in a.items()} == {"test": 20, "val": 20, "train": 200}
+
+
+def test_synthetic_questions_unique_and_chains_correct():
+    cfg = small()
+    splits = generate(cfg)
+    questions = [q for ex in splits.values() for q, _, _ in ex]
+    assert len(questions) == len(set(questions)) == 240
+    for q, steps, answer in (ex for v in splits.values() for ex in v):
+        ref_steps, ref_answer = reevaluate(q, 10)
+        assert steps == ref_steps and answer == ref_answer, q
+        assert cfg.steps_min <= len(steps) <= cfg.steps_max
+        assert 0 <= int(q.split("+")[0].split("-")[0].split("*")[0]) <= cfg.start_max
+        assert parse_line(format_line(q, steps, answer)) == (q, steps, answer)
+    # the hand-worked example of the module docstring
+    assert reevaluate("0-5-4+7+6-7*9*3", 10) == (
+        ["0-5=5", "5-4=1", "1+7=8", "8+6=4", "4-7=7", "7*9=3", "3*3=9"], "9")
+
+
+def test_synthetic_questions_unique_across_splits_in_a_small_task():
+    # 10 starts x 9 operands = 90 possible questions for 60 examples: repeats would be drawn often
+    cfg = small(n_train=40, n_val=10, n_test=10, steps_min=1, steps_max=1, ops="+")
+    splits = generate(cfg)
+    questions = [q for ex in splits.values() for q, _, _ in ex]
+    assert len(questions) == len(set(questions)) == 60
+
+
+def test_synthetic_step_counts_follow_config():
+    splits = generate(small(steps_min=2, steps_max=3, ops="+"))
+    lengths = {len(s) for ex in splits.values() for _, s, _ in ex}
+    assert lengths == {2, 3}
+    assert all("-" not in q and "*" not in q for ex in splits.values() for q, _, _ in ex)
+
+
+@pytest.mark.parametrize("kw", [dict(ops="/"), dict(ops=""), dict(ops="+/"), dict(steps_min=5, steps_max=4),
+                                dict(steps_min=0), dict(operand_min=5, operand_max=2), dict(mod=-1)])
+def test_synthetic_bad_config_raises_user_error(kw):
+    with pytest.raises(UserError):
+        generate(small(**kw))
+
+
+def test_synthetic_too_few_distinct_questions_raises_user_error():
+    with pytest.raises(UserError, match="too few distinct"):
+        generate(small(steps_min=1, steps_max=1, ops="+", start_max=1, operand_min=1, operand_max=1))
+
+
+def test_synthetic_mod0_keeps_results_in_range():
+    cfg = small(mod=0, operand_max=30, max_value=60, steps_min=3, steps_max=5)
+    splits = generate(cfg)
+    grew = False
+    for q, steps, answer in (ex for v in splits.values() for ex in v):
+        ref_steps, ref_answer = reevaluate(q, 0)
+        assert steps == ref_steps and answer == ref_answer, q
+        results = [int(s.split("=")[1]) for s in steps]
+        assert all(0 <= r <= cfg.max_value for r in results), q
+        grew |= max(results) >= 10
+    assert grew  # with no modulus, results do leave 0..9

@@ -1,0 +1,195 @@
+"""Tests of sample.py (batched KV-cache decoding, token picking, splitting the output) and evaluate.ci95.
+
+Run: .venv/bin/python -m pytest tests
+"""
+import math
+
+import pytest
+import torch
+
+from common import UserError
+from evaluate import ci95
+from model import GPT, GPTConfig
+from sample import answer_questions, generate, left_pad, pick_tokens, split_output
+from tokenizer import Tokenizer
+
+V = 24
+
+
+def tiny(vocab=V, block_size=40, seed=0):
+    """A tiny random GPT with large weights, so greedy decoding does not just repeat one token."""
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, p.size(-1) ** -0.5)
+    return m.eval()
+
+
+def naive_greedy(model, prompt, max_new, stop_id):
+    """Reference: the full forward over the unpadded prompt + what was generated so far, argmax, repeat."""
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(max_new):
+            t = int(model(torch.tensor([seq]))[0, -1].argmax())
+            out.append(t)
+            seq.append(t)
+            if t == stop_id:
+                break
+    return out
+
+
+PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9], [7, 9, 3], [23, 0]]
+
+
+def test_left_pad():
+    idx, mask, pos = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert idx.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[True, True, True], [False, False, True]]
+    assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_generate_greedy_equals_naive_reference_with_early_stops():
+    m = tiny()
+    max_new = 10
+    free = [naive_greedy(m, p, max_new, stop_id=None) for p in PROMPTS]
+    assert len({tuple(f) for f in free}) == len(PROMPTS)  # the rows really differ
+    stop_id = free[0][2]  # a token row 0 emits at its third step: row 0 stops there (or earlier)
+    ref = [naive_greedy(m, p, max_new, stop_id) for p in PROMPTS]
+    lengths = [len(r) for r in ref]
+    assert max(lengths) == max_new, lengths  # some rows run to the end ...
+    assert len({n for n in lengths if n < max_new}) >= 2, lengths  # ... and rows leave the batch at different steps
+    for pad_id in (0, stop_id):  # the pad id must not matter, even when it is the stop id
+        out = generate(m, PROMPTS, max_new, stop_id=stop_id, pad_id=pad_id)
+        assert out == ref
+    for r in ref:
+        assert stop_id not in r[:-1]  # a row ends at its first stop token
+        assert r[-1] == stop_id or len(r) == max_new
+
+
+def test_generate_without_any_stop_and_single_row():
+    m = tiny(seed=1)
+    ref = [naive_greedy(m, p, 6, stop_id=-1) for p in PROMPTS]
+    assert generate(m, PROMPTS, 6, stop_id=-1, pad_id=0) == ref
+    assert generate(m, PROMPTS[2:3], 6, stop_id=-1, pad_id=0) == ref[2:3]
+
+
+def test_generate_stops_at_block_size():
+    m = tiny(block_size=10)
+    out = generate(m, PROMPTS, 50, stop_id=-1, pad_id=0)  # longest prompt 7: room for 3 new tokens
+    assert [len(o) for o in out] == [3] * len(PROMPTS)
+    assert out == [naive_greedy(m, p, 3, stop_id=-1) for p in PROMPTS]
+    assert generate(m, [[1] * 10], 5, stop_id=-1, pad_id=0) == [[]]
+
+
+# --- pick_tokens -----------------------------------------------------------------------------------------------
+def test_pick_tokens_temperature_zero_is_argmax():
+    logits = torch.randn(6, 11, generator=torch.Generator().manual_seed(0))
+    assert pick_tokens(logits, 0.0).tolist() == logits.argmax(-1).tolist()
+    assert pick_tokens(logits, 0.0, top_p=0.5).tolist() == logits.argmax(-1).tolist()
+
+
+def test_pick_tokens_small_top_p_always_argmax():
+    logits = torch.randn(4, 11, generator=torch.Generator().manual_seed(1)).repeat(50, 1)  # 200 rows
+    g = torch.Generator().manual_seed(0)
+    got = pick_tokens(logits, temperature=1.0, top_p=0.01, generator=g)
+    assert got.tolist() == logits.argmax(-1).tolist()
+    # control: the full distribution does not always give the argmax
+    full = pick_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    assert (full != logits.argmax(-1)).any()
+
+
+def test_pick_tokens_nucleus_hand_worked():
+    # probabilities 0.5, 0.3, 0.15, 0.05: with top_p 0.7 the nucleus is {0, 1} (0.5 < 0.7 <= 0.8)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(400, 1)
+    got = pick_tokens(logits, 1.0, top_p=0.7, generator=torch.Generator().manual_seed(2))
+    counts = torch.bincount(got, minlength=4).tolist()
+    assert counts[2] == counts[3] == 0 and counts[0] > 0 and counts[1] > 0
+    # renormalised 0.625 / 0.375: 250 of 400 expected for token 0, allow 5 standard deviations (~48)
+    assert abs(counts[0] - 250) < 50
+
+
+def test_pick_tokens_same_seed_same_samples():
+    logits = torch.zeros(64, 10)
+    a = pick_tokens(logits, 1.0, 0.9, torch.Generator().manual_seed(7))
+    b = pick_tokens(logits, 1.0, 0.9, torch.Generator().manual_seed(7))
+    c = pick_tokens(logits, 1.0, 0.9, torch.Generator().manual_seed(8))
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+    assert a.min() >= 0 and a.max() < 10
+
+
+# --- split_output ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer("char")
+
+
+def test_split_output_chain_and_answer(tok):
+    chain = tok.encode("<<1+2=3>>")
+    ids = chain + [tok.eot] + tok.encode(" 3 ") + [tok.eos] + tok.encode("junk")
+    assert split_output(tok, ids) == (chain, "3", True)
+
+
+def test_split_output_answer_without_eos(tok):
+    chain = tok.encode("<<1+2=3>>")
+    assert split_output(tok, chain + [tok.eot] + tok.encode("3")) == (chain, "3", False)
+
+
+def test_split_output_without_eot_is_unfinished(tok):
+    ids = tok.encode("<<1+2=3>> <<3*")
+    assert split_output(tok, ids) == (ids, "", False)
+    assert split_output(tok, []) == ([], "", False)
+
+
+def test_split_output_nocot(tok):
+    assert split_output(tok, tok.encode("42") + [tok.eos], chain_given=True) == ([], "42", True)
+    assert split_output(tok, tok.encode("42"), chain_given=True) == ([], "42", False)
+
+
+# --- answer_questions ------------------------------------------------------------------------------------------
+def test_answer_questions_rejects_prompt_longer_than_context(tok):
+    m = tiny(vocab=tok.n_vocab, block_size=16)
+    with pytest.raises(UserError) as e:
+        answer_questions(m, tok, ["1+2", "1+2+3+4+5+6+7+8+9"], c=1)
+    assert "context is 16" in str(e.value) and "1+2+3+4+5+6+7+8+9" in str(e.value)
+    # exactly block_size tokens (question 13 + speed + "1" + bot = 16) leaves no room to answer: also refused
+    with pytest.raises(UserError, match="prompt is 16 tokens"):
+        answer_questions(m, tok, ["1+2+3+4+5+678"], c=1)
+    # No-CoT prompts carry one more token (<|eot|>)
+    with pytest.raises(UserError, match="prompt is 16 tokens"):
+        answer_questions(m, tok, ["1+2+3+4+5+67"], c=0)
+    # a prompt of block_size - 1 tokens (question 12 + speed + "1" + bot = 15) is accepted: room for 1 token
+    res = answer_questions(m, tok, ["1+2+3+4+5+67"], c=1)
+    assert len(res) == 1 and set(res[0]) == {"chain", "answer", "finished"}
+    assert len(res[0]["chain"]) <= 1
+
+
+def test_answer_questions_matches_generate(tok):
+    m = tiny(vocab=tok.n_vocab, block_size=24, seed=3)
+    qs = ["1+2", "9*9-3"]
+    res = answer_questions(m, tok, qs, c=1, max_new_tokens=5)
+    outs = [naive_greedy(m, tok.prompt(q, 1), 5, tok.eos) for q in qs]
+    assert [split_output(tok, o) for o in outs] == [(r["chain"], r["answer"], r["finished"]) for r in res]
+    # No-CoT appends <|eot|> to the prompt
+    res0 = answer_questions(m, tok, qs, c=0, max_new_tokens=5, batch_size=1)
+    outs0 = [naive_greedy(m, tok.prompt(q, 0) + [tok.eot], 5, tok.eos) for q in qs]
+    assert [split_output(tok, o, chain_given=True) for o in outs0] == \
+        [(r["chain"], r["answer"], r["finished"]) for r in res0]
+
+
+# --- evaluate.ci95 ---------------------------------------------------------------------------------------------
+def test_ci95():
+    assert ci95([]) is None
+    assert ci95([0.7]) is None
+    assert ci95([0.5, 0.6, 0.7]) == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-9)
+    assert ci95([0.4, 0.4]) == 0.0
+    assert ci95([0.0, 1.0]) == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2), rel=1e-9)
+
+
+def test_ci95_student_t_beyond_ten_degrees_of_freedom():
+    values = [0.0, 1.0] * 6  # n = 12, sd = sqrt(12 * 0.25 / 11)
+    sd = math.sqrt(12 * 0.25 / 11)
+    assert ci95(values) == pytest.approx(2.201 * sd / math.sqrt(12), rel=1e-3)

@@ -1,0 +1,143 @@
+"""Training, checkpoints, resume and evaluation end to end on a tiny synthetic task. Run: .venv/bin/python -m pytest tests"""
+import json
+import math
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+import evaluate
+import train_sft
+from common import UserError, load_checkpoint, load_model
+from data import synthetic
+from tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth"))
+    synthetic.main(synthetic.SynthConfig(out=out, n_train=256, n_val=16, n_test=16, steps_min=2, steps_max=3))
+    return out
+
+
+def tiny_cfg(data_dir, out_dir, **kw):
+    base = dict(data_dir=data_dir, out_dir=out_dir, n_layer=1, n_head=2, n_embd=32, batch_size=16, max_steps=8,
+                warmup_steps=2, eval_every=4, eval_n=8, log_every=4, device="cpu")
+    base.update(kw)
+    return train_sft.TrainConfig(**base)
+
+
+def test_lr_schedule_endpoints():
+    cfg = train_sft.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    assert train_sft.get_lr(0, cfg) == pytest.approx(1e-4)          # (0 + 1) / 10 of the peak
+    assert train_sft.get_lr(9, cfg) == pytest.approx(1e-3)          # end of warm-up: the peak
+    assert train_sft.get_lr(60, cfg) == pytest.approx(5.5e-4)       # half way through the cosine: the middle
+    assert train_sft.get_lr(110, cfg) == pytest.approx(1e-4)        # the end: min_lr
+    assert train_sft.get_lr(500, cfg) == pytest.approx(1e-4)        # past the end: stays at min_lr
+
+
+def test_make_batch_layout_and_targets():
+    tok = Tokenizer("char")
+    q, chain, ans = tok.encode("1+2"), tok.encode("<<1+2=3>>"), tok.encode(" 3")
+    idx, targets, mask = train_sft.make_batch(tok, [(q, chain, ans), (q, [], ans)], c=1)
+    full = q + [tok.speed] + tok.encode("1") + [tok.bot] + chain + [tok.eot] + ans + [tok.eos]
+    assert idx.shape == (2, len(full) - 1)
+    assert idx[0].tolist() == full[:-1]
+    first = len(q) + 1  # the position of the speed digit, which predicts <|bot|>
+    assert targets[0, :first].tolist() == [-1] * first          # the question is not supervised
+    assert targets[0, first:].tolist() == full[first + 1:]
+    assert targets[0, first].item() == tok.bot
+    short = q + [tok.speed] + tok.encode("1") + [tok.bot, tok.eot] + ans + [tok.eos]
+    n = len(short) - 1
+    assert idx[1, :n].tolist() == short[:-1] and mask[1, :n].all() and not mask[1, n:].any()
+    assert (targets[1, n:] == -1).all() and targets[1, first:n].tolist() == short[first + 1:]
+
+
+def test_epoch_sampler_covers_each_epoch_and_restores():
+    s = train_sft.EpochSampler(10, 3, seed=5)
+    epoch0 = s.next() + s.next() + s.next()
+    assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 9    # no repeats within an epoch
+    state = s.state_dict()
+    ahead = [s.next() for _ in range(4)]
+    t = train_sft.EpochSampler(10, 3, seed=5)
+    t.load_state_dict(state)
+    assert [t.next() for _ in range(4)] == ahead
+    assert train_sft.EpochSampler(10, 3, seed=6).next() != train_sft.EpochSampler(10, 3, seed=5).next()
+
+
+def test_resume_is_exact(tiny_data, tmp_path):
+    straight = train_sft.main(tiny_cfg(tiny_data, str(tmp_path / "a")))
+    train_sft.main(tiny_cfg(tiny_data, str(tmp_path / "b"), stop_at=4))
+    assert load_checkpoint(str(tmp_path / "b"), "latest")["step"] == 4
+    resumed = train_sft.main(tiny_cfg(tiny_data, str(tmp_path / "b"), resume=True))
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and training did change the weights
+    torch.manual_seed(1337)
+    fresh = train_sft.GPT(straight["model"].cfg)
+    assert not torch.equal(fresh.state_dict()["wte.weight"], a["wte.weight"])
+
+
+def test_refuses_to_overwrite_and_checks_resume(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train_sft.main(tiny_cfg(tiny_data, out, max_steps=4))
+    before = sorted(os.listdir(out))
+    with pytest.raises(UserError, match="--resume true"):
+        train_sft.main(tiny_cfg(tiny_data, out, max_steps=4))
+    with pytest.raises(UserError, match="n_embd"):
+        train_sft.main(tiny_cfg(tiny_data, out, max_steps=8, n_embd=64, resume=True))
+    with pytest.raises(UserError, match="no checkpoint"):
+        train_sft.main(tiny_cfg(tiny_data, str(tmp_path / "empty"), resume=True))
+    assert sorted(os.listdir(out)) == before  # nothing lost
+
+
+def test_bad_checkpoints_get_clear_errors(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train_sft.main(tiny_cfg(tiny_data, out, max_steps=4))
+    path = load_checkpoint(out)["path"]
+    with pytest.raises(UserError, match="not found"):
+        load_model(str(tmp_path / "nope.pt"))
+    truncated = str(tmp_path / "truncated.pt")
+    with open(path, "rb") as f, open(truncated, "wb") as g:
+        g.write(f.read()[:1000])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_model(truncated)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_config"]["n_embd"] = 64
+    torch.save(ckpt, str(tmp_path / "mismatch.pt"))
+    with pytest.raises(UserError, match="does not match"):
+        load_model(str(tmp_path / "mismatch.pt"))
+
+
+def test_checkpoint_contents_and_pruning(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train_sft.main(tiny_cfg(tiny_data, out, max_steps=12, eval_every=2, keep_last=2))
+    files = sorted(f for f in os.listdir(out) if f.endswith(".pt"))
+    best = open(os.path.join(out, "best")).read().strip()
+    assert "ckpt_000012.pt" in files and "ckpt_000010.pt" in files and best in files
+    assert len(files) <= 3 and not any(f.endswith(".tmp") for f in os.listdir(out))
+    ckpt = load_checkpoint(out, "latest")
+    assert ckpt["step"] == 12 and ckpt["sampler"]["epoch"] >= 0 and "torch" in ckpt["rng"]
+    assert ckpt["tokenizer"]["kind"] == "char" and ckpt["config"]["mode"] == "cot"
+
+
+def test_train_evaluate_end_to_end(tiny_data, tmp_path):
+    """A tiny model learns the output format; evaluation writes well-formed records for CoT and No-CoT."""
+    out_json = str(tmp_path / "results.json")
+    for mode in ("cot", "nocot"):
+        run = str(tmp_path / mode)
+        train_sft.main(tiny_cfg(tiny_data, run, mode=mode, max_steps=60, eval_every=60, lr=3e-3))
+        recs = evaluate.main(evaluate.EvalConfig(ckpt=run, split="test", decode="greedy,sampled", seeds="0,1",
+                                                 out=out_json, device="cpu"))
+        assert [r["decode"] for r in recs] == ["greedy", "sampled"]
+    recs = json.load(open(out_json))
+    assert {(r["method"], r["decode"]) for r in recs} == {(m, d) for m in ("cot", "nocot") for d in ("greedy", "sampled")}
+    keys = {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "seeds", "checkpoint", "seconds"}
+    for r in recs:
+        assert set(r) == keys and r["n"] == 16 and 0 <= r["accuracy"] <= 1
+        assert (r["ci95"] is None) == (r["decode"] == "greedy")
+    nocot = [r for r in recs if r["method"] == "nocot"]
+    assert all(r["mean_len"] == 0 and r["c"] == 0 for r in nocot)
+    cot_greedy = next(r for r in recs if r["method"] == "cot" and r["decode"] == "greedy")
+    assert cot_greedy["mean_len"] > 5  # after 60 steps the model writes a chain before answering
