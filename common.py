@@ -51,8 +51,7 @@ def _parse_bool(s):
 
 def parse_config(cls, argv=None):
     """Build `cls` (a dataclass) from --flags, one per field; `--config file.json` supplies values first."""
-    parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", default=None, help="JSON file of field values (flags given here override it)")
     helps = _field_help(cls)
     for f in dataclasses.fields(cls):

@@ -221,7 +221,7 @@ def main(cfg):
                   f" | {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
             acc, mean_len = score(model.eval(), tok, val, c)
-            is_best = acc > best_val
+            is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
             best_val = max(best_val, acc)
             path = checkpoint(step, acc, is_best)
             print(f"eval step {step}: val accuracy {100 * acc:.1f}% | mean chain {mean_len:.1f} tokens | "
