@@ -12,6 +12,7 @@ The loss is the cross-entropy of everything after the question: <|bot|> (predict
     python train_sft.py --resume true                     # continue out/cot from its latest checkpoint, exactly
     python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --out_dir out/gsm8k_cot --max_steps 2000
 """
+import json
 import math
 import os
 import time
@@ -184,6 +185,9 @@ def main(cfg):
         step, best_val = ckpt["step"], ckpt["best_val"]
         print(f"resumed {ckpt['path']} at step {step}")
     c = 1 if cfg.mode == "cot" else 0
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "tokenizer.json"), "w") as f:  # also inside every checkpoint
+        json.dump(tok.spec(), f)
     print(f"{len(train):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
           f"{model.num_params() / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}")
 

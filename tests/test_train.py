@@ -120,6 +120,7 @@ def test_checkpoint_contents_and_pruning(tiny_data, tmp_path):
     ckpt = load_checkpoint(out, "latest")
     assert ckpt["step"] == 12 and ckpt["sampler"]["epoch"] >= 0 and "torch" in ckpt["rng"]
     assert ckpt["tokenizer"]["kind"] == "char" and ckpt["config"]["mode"] == "cot"
+    assert json.load(open(os.path.join(out, "tokenizer.json"))) == ckpt["tokenizer"]
 
 
 def test_train_evaluate_end_to_end(tiny_data, tmp_path):
