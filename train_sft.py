@@ -70,10 +70,21 @@ def get_lr(step, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
+def example_texts(question, steps, answer, mode):
+    """The three pieces of text of an example that are encoded separately; the chain is empty in nocot mode."""
+    return question, chain_text(steps) if mode == "cot" else "", " " + answer
+
+
 def encode_examples(tok, examples, mode):
-    """(question, steps, answer) -> (question ids, chain ids, answer ids); the chain is empty in nocot mode."""
-    return [(tok.encode(q), tok.encode(chain_text(s)) if mode == "cot" else [], tok.encode(" " + a))
-            for q, s, a in examples]
+    """(question, steps, answer) -> (question ids, chain ids, answer ids)."""
+    return [tuple(tok.encode(t) for t in example_texts(*ex, mode)) for ex in examples]
+
+
+def build_tokenizer(cfg, examples):
+    """The tokenizer of cfg; a reduced GPT-2 vocabulary keeps exactly the ids of the pieces encode_examples encodes
+    (BPE gives `<<` at the start of a piece and ` <<` inside a text different ids) and of the speed prompt."""
+    texts = [t for ex in examples for t in example_texts(*ex, cfg.mode)] + [str(c) for c in range(10)]
+    return Tokenizer.build(cfg.tokenizer, texts, cfg.number_digits)
 
 
 def make_batch(tok, encoded, c):
@@ -145,7 +156,6 @@ def main(cfg):
     device = pick_device(cfg.device)
     train = read_split(os.path.join(cfg.data_dir, "train.txt"))
     val = read_split(os.path.join(cfg.data_dir, "val.txt"))
-    val = val[:cfg.eval_n] if cfg.eval_n > 0 else val
 
     ckpt = None
     if _read_pointer(cfg.out_dir, "latest"):
@@ -164,8 +174,9 @@ def main(cfg):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the checkpoint being resumed "
                                 f"({ckpt['config'][key]}): resume with the run's own settings")
     else:
-        tok = Tokenizer.build(cfg.tokenizer, [f"{q} {chain_text(s)} {a}" for q, s, a in train + val], cfg.number_digits)
+        tok = build_tokenizer(cfg, train + val)
     encoded = encode_examples(tok, train, cfg.mode)
+    val = val[:cfg.eval_n] if cfg.eval_n > 0 else val  # the tokenizer saw all of val; selection uses eval_n of it
     if not ckpt:
         longest = max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded + encode_examples(tok, val, cfg.mode))
         model_cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size or longest + 32,

@@ -54,6 +54,18 @@ def test_make_batch_layout_and_targets():
     assert (targets[1, n:] == -1).all() and targets[1, first:n].tolist() == short[first + 1:]
 
 
+def test_reduced_gpt2_vocabulary_covers_every_training_token():
+    """Regression: the vocabulary was built from whole lines, where the chain's leading `<<` follows a space and is
+    another BPE token than the `<<` that starts the separately encoded chain, so every chain began with <|unk|>."""
+    examples = [("Tom has 3 apples.", ["3+5=8"], "8"), ("What is 16 minus 7?", ["16-7=9", "9*2=18"], "18")]
+    cfg = train_sft.TrainConfig(tokenizer="gpt2", mode="cot")
+    tok = train_sft.build_tokenizer(cfg, examples)
+    for q, chain, ans in train_sft.encode_examples(tok, examples, "cot"):
+        assert tok.unk not in q + chain + ans
+        assert tok.decode(chain).startswith("<<")
+    assert tok.unk not in tok.prompt("Tom has 3 apples.", c=1)
+
+
 def test_epoch_sampler_covers_each_epoch_and_restores():
     s = train_sft.EpochSampler(10, 3, seed=5)
     epoch0 = s.next() + s.next() + s.next()
