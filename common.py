@@ -156,13 +156,19 @@ def load_checkpoint(path, which="best"):
 
 
 def load_model(path, device="cpu", which="best"):
-    """Rebuild (model, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
+    """Rebuild (model, latent head or None, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
+    from latent_head import LatentHead
     from model import GPT, GPTConfig
     from tokenizer import Tokenizer
     ckpt = load_checkpoint(path, which)
     model = GPT(GPTConfig(**ckpt["model_config"]))
+    head = None
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+        if ckpt.get("latent_head") is not None:
+            head = LatentHead(model.cfg.n_embd, **ckpt["latent_config"])
+            head.load_state_dict(ckpt["latent_head"])
+            head = head.to(device).eval()
+    except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"checkpoint {ckpt['path']} does not match its own model config: {str(e)[:200]}") from None
-    return model.to(device).eval(), Tokenizer.from_spec(ckpt["tokenizer"]), ckpt
+    return model.to(device).eval(), head, Tokenizer.from_spec(ckpt["tokenizer"]), ckpt

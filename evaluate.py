@@ -4,10 +4,12 @@ Writes JSON records (merged into --out when it exists), one per (method, c, deco
 
     {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "seeds", "checkpoint", "seconds"}
 
-`mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT). With several seeds,
+`mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT), or latents fed (CoLaR,
+whose records add `hit_cap`, the fraction of questions that reached --max_latents). With several seeds,
 accuracy and mean_len are means over seeds and ci95 is the half-width of the 95% t-interval of the accuracy.
 
     python evaluate.py --ckpt out/cot --split test --decode greedy,sampled --out results/cot.json
+    python evaluate.py --ckpt out/colar --c 1,2,3,4,5 --out results/colar.json
 """
 import json
 import math
@@ -41,25 +43,34 @@ def ci95(values):
     return t975(n - 1) * sd / math.sqrt(n)
 
 
-def score(model, tok, examples, c=1, temperature=0.0, top_p=1.0, seed=0, batch_size=256):
-    """(accuracy, mean chain length) of one decoding pass over `examples` (a list of (question, steps, answer))."""
+def score(model, tok, examples, c=1, temperature=0.0, top_p=1.0, seed=0, batch_size=256, head=None, **latent):
+    """(accuracy, mean reasoning length, fraction that hit the latent cap) of one decoding pass over `examples`
+    (a list of (question, steps, answer)); with a latent head and c >= 1, CoLaR latent decoding (see sample.py)."""
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, temperature, top_p, seed,
-                               batch_size=batch_size)
+                               batch_size=batch_size, head=head, **latent)
+    n = max(1, len(examples))
     correct = sum(answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples))
-    return correct / max(1, len(examples)), sum(len(r["chain"]) for r in results) / max(1, len(results))
+    return correct / n, sum(r["length"] for r in results) / n, sum(r["hit_cap"] for r in results) / n
 
 
 def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", checkpoint="",
-             temperature=1.0, top_p=0.9, batch_size=256):
-    """One record: greedy decoding once, or sampled decoding once per seed."""
+             temperature=1.0, top_p=0.9, batch_size=256, head=None, max_latents=64, latent_temperature=1.0):
+    """One record: greedy decoding once, or sampled decoding once per seed (answer tokens at `temperature` and
+    `top_p`, latents at `latent_temperature`, the stop decision sampled like a token)."""
     t0 = time.time()
-    runs = [score(model, tok, examples, c, 0.0, 1.0, 0, batch_size)] if decode == "greedy" else \
-        [score(model, tok, examples, c, temperature, top_p, s, batch_size) for s in seeds]
-    accs = [a for a, _ in runs]
-    return {"method": method, "c": c, "decode": decode, "split": split, "n": len(examples),
-            "accuracy": sum(accs) / len(accs), "mean_len": sum(n for _, n in runs) / len(runs),
-            "ci95": ci95(accs), "seeds": [] if decode == "greedy" else list(seeds), "checkpoint": checkpoint,
-            "seconds": round(time.time() - t0, 2)}
+    if decode == "greedy":
+        runs = [score(model, tok, examples, c, 0.0, 1.0, 0, batch_size, head, max_latents=max_latents)]
+    else:
+        runs = [score(model, tok, examples, c, temperature, top_p, s, batch_size, head, max_latents=max_latents,
+                      latent_temperature=latent_temperature, stop="sampled") for s in seeds]
+    accs = [a for a, _, _ in runs]
+    record = {"method": method, "c": c, "decode": decode, "split": split, "n": len(examples),
+              "accuracy": sum(accs) / len(accs), "mean_len": sum(n for _, n, _ in runs) / len(runs),
+              "ci95": ci95(accs), "seeds": [] if decode == "greedy" else list(seeds), "checkpoint": checkpoint,
+              "seconds": round(time.time() - t0, 2)}
+    if head is not None and c >= 1:
+        record["hit_cap"] = sum(h for _, _, h in runs) / len(runs)
+    return record
 
 
 def merge_records(path, records):
@@ -79,8 +90,9 @@ def merge_records(path, records):
 
 def format_record(r):
     ci = f" ± {100 * r['ci95']:.1f}" if r["ci95"] is not None else ""
+    cap = f", hit_cap {100 * r['hit_cap']:.1f}%" if "hit_cap" in r else ""
     return (f"{r['method']:>8} c={r['c']} {r['decode']:>7} {r['split']}: accuracy {100 * r['accuracy']:.1f}%{ci} "
-            f"(n={r['n']}), mean_len {r['mean_len']:.1f}, {r['seconds']:.1f}s")
+            f"(n={r['n']}), mean_len {r['mean_len']:.1f}{cap}, {r['seconds']:.1f}s")
 
 
 @dataclass
@@ -89,38 +101,58 @@ class EvalConfig:
     data_dir: str = ""             # folder with the split; default: the one the model was trained on
     split: str = "test"            # train, val or test
     n: int = 0                     # evaluate the first n examples (0: all)
-    method: str = ""               # name in the records; default: the training mode (cot, nocot)
+    method: str = ""               # name in the records; default: the training mode (cot, nocot, colar)
+    c: str = ""                    # CoLaR: comma-separated speeds to evaluate (default: those it was trained on)
     decode: str = "greedy,sampled" # comma-separated: greedy, sampled
     seeds: str = "0,1,2,3,4"       # seeds for sampled decoding
-    temperature: float = 1.0       # sampled decoding temperature
-    top_p: float = 0.9             # sampled decoding nucleus
+    temperature: float = 1.0       # sampled decoding: answer-token temperature
+    top_p: float = 0.9             # sampled decoding: answer-token nucleus
+    latent_temperature: float = 1.0  # sampled decoding: latent noise scale (greedy uses the mean)
+    max_latents: int = 64          # CoLaR: cap on latents per question
     batch_size: int = 256          # questions decoded together
     out: str = ""                  # JSON file to merge the records into (e.g. results/synth.json)
     device: str = "auto"           # auto, cpu, cuda, mps
+
+
+def parse_ints(text, flag):
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--{flag} must be comma-separated integers, got {text!r}") from None
 
 
 def main(cfg):
     decodes = [d for d in cfg.decode.split(",") if d]
     if not decodes or set(decodes) - {"greedy", "sampled"}:
         raise UserError(f"--decode must be a comma-separated list of greedy, sampled; got {cfg.decode!r}")
-    try:
-        seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got {cfg.seeds!r}") from None
+    seeds = parse_ints(cfg.seeds, "seeds")
     if "sampled" in decodes and not seeds:
         raise UserError("sampled decoding needs at least one seed")
-    model, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
-    mode = ckpt["config"].get("mode", "cot")
-    data_dir = cfg.data_dir or ckpt["config"]["data_dir"]
+    model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
+    run = ckpt["config"]
+    mode = run.get("mode", "cot")
+    if head is None:
+        if cfg.c:
+            raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} was trained in {mode} mode")
+        cs = [0 if mode == "nocot" else 1]
+    else:
+        trained = parse_ints(run["c_values"], "c_values") or list(range(1, run["c_max"] + 1))
+        cs = parse_ints(cfg.c, "c") if cfg.c else trained
+        if not cs or min(cs) < 1:
+            raise UserError(f"--c values must be >= 1, got {cfg.c!r}")
+        unseen = sorted(set(cs) - set(trained))
+        if unseen:
+            print(f"warning: c = {unseen} was never trained (trained: {trained}); evaluating anyway")
+    data_dir = cfg.data_dir or run["data_dir"]
     examples = read_split(os.path.join(data_dir, f"{cfg.split}.txt"))
     examples = examples[:cfg.n] if cfg.n > 0 else examples
-    c = 0 if mode == "nocot" else 1
     records = []
-    for d in decodes:
-        r = evaluate(model, tok, examples, cfg.method or mode, c, d, seeds, cfg.split, ckpt["path"],
-                     cfg.temperature, cfg.top_p, cfg.batch_size)
-        print(format_record(r))
-        records.append(r)
+    for c in cs:
+        for d in decodes:
+            r = evaluate(model, tok, examples, cfg.method or mode, c, d, seeds, cfg.split, ckpt["path"],
+                         cfg.temperature, cfg.top_p, cfg.batch_size, head, cfg.max_latents, cfg.latent_temperature)
+            print(format_record(r))
+            records.append(r)
     if cfg.out:
         merge_records(cfg.out, records)
         print(f"records merged into {cfg.out}")

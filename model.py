@@ -197,11 +197,3 @@ class GPT(nn.Module):
         if return_hidden:
             out += (h,)
         return out[0] if len(out) == 1 else out
-
-    def configure_optimizer(self, lr, weight_decay, betas=(0.9, 0.95)):
-        """AdamW with weight decay on matrices only (not on biases, LayerNorms)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)

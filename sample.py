@@ -1,9 +1,11 @@
 """
-Answer questions with a trained model: batched decoding with the KV cache, and the chain printed.
+Answer questions with a trained model: batched decoding with the KV cache (text CoT, No-CoT, or CoLaR latents at a
+prompted speed c), and the chain printed: text, or each latent as the tokens it is nearest to.
 
     python sample.py --ckpt out/cot --question "3+4*2-5+7*3-1"
     python sample.py --ckpt out/cot --question "3+4*2-5+7*3-1" --decode sampled --seed 1
     python sample.py --ckpt out/cot --questions_file my_questions.txt     # one question per line, answered as a batch
+    python sample.py --ckpt out/colar --c 3 --question "3+4*2-5+7*3-1"    # latents at speed 3, each shown as tokens
 """
 from dataclasses import dataclass
 
@@ -84,9 +86,12 @@ def split_output(tok, ids, chain_given=False):
 
 
 @torch.no_grad()
-def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, seed=0, max_new_tokens=0, batch_size=256):
-    """Answer with a text chain of thought (c = 1) or with none (c = 0, No-CoT: <|eot|> follows <|bot|> at once).
-    Returns one dict per question: chain (ids), answer (text), finished (see split_output)."""
+def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, seed=0, max_new_tokens=0, batch_size=256,
+                     head=None, latent_temperature=0.0, max_latents=64, stop="greedy", keep_latents=False):
+    """Answer with no chain (c = 0, No-CoT: <|eot|> follows <|bot|> at once), a text chain of thought (c = 1, no
+    latent head), or CoLaR latents at speed c (with a latent head; c = 1 then means uncompressed latents).
+    Returns one dict per question: chain (text-chain ids), length (chain tokens or latents), answer (text),
+    finished (the answer was closed by <|eos|>), hit_cap (latents only: stopped by max_latents), latents."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     max_new = max_new_tokens or model.cfg.block_size
     results = []
@@ -98,11 +103,89 @@ def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, see
                 raise UserError(f"the prompt is {len(p)} tokens but the model's context is {model.cfg.block_size}: "
                                 f"{q[:60]!r}")
             prompts.append(p)
-        outs = generate(model, prompts, max_new, tok.eos, tok.pad, temperature, top_p, generator)
-        for ids in outs:
+        if head is not None and c >= 1:
+            for o in generate_latent(model, head, tok, prompts, max_latents, max_new, latent_temperature, temperature,
+                                     top_p, stop, generator, keep_latents):
+                results.append({"chain": [], "length": o["n_latents"], "answer": tok.decode(o["answer"]).strip(),
+                                "finished": o["finished"], "hit_cap": o["hit_cap"], "latents": o["latents"],
+                                "lm_top": o["lm_top"]})
+            continue
+        for ids in generate(model, prompts, max_new, tok.eos, tok.pad, temperature, top_p, generator):
             chain, answer, finished = split_output(tok, ids, chain_given=(c == 0))
-            results.append({"chain": chain, "answer": answer, "finished": finished})
+            results.append({"chain": chain, "length": len(chain), "answer": answer, "finished": finished,
+                            "hit_cap": False, "latents": [], "lm_top": []})
     return results
+
+
+@torch.no_grad()
+def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens=32, latent_temperature=0.0,
+                    temperature=0.0, top_p=1.0, stop="greedy", generator=None, keep_latents=False):
+    """CoLaR inference for a batch of prompts (each ending in <|bot|>), with the KV cache.
+
+    Each row first thinks: at its last position, the LM head decides whether <|eot|> comes next (argmax, or a sampled
+    token with stop="sampled"); if not, the latent head's sample (mean at latent_temperature 0), times its scale, is fed
+    as the next input embedding. After max_latents latents <|eot|> is forced (hit_cap). Then the row answers token by
+    token until <|eos|>. Rows think and answer side by side in one loop; a row that has answered leaves the batch.
+    Returns one dict per prompt: n_latents, answer (ids, without <|eos|>), finished, hit_cap, and with keep_latents
+    latents (the fed vectors) and lm_top (the LM head's 3 likeliest tokens where each latent was produced)."""
+    device = next(model.parameters()).device
+    idx, mask, pos = left_pad(prompts, tok.pad, device)
+    max_steps = min(max_latents + 1 + max_answer_tokens, model.cfg.block_size - idx.size(1))
+    B = len(prompts)
+    out = [{"n_latents": 0, "answer": [], "finished": False, "hit_cap": False, "latents": [], "lm_top": []}
+           for _ in range(B)]
+    cache = KVCache(model.cfg.n_layer)
+    logits, h = model(idx, pos=pos, mask=mask, cache=cache, return_hidden=True)
+    logits, h = logits[:, -1], h[:, -1]  # (B, V), (B, C)
+    rows = torch.arange(B, device=device)  # which prompt each batch row answers
+    next_pos = mask.sum(1)
+    thinking = torch.ones(B, dtype=torch.bool, device=device)
+    eot_emb = model.wte.weight[tok.eot]
+    for _ in range(max_steps):
+        # thinking rows: stop now, or feed the next latent
+        n_lat = torch.tensor([out[r]["n_latents"] for r in rows.tolist()], device=device)  # (b,)
+        stop_tok = pick_tokens(logits, temperature if stop == "sampled" else 0.0, top_p, generator)
+        cap = n_lat >= max_latents
+        stops = thinking & ((stop_tok == tok.eot) | cap)
+        latent, _, _, _ = head.sample(h, latent_temperature, generator)  # (b, C)
+        ans_tok = pick_tokens(logits, temperature, top_p, generator)  # answering rows: the next answer token
+        alive = torch.ones_like(thinking)
+        for i, (r, th, st, cp, s_tok, a_tok) in enumerate(zip(rows.tolist(), thinking.tolist(), stops.tolist(),
+                                                             cap.tolist(), stop_tok.tolist(), ans_tok.tolist())):
+            if th and st:
+                out[r]["hit_cap"] = cp and s_tok != tok.eot
+            elif th:
+                out[r]["n_latents"] += 1
+                if keep_latents:  # the latent, and the LM head's top tokens where it was produced
+                    out[r]["latents"].append(latent[i].cpu())
+                    out[r]["lm_top"].append(logits[i].topk(3).indices.tolist())
+            elif a_tok == tok.eos:
+                out[r]["finished"], alive[i] = True, False
+            else:
+                out[r]["answer"].append(a_tok)
+        x = torch.where(thinking[:, None], latent, model.wte(ans_tok))  # (b, C) the next input of each row
+        x = torch.where(stops[:, None], eot_emb.expand_as(x), x)
+        thinking = thinking & ~stops
+        if not alive.all():
+            keep = alive.nonzero().squeeze(1)
+            if len(keep) == 0:
+                break
+            cache.keep(keep)
+            rows, x, next_pos, thinking = rows[keep], x[keep], next_pos[keep], thinking[keep]
+        logits, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache, return_hidden=True)
+        logits, h = logits[:, -1], h[:, -1]
+        next_pos = next_pos + 1
+    return out
+
+
+def nearest_tokens(model, latent, k=3):
+    """The k tokens whose embeddings point most nearly the way `latent` (C,) does (cosine similarity)."""
+    sims = torch.nn.functional.cosine_similarity(model.wte.weight, latent.to(model.wte.weight.device)[None], dim=-1)
+    return sims.topk(k).indices.tolist()
+
+
+def show_tokens(tok, ids):
+    return " ".join(repr(tok.decode([i]))[1:-1] or "''" for i in ids)
 
 
 @dataclass
@@ -110,10 +193,12 @@ class SampleConfig:
     ckpt: str = "out/cot"          # checkpoint file or run folder (its best checkpoint by validation)
     question: str = ""             # the question to answer
     questions_file: str = ""       # or a file of questions, one per line, answered as one batch
-    c: int = -1                    # 1: text chain of thought, 0: no chain; -1: what the model was trained for
+    c: int = -1                    # speed: 0 no chain, 1 text chain (CoT) or, for CoLaR, latents at speed c; -1: default
     decode: str = "greedy"         # "greedy" or "sampled"
     temperature: float = 1.0       # for sampled decoding
     top_p: float = 0.9             # for sampled decoding
+    latent_temperature: float = 1.0  # for sampled decoding of a CoLaR model
+    max_latents: int = 64          # CoLaR: cap on latents
     seed: int = 0                  # for sampled decoding
     device: str = "auto"           # auto, cpu, cuda, mps
 
@@ -130,16 +215,28 @@ def main(cfg):
             raise UserError(f"cannot read --questions_file: {e}") from None
     if not questions:
         raise UserError("give a --question or a --questions_file")
-    model, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
-    c = cfg.c if cfg.c >= 0 else (0 if ckpt["config"].get("mode") == "nocot" else 1)
-    if c not in (0, 1):
-        raise UserError(f"--c must be 0 (no chain) or 1 (text chain) for this model, got {c}")
-    temp = cfg.temperature if cfg.decode == "sampled" else 0.0
-    for q, r in zip(questions, answer_questions(model, tok, questions, c, temp, cfg.top_p, cfg.seed)):
+    model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
+    mode = ckpt["config"].get("mode")
+    c = cfg.c if cfg.c >= 0 else (0 if mode == "nocot" else 1 if mode == "cot" else ckpt["config"]["c_max"])
+    if head is None and c not in (0, 1):
+        raise UserError(f"--c must be 0 (no chain) or 1 (text chain) for this {mode} model, got {c}")
+    if head is not None and c < 1:
+        raise UserError(f"--c must be >= 1 for a CoLaR model, got {c}")
+    sampled = cfg.decode == "sampled"
+    results = answer_questions(model, tok, questions, c, cfg.temperature if sampled else 0.0, cfg.top_p, cfg.seed,
+                               head=head, latent_temperature=cfg.latent_temperature if sampled else 0.0,
+                               max_latents=cfg.max_latents, stop="sampled" if sampled else "greedy", keep_latents=True)
+    for q, r in zip(questions, results):
         print(f"question: {q}")
-        print(f"chain   : {tok.decode(r['chain'])}  ({len(r['chain'])} tokens)")
+        if head is None:
+            print(f"chain   : {tok.decode(r['chain'])}  ({len(r['chain'])} tokens)")
+        else:
+            print(f"latents : {r['length']} at speed c={c}" + ("  (hit the cap)" if r["hit_cap"] else "")
+                  + "; each shown as its nearest tokens (cosine) | the LM head's top tokens where it was made")
+            for k, (z, top) in enumerate(zip(r["latents"], r["lm_top"]), 1):
+                print(f"  {k:3d}: {show_tokens(tok, nearest_tokens(model, z)):<24} | {show_tokens(tok, top)}")
         print(f"answer  : {r['answer']}" + ("" if r["finished"] else "  (unfinished)"))
-    return questions
+    return results
 
 
 if __name__ == "__main__":

@@ -1,29 +1,37 @@
 """
-Supervised training of the small GPT on GSM8K-Aug-format data.
+Supervised training of the small GPT on GSM8K-Aug-format data: explicit CoT, No-CoT, or CoLaR's compressed latents.
 
-Modes:
-- cot:   [question] <|speed|> 1 <|bot|> [chain] <|eot|> [answer] <|eos|>    (explicit chain of thought)
-- nocot: [question] <|speed|> 0 <|bot|> <|eot|> [answer] <|eos|>            (answer at once, no chain)
-The loss is the cross-entropy of everything after the question: <|bot|> (predicted at the speed prompt), the chain,
-<|eot|>, the answer and <|eos|>. Question positions are not supervised.
+Modes (the sequence each example becomes):
+- cot:   [question] <|speed|> 1 <|bot|> [chain] <|eot|> [answer] <|eos|>        (explicit chain of thought)
+- nocot: [question] <|speed|> 0 <|bot|> <|eot|> [answer] <|eos|>                (answer at once)
+- colar: [question] <|speed|> c <|bot|> [ceil(L/c) compressed embeddings] <|eot|> [answer] <|eos|>
+  with c drawn from --c_values (default 1..c_max) once per step for the whole batch. The LM head is trained with
+  cross-entropy everywhere after the question; at <|bot|> and at each compressed position its label is one token drawn
+  uniformly from the next chunk (redrawn every step), and <|eot|> after the last chunk. The latent head (latent_head.py)
+  learns to predict the next compressed embedding there, and the <|eot|> embedding after the last chunk. Loss:
+  CE + latent_weight * latent loss. Ablations: --pool mean (MP), --latent_loss nll (NLL), --deterministic true (DL),
+  --chunk_labels false (OC: no chunk labels; the <|eot|> label that drives the stop decision is kept).
 
-    python train_sft.py                                   # CoT on the synthetic task (data/synth), CPU, ~10 minutes
+    python train_sft.py                                   # CoT on the synthetic task (data/synth), ~5 minutes on CPU
     python train_sft.py --mode nocot --out_dir out/nocot  # the No-CoT baseline
+    python train_sft.py --mode colar --init_from out/cot --out_dir out/colar   # CoLaR, starting from the CoT model
     python train_sft.py --resume true                     # continue out/cot from its latest checkpoint, exactly
-    python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --out_dir out/gsm8k_cot --max_steps 2000
+    python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --out_dir out/gsm8k_cot --max_steps 400
 """
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from common import (UserError, load_checkpoint, parse_config, pick_device, print_config, run_cli, save_checkpoint,
                     _read_pointer)
+from compress import compress, sample_chunk_labels
 from data.format import chain_text, read_split
 from evaluate import score
+from latent_head import LatentHead, latent_loss
 from model import GPT, GPTConfig
 from tokenizer import KINDS, Tokenizer
 
@@ -32,7 +40,7 @@ from tokenizer import KINDS, Tokenizer
 class TrainConfig:
     # data
     data_dir: str = "data/synth"   # folder with train.txt and val.txt in GSM8K-Aug format
-    mode: str = "cot"              # cot (question -> chain -> answer) or nocot (question -> answer)
+    mode: str = "cot"              # cot (question -> chain -> answer), nocot (question -> answer) or colar
     tokenizer: str = "char"        # char, number (whole numbers as tokens) or gpt2 (BPE reduced to the data's ids)
     number_digits: int = 3         # for tokenizer=number: digits per number token
     # model
@@ -42,6 +50,18 @@ class TrainConfig:
     dropout: float = 0.0           # dropout rate
     pos_emb: str = "rope"          # rope or learned
     block_size: int = 0            # context length; 0: the longest example in the data plus 32
+    # CoLaR (mode colar)
+    init_from: str = ""            # checkpoint or run folder to start from (a CoT run); its tokenizer and model size win
+    c_max: int = 5                 # compression factors 1..c_max are trained
+    c_values: str = ""             # or exactly these, comma-separated (e.g. 1,3,5)
+    pool: str = "sqrt"             # sqrt (sum / sqrt(n), CoLaR) or mean (the MP ablation)
+    latent_loss: str = "soft_mse"  # soft_mse or nll
+    latent_alpha: float = 0.0      # entropy weight of the soft-MSE loss
+    latent_weight: float = 1.0     # weight of the latent loss beside the CE
+    latent_hidden: int = 0         # latent head width (0: n_embd)
+    deterministic: bool = False    # deterministic latent head (the DL ablation)
+    chunk_labels: bool = True      # CE labels drawn from the next chunk (false: the OC ablation)
+    max_latents: int = 64          # cap on latents at inference (validation)
     # optimisation
     batch_size: int = 64           # sequences per step
     max_steps: int = 1200          # training steps (the LR schedule spans them)
@@ -106,6 +126,86 @@ def make_batch(tok, encoded, c):
     return idx, targets, mask
 
 
+def make_colar_batch(tok, encoded, c):
+    """A right-padded CoLaR batch, before compression: each row is
+    prompt (P tokens, ending in <|bot|>) | K = ceil(L / c) latent slots | <|eot|> answer <|eos|>.
+    Returns a dict of tensors:
+      idx (B, T) token ids (pad at the latent slots), mask (B, T) real positions (latent slots included),
+      targets (B, T) CE labels, -1 where none (yet): the chunk labels are drawn per step in colar_loss,
+      latent_in (B, T) the latent slots, slot (B, T) <|bot|> and every latent slot but the last (they predict the next
+      chunk), eot_at (B,) the position that predicts <|eot|> (the last latent slot, or <|bot|> for an empty chain),
+      chain (B, L) the chain's token ids, right-padded, and chain_mask (B, L)."""
+    c_ids = tok.encode(str(c))
+    rows = []
+    for q, chain, ans in encoded:
+        prompt, post = q + [tok.speed] + c_ids + [tok.bot], [tok.eot] + ans + [tok.eos]
+        rows.append((prompt, -(-len(chain) // c), post, chain))
+    B = len(rows)
+    T = max(len(p) + K + len(post) for p, K, post, _ in rows) - 1
+    L = max(1, max(len(ch) for *_, ch in rows))
+    b = {"idx": torch.full((B, T), tok.pad), "targets": torch.full((B, T), -1),
+         "latent_in": torch.zeros(B, T, dtype=torch.bool), "slot": torch.zeros(B, T, dtype=torch.bool),
+         "eot_at": torch.zeros(B, dtype=torch.long), "chain": torch.full((B, L), tok.pad),
+         "chain_mask": torch.zeros(B, L, dtype=torch.bool)}
+    for i, (prompt, K, post, chain) in enumerate(rows):
+        P = len(prompt)
+        seq = prompt + [tok.pad] * K + post
+        n = len(seq) - 1
+        b["idx"][i, :n] = torch.tensor(seq[:-1])
+        b["targets"][i, P - 2] = tok.bot                    # the speed prompt predicts <|bot|>
+        b["targets"][i, P + K - 1] = tok.eot                # the last latent (or <|bot|>) predicts <|eot|>
+        b["targets"][i, P + K:n] = torch.tensor(post[1:])   # <|eot|> and the answer predict the answer and <|eos|>
+        b["latent_in"][i, P:P + K] = True
+        b["slot"][i, P - 1:P + K - 1] = True
+        b["eot_at"][i] = P + K - 1
+        b["chain"][i, :len(chain)] = torch.tensor(chain, dtype=torch.long)
+        b["chain_mask"][i, :len(chain)] = True
+    b["mask"] = (b["idx"] != tok.pad) | b["latent_in"]
+    return b
+
+
+def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
+    """CE and latent loss of a CoLaR batch from make_colar_batch (tensors on the model's device).
+    Returns (ce, latent, stats) where stats holds the mean latent-target norm and the head's mean sigma."""
+    z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, cfg.pool)  # (B, K, C)
+    x = model.wte(b["idx"]).masked_scatter(b["latent_in"][..., None], z[zmask])  # compressed embeddings in the slots
+    targets = b["targets"]
+    if cfg.chunk_labels:  # one token drawn uniformly from the next chunk, redrawn every step
+        targets = targets.masked_scatter(b["slot"], sample_chunk_labels(chunk_ids, generator)[zmask])
+    _, ce, h = model(embeds=x, mask=b["mask"], targets=targets, return_hidden=True)
+    # latent targets: the next compressed embedding at each slot, the <|eot|> embedding after the last chunk
+    rows = torch.arange(x.size(0), device=x.device)
+    target = torch.zeros_like(x).masked_scatter(b["slot"][..., None], z.detach()[zmask])
+    target[rows, b["eot_at"]] = model.wte.weight[eot_id].detach()
+    lmask = b["slot"].clone()
+    lmask[rows, b["eot_at"]] = True
+    if head.training:
+        head.update_scale(target, lmask)
+    lat, mu, log_sigma = latent_loss(head, h, target, lmask, cfg.latent_loss, cfg.latent_alpha, generator)
+    stats = {"norm": target[lmask].norm(dim=-1).mean().item(), "sigma": log_sigma[lmask].exp().mean().item()}
+    return ce, lat, stats
+
+
+def parse_c_values(cfg):
+    if cfg.mode != "colar":
+        return [1 if cfg.mode == "cot" else 0]
+    try:
+        values = [int(v) for v in cfg.c_values.split(",") if v.strip()] if cfg.c_values else list(range(1, cfg.c_max + 1))
+    except ValueError:
+        raise UserError(f"--c_values must be comma-separated integers, got {cfg.c_values!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"compression factors must be >= 1, got {values}")
+    return values
+
+
+def make_optimizer(modules, lr, weight_decay, betas=(0.9, 0.95)):
+    """AdamW with weight decay on matrices only (not on biases and LayerNorms), over the modules' parameters."""
+    params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
 class EpochSampler:
     """Batches of example indices: a fresh seeded permutation each epoch, the incomplete tail dropped.
     Its state (epoch, cursor) goes into checkpoints, so a resumed run sees exactly the batches it would have."""
@@ -135,8 +235,14 @@ class EpochSampler:
 
 
 def check_config(cfg):
-    if cfg.mode not in ("cot", "nocot"):
-        raise UserError(f"--mode must be cot or nocot, got {cfg.mode!r}")
+    if cfg.mode not in ("cot", "nocot", "colar"):
+        raise UserError(f"--mode must be cot, nocot or colar, got {cfg.mode!r}")
+    if cfg.pool not in ("sqrt", "mean"):
+        raise UserError(f"--pool must be sqrt or mean, got {cfg.pool!r}")
+    if cfg.latent_loss not in ("soft_mse", "nll"):
+        raise UserError(f"--latent_loss must be soft_mse or nll, got {cfg.latent_loss!r}")
+    if cfg.init_from and cfg.mode != "colar":
+        raise UserError("--init_from is for --mode colar (it starts CoLaR from a CoT run)")
     if cfg.tokenizer not in KINDS:
         raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
     if cfg.pos_emb not in ("rope", "learned"):
@@ -152,32 +258,35 @@ def check_config(cfg):
 
 def main(cfg):
     check_config(cfg)
-    print_config(cfg)
+    c_values = parse_c_values(cfg)
     device = pick_device(cfg.device)
-    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
-    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
-
-    ckpt = None
+    ckpt = init = None
     if _read_pointer(cfg.out_dir, "latest"):
         if not cfg.resume:
             raise UserError(f"{cfg.out_dir} already holds checkpoints: pass --resume true to continue that run, "
                             f"or choose another --out_dir")
         ckpt = load_checkpoint(cfg.out_dir, which="latest")
-    elif cfg.resume:
-        raise UserError(f"--resume true, but {cfg.out_dir} holds no checkpoint to resume from")
-
-    if ckpt:
-        tok = Tokenizer.from_spec(ckpt["tokenizer"])
-        model_cfg = GPTConfig(**ckpt["model_config"])
-        for key in ("mode", "tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb", "seed", "batch_size"):
+        for key in ("mode", "tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb", "seed", "batch_size",
+                    "c_max", "c_values", "init_from", "latent_hidden", "deterministic"):
             if ckpt["config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the checkpoint being resumed "
                                 f"({ckpt['config'][key]}): resume with the run's own settings")
-    else:
-        tok = build_tokenizer(cfg, train + val)
+    elif cfg.resume:
+        raise UserError(f"--resume true, but {cfg.out_dir} holds no checkpoint to resume from")
+    elif cfg.init_from:  # the starting model decides the tokenizer and the model's shape
+        init = load_checkpoint(cfg.init_from)
+        cfg = replace(cfg, **{k: init["config"][k] for k in ("tokenizer", "number_digits", "n_layer", "n_head",
+                                                             "n_embd", "pos_emb")})
+    print_config(cfg)
+    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
+    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
+    base = ckpt or init
+    tok = Tokenizer.from_spec(base["tokenizer"]) if base else build_tokenizer(cfg, train + val)
     encoded = encode_examples(tok, train, cfg.mode)
     val = val[:cfg.eval_n] if cfg.eval_n > 0 else val  # the tokenizer saw all of val; selection uses eval_n of it
-    if not ckpt:
+    if base:
+        model_cfg = GPTConfig(**base["model_config"])
+    else:
         longest = max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded + encode_examples(tok, val, cfg.mode))
         model_cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size or longest + 32,
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
@@ -185,29 +294,49 @@ def main(cfg):
 
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
-    optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay)
+    latent_config = {"hidden": cfg.latent_hidden, "deterministic": cfg.deterministic}
+    head = LatentHead(model_cfg.n_embd, **latent_config).to(device) if cfg.mode == "colar" else None
+    optimizer = make_optimizer([model] + ([head] if head else []), cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(encoded), cfg.batch_size, cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # draws c, chunk labels, latent noise
     step, best_val = 0, -1.0
+    if init:
+        model.load_state_dict(init["model"])
+        print(f"initialised from {init['path']}")
     if ckpt:
         model.load_state_dict(ckpt["model"])
+        if head:
+            head.load_state_dict(ckpt["latent_head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
+        gen.set_state(ckpt["rng"]["train"])
         step, best_val = ckpt["step"], ckpt["best_val"]
         print(f"resumed {ckpt['path']} at step {step}")
-    c = 1 if cfg.mode == "cot" else 0
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "tokenizer.json"), "w") as f:  # also inside every checkpoint
         json.dump(tok.spec(), f)
+    n_params = model.num_params() + (sum(p.numel() for p in head.parameters()) if head else 0)
     print(f"{len(train):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
-          f"{model.num_params() / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}")
+          f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}")
 
     def checkpoint(step, val_acc, best):
         return save_checkpoint(cfg.out_dir, step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_config": asdict(model_cfg),
+            "latent_head": head.state_dict() if head else None, "latent_config": latent_config,
             "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "sampler": sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()}, "best_val": best_val, "val_acc": val_acc}, cfg.keep_last, best)
+            "rng": {"torch": torch.get_rng_state(), "train": gen.get_state()}, "best_val": best_val,
+            "val_acc": val_acc}, cfg.keep_last, best)
 
+    def validate():
+        """Greedy accuracy on the validation examples, averaged over the trained c (latent decoding for colar)."""
+        model.eval()
+        if head:
+            head.eval()
+        runs = {c: score(model, tok, val, c, head=head, max_latents=cfg.max_latents) for c in c_values}
+        return sum(r[0] for r in runs.values()) / len(runs), runs
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     first, t_start, t_train, tokens_seen = step, time.time(), 0.0, 0  # t_train: seconds in training steps (no eval)
     while step < last:
@@ -215,37 +344,49 @@ def main(cfg):
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx, targets, mask = (t.to(device) for t in make_batch(tok, [encoded[i] for i in sampler.next()], c))
+        c = c_values[int(torch.randint(len(c_values), (1,), generator=gen, device=device))]
+        examples = [encoded[i] for i in sampler.next()]
         model.train()
-        _, loss = model(idx, mask=mask, targets=targets)
+        if head:
+            head.train()
+            b = {k: v.to(device) for k, v in make_colar_batch(tok, examples, c).items()}
+            ce, lat, stats = colar_loss(model, head, b, c, tok.eot, cfg, gen)
+            loss, n_tokens = ce + cfg.latent_weight * lat, int(b["mask"].sum())
+            extra = f" | c {c} | ce {ce.item():.4f} | latent {lat.item():.4f} | norm {stats['norm']:.3f} " \
+                    f"| sigma {stats['sigma']:.4f}"
+        else:
+            idx, targets, mask = (t.to(device) for t in make_batch(tok, examples, c))
+            _, loss = model(idx, mask=mask, targets=targets)
+            n_tokens, extra = int(mask.sum()), ""
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at step {step}: lower --lr; the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         step += 1
-        tokens_seen += int(mask.sum())
+        tokens_seen += n_tokens
         t_train += time.time() - t0
 
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
             eta = (last - step) * elapsed / (step - first)
-            print(f"step {step}/{cfg.max_steps} | loss {loss.item():.4f} | lr {lr:.2e} | {tokens_seen / t_train:,.0f} tok/s"
-                  f" | {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
+            print(f"step {step}/{cfg.max_steps} | loss {loss.item():.4f}{extra} | lr {lr:.2e} | "
+                  f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
-            acc, mean_len = score(model.eval(), tok, val, c)
+            acc, runs = validate()
             is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
             best_val = max(best_val, acc)
             path = checkpoint(step, acc, is_best)
-            print(f"eval step {step}: val accuracy {100 * acc:.1f}% | mean chain {mean_len:.1f} tokens | "
-                  f"best {100 * best_val:.1f}% | saved {path}", flush=True)
+            per_c = " | ".join(f"c={c}: {100 * a:.1f}% len {n:.1f}" for c, (a, n, _) in runs.items())
+            print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {100 * best_val:.1f}% | "
+                  f"saved {path}", flush=True)
     minutes = (time.time() - t_start) / 60
     tps = tokens_seen / max(1e-9, t_train)
     print(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
           f"best val accuracy {100 * best_val:.1f}%")
-    return {"model": model, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
+    return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "tokens_per_s": tps}
 
 

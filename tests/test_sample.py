@@ -163,7 +163,8 @@ def test_answer_questions_rejects_prompt_longer_than_context(tok):
         answer_questions(m, tok, ["1+2+3+4+5+67"], c=0)
     # a prompt of block_size - 1 tokens (question 12 + speed + "1" + bot = 15) is accepted: room for 1 token
     res = answer_questions(m, tok, ["1+2+3+4+5+67"], c=1)
-    assert len(res) == 1 and set(res[0]) == {"chain", "answer", "finished"}
+    assert len(res) == 1 and set(res[0]) == {"chain", "length", "answer", "finished", "hit_cap", "latents", "lm_top"}
+    assert res[0]["length"] == len(res[0]["chain"]) and res[0]["hit_cap"] is False
     assert len(res[0]["chain"]) <= 1
 
 
