@@ -109,6 +109,7 @@ class EvalConfig:
     top_p: float = 0.9             # sampled decoding: answer-token nucleus
     latent_temperature: float = 1.0  # sampled decoding: latent noise scale (greedy uses the mean)
     max_latents: int = 64          # CoLaR: cap on latents per question
+    text_cot: bool = False         # CoLaR: also decode a text chain of thought (c = 1, LM head), for comparison
     batch_size: int = 256          # questions decoded together
     out: str = ""                  # JSON file to merge the records into (e.g. results/synth.json)
     device: str = "auto"           # auto, cpu, cuda, mps
@@ -151,6 +152,12 @@ def main(cfg):
         for d in decodes:
             r = evaluate(model, tok, examples, cfg.method or mode, c, d, seeds, cfg.split, ckpt["path"],
                          cfg.temperature, cfg.top_p, cfg.batch_size, head, cfg.max_latents, cfg.latent_temperature)
+            print(format_record(r))
+            records.append(r)
+    if head is not None and cfg.text_cot:  # the same model, thinking in text tokens instead of latents
+        for d in decodes:
+            r = evaluate(model, tok, examples, (cfg.method or mode) + "_text", 1, d, seeds, cfg.split, ckpt["path"],
+                         cfg.temperature, cfg.top_p, cfg.batch_size)
             print(format_record(r))
             records.append(r)
     if cfg.out:

@@ -61,6 +61,7 @@ class TrainConfig:
     latent_hidden: int = 0         # latent head width (0: n_embd)
     deterministic: bool = False    # deterministic latent head (the DL ablation)
     chunk_labels: bool = True      # CE labels drawn from the next chunk (false: the OC ablation)
+    self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own detached predictions
     max_latents: int = 64          # cap on latents at inference (validation)
     # optimisation
     batch_size: int = 64           # sequences per step
@@ -82,6 +83,9 @@ class TrainConfig:
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
+SHAPE_KEYS = ("tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb")  # fixed by --init_from
+
+
 def get_lr(step, cfg):
     """Linear warm-up from 0 to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
     if step < cfg.warmup_steps:
@@ -92,7 +96,7 @@ def get_lr(step, cfg):
 
 def example_texts(question, steps, answer, mode):
     """The three pieces of text of an example that are encoded separately; the chain is empty in nocot mode."""
-    return question, chain_text(steps) if mode == "cot" else "", " " + answer
+    return question, "" if mode == "nocot" else chain_text(steps), " " + answer
 
 
 def encode_examples(tok, examples, mode):
@@ -169,10 +173,6 @@ def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
     Returns (ce, latent, stats) where stats holds the mean latent-target norm and the head's mean sigma."""
     z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, cfg.pool)  # (B, K, C)
     x = model.wte(b["idx"]).masked_scatter(b["latent_in"][..., None], z[zmask])  # compressed embeddings in the slots
-    targets = b["targets"]
-    if cfg.chunk_labels:  # one token drawn uniformly from the next chunk, redrawn every step
-        targets = targets.masked_scatter(b["slot"], sample_chunk_labels(chunk_ids, generator)[zmask])
-    _, ce, h = model(embeds=x, mask=b["mask"], targets=targets, return_hidden=True)
     # latent targets: the next compressed embedding at each slot, the <|eot|> embedding after the last chunk
     rows = torch.arange(x.size(0), device=x.device)
     target = torch.zeros_like(x).masked_scatter(b["slot"][..., None], z.detach()[zmask])
@@ -181,9 +181,28 @@ def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
     lmask[rows, b["eot_at"]] = True
     if head.training:
         head.update_scale(target, lmask)
+        if cfg.self_feed > 0:
+            x = self_feed(model, head, x, b, cfg.self_feed, generator)
+    targets = b["targets"]
+    if cfg.chunk_labels:  # one token drawn uniformly from the next chunk, redrawn every step
+        targets = targets.masked_scatter(b["slot"], sample_chunk_labels(chunk_ids, generator)[zmask])
+    _, ce, h = model(embeds=x, mask=b["mask"], targets=targets, return_hidden=True)
     lat, mu, log_sigma = latent_loss(head, h, target, lmask, cfg.latent_loss, cfg.latent_alpha, generator)
     stats = {"norm": target[lmask].norm(dim=-1).mean().item(), "sigma": log_sigma[lmask].exp().mean().item()}
     return ce, lat, stats
+
+
+def self_feed(model, head, x, b, p, generator=None):
+    """Exposure to the model's own latents: a teacher-forced pass without gradient gives the head's prediction of
+    every compressed embedding; each latent input is replaced by that prediction (detached) with probability p.
+    The targets stay the true next chunks, so the model learns to continue from its own, imperfect latents."""
+    with torch.no_grad():
+        _, h = model(embeds=x, mask=b["mask"], return_hidden=True)
+        mu, _ = head(h)
+        pred = (mu * head.scale)[b["slot"]]  # (N, C): the prediction made at the slot before each latent input
+    pick = torch.rand(pred.size(0), 1, generator=generator, device=x.device) < p
+    fed = torch.where(pick, pred, x[b["latent_in"]])
+    return x.masked_scatter(b["latent_in"][..., None], fed)
 
 
 def parse_c_values(cfg):
@@ -266,8 +285,10 @@ def main(cfg):
             raise UserError(f"{cfg.out_dir} already holds checkpoints: pass --resume true to continue that run, "
                             f"or choose another --out_dir")
         ckpt = load_checkpoint(cfg.out_dir, which="latest")
-        for key in ("mode", "tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb", "seed", "batch_size",
-                    "c_max", "c_values", "init_from", "latent_hidden", "deterministic"):
+        if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:  # the shape came from the starting model
+            cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
+        for key in ("mode", "seed", "batch_size", "c_max", "c_values", "init_from", "latent_hidden", "deterministic",
+                    "pool", "latent_loss", "chunk_labels") + SHAPE_KEYS:
             if ckpt["config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the checkpoint being resumed "
                                 f"({ckpt['config'][key]}): resume with the run's own settings")
@@ -275,8 +296,7 @@ def main(cfg):
         raise UserError(f"--resume true, but {cfg.out_dir} holds no checkpoint to resume from")
     elif cfg.init_from:  # the starting model decides the tokenizer and the model's shape
         init = load_checkpoint(cfg.init_from)
-        cfg = replace(cfg, **{k: init["config"][k] for k in ("tokenizer", "number_digits", "n_layer", "n_head",
-                                                             "n_embd", "pos_emb")})
+        cfg = replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS})
     print_config(cfg)
     train = read_split(os.path.join(cfg.data_dir, "train.txt"))
     val = read_split(os.path.join(cfg.data_dir, "val.txt"))
