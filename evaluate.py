@@ -137,7 +137,7 @@ def main(cfg):
             raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} was trained in {mode} mode")
         cs = [0 if mode == "nocot" else 1]
     else:
-        trained = parse_ints(run["c_values"], "c_values") or list(range(1, run["c_max"] + 1))
+        trained = sorted(set(parse_ints(run["c_values"], "c_values"))) or list(range(1, run["c_max"] + 1))
         cs = parse_ints(cfg.c, "c") if cfg.c else trained
         if not cs or min(cs) < 1:
             raise UserError(f"--c values must be >= 1, got {cfg.c!r}")

@@ -185,7 +185,8 @@ def nearest_tokens(model, latent, k=3):
 
 
 def show_tokens(tok, ids):
-    return " ".join(repr(tok.decode([i]))[1:-1] or "''" for i in ids)
+    """Tokens as short readable strings: a space as ␣, a newline as \\n."""
+    return " ".join(repr(tok.decode([i]))[1:-1].replace(" ", "␣") or "''" for i in ids)
 
 
 @dataclass
