@@ -78,6 +78,15 @@ def print_config(cfg):
     print(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
 
 
+def trained_speeds(run):
+    """The compression factors a run (its config dict) was trained on: its --c_values, else 1..c_max; [1] for CoT
+    and [0] for No-CoT."""
+    if run.get("mode") != "colar":
+        return [0] if run.get("mode") == "nocot" else [1]
+    values = sorted({int(v) for v in run.get("c_values", "").split(",") if v.strip()})
+    return values or list(range(1, run["c_max"] + 1))
+
+
 # --- devices ---------------------------------------------------------------------------------------------------
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; or the device named."""

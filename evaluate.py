@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from common import UserError, load_model, parse_config, pick_device, run_cli
+from common import UserError, load_model, parse_config, pick_device, run_cli, trained_speeds
 from data.format import answers_match, read_split
 from sample import answer_questions
 
@@ -137,7 +137,7 @@ def main(cfg):
             raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} was trained in {mode} mode")
         cs = [0 if mode == "nocot" else 1]
     else:
-        trained = sorted(set(parse_ints(run["c_values"], "c_values"))) or list(range(1, run["c_max"] + 1))
+        trained = trained_speeds(run)
         cs = parse_ints(cfg.c, "c") if cfg.c else trained
         if not cs or min(cs) < 1:
             raise UserError(f"--c values must be >= 1, got {cfg.c!r}")

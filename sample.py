@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import UserError, load_model, parse_config, pick_device, run_cli
+from common import UserError, load_model, parse_config, pick_device, run_cli, trained_speeds
 from model import KVCache
 
 
@@ -218,9 +218,7 @@ def main(cfg):
         raise UserError("give a --question or a --questions_file")
     model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
     mode = ckpt["config"].get("mode")
-    trained = [int(v) for v in ckpt["config"].get("c_values", "").split(",") if v.strip()] or \
-        list(range(1, ckpt["config"].get("c_max", 1) + 1))
-    c = cfg.c if cfg.c >= 0 else (0 if mode == "nocot" else 1 if mode == "cot" else max(trained))
+    c = cfg.c if cfg.c >= 0 else max(trained_speeds(ckpt["config"]))
     if head is None and c not in (0, 1):
         raise UserError(f"--c must be 0 (no chain) or 1 (text chain) for this {mode} model, got {c}")
     if head is not None and c < 1:

@@ -67,3 +67,11 @@ def test_pick_device():
     assert pick_device("auto").type in ("cpu", "cuda", "mps")
     with pytest.raises(UserError, match="unknown device"):
         pick_device("tpu-ish")
+
+
+def test_trained_speeds():
+    from common import trained_speeds
+    assert trained_speeds({"mode": "cot"}) == [1]
+    assert trained_speeds({"mode": "nocot"}) == [0]
+    assert trained_speeds({"mode": "colar", "c_values": "", "c_max": 3}) == [1, 2, 3]
+    assert trained_speeds({"mode": "colar", "c_values": "5,1,3,3", "c_max": 5}) == [1, 3, 5]  # repeats only weight
