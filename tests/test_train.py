@@ -1,8 +1,6 @@
 """Training, checkpoints, resume and evaluation end to end on a tiny synthetic task. Run: .venv/bin/python -m pytest tests"""
 import json
-import math
 import os
-from dataclasses import replace
 
 import pytest
 import torch

@@ -1,0 +1,267 @@
+"""Tests of compress.py (compression, chunk labels) and latent_head.py (the head, its scale, losses and log-densities),
+each against a slow reference or torch.distributions.
+
+Run: .venv/bin/python -m pytest tests
+"""
+import math
+
+import pytest
+import torch
+
+import latent_head as lh
+from compress import compress, sample_chunk_labels
+from latent_head import LatentHead
+
+PAD_VALUE = 999.0  # what the embeddings hold at padding positions: must never reach a compressed embedding
+# --- compress() ------------------------------------------------------------------------------------------------
+def ragged(lengths=(7, 3, 0), L=7, C=4):
+    """Integer-valued embeddings (row i, position j, dim d -> 100 i + 10 j + d), right-padded with PAD_VALUE."""
+    B = len(lengths)
+    emb = torch.full((B, L, C), PAD_VALUE)
+    ids = torch.full((B, L), 77)
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        for j in range(n):
+            emb[i, j] = torch.tensor([100.0 * i + 10 * j + d for d in range(C)])
+            ids[i, j] = 10 * i + j
+            mask[i, j] = True
+    return emb, ids, mask
+
+
+def slow_compress(emb, lengths, c, pool="sqrt"):
+    """Reference: per row, per chunk of c real tokens (the last one partial), the sum over its rows / sqrt(n) or / n.
+    Returns per row a list of (vector as a list of floats, token ids of the chunk)."""
+    out = []
+    for i, n_real in enumerate(lengths):
+        chunks = []
+        for start in range(0, n_real, c):
+            js = list(range(start, min(start + c, n_real)))
+            n = len(js)
+            div = math.sqrt(n) if pool == "sqrt" else n
+            vec = [sum(float(emb[i, j, d]) for j in js) / div for d in range(emb.size(2))]
+            chunks.append((vec, js))
+        out.append(chunks)
+    return out
+
+
+@pytest.mark.parametrize("L", [7, 10])  # the chunks of the longest chain overrun L (7 -> 9) or fall short (10 -> 9)
+@pytest.mark.parametrize("pool", ["sqrt", "mean"])
+def test_compress_ragged_batch_matches_slow_reference(L, pool):
+    lengths, c, C = (7, 3, 0), 3, 4
+    emb, ids, mask = ragged(lengths, L, C)
+    z, zmask, chunk_ids = compress(emb, ids, mask, c, pool)
+    assert z.shape == (3, 3, C) and zmask.shape == (3, 3) and chunk_ids.shape == (3, 3, c)
+    assert zmask.tolist() == [[True, True, True], [True, False, False], [False, False, False]]
+    ref = slow_compress(emb, lengths, c, pool)
+    for i in range(3):
+        for k in range(3):
+            if k < len(ref[i]):
+                vec, js = ref[i][k]
+                torch.testing.assert_close(z[i, k], torch.tensor(vec), rtol=1e-6, atol=1e-4)
+                assert chunk_ids[i, k].tolist() == [10 * i + j for j in js] + [-1] * (c - len(js))
+            else:
+                assert (z[i, k] == 0).all() and chunk_ids[i, k].tolist() == [-1] * c
+    # hand-worked: row 0, the partial last chunk holds token 6 alone: 100*0 + 10*6 + d, divided by sqrt(1) = 1
+    assert z[0, 2].tolist() == [60.0, 61.0, 62.0, 63.0]
+    # row 0 chunk 0: rows 0, 10, 20 (+d) sum to 30 + 3d; / sqrt(3) or / 3
+    div = math.sqrt(3) if pool == "sqrt" else 3
+    torch.testing.assert_close(z[0, 0], torch.tensor([(30 + 3 * d) / div for d in range(C)]))
+    # no zmask-True chunk is all padding, and the pad value never leaks in
+    assert ((chunk_ids >= 0).any(-1) == zmask).all()
+    assert z.abs().max() < PAD_VALUE
+
+
+def test_compress_c1_is_identity_and_large_c_gives_one_chunk():
+    lengths = (7, 3, 0)
+    emb, ids, mask = ragged(lengths)
+    z, zmask, chunk_ids = compress(emb, ids, mask, 1)
+    assert z.shape == emb.shape
+    assert zmask.tolist() == mask.tolist()
+    assert torch.equal(z[mask], emb[mask])                 # c = 1: the embeddings themselves
+    assert (z[~mask] == 0).all()
+    assert torch.equal(chunk_ids[..., 0], ids.masked_fill(~mask, -1))
+    z, zmask, chunk_ids = compress(emb, ids, mask, 10)     # c beyond the longest chain: one chunk per non-empty row
+    assert z.shape == (3, 1, 4) and zmask.tolist() == [[True], [True], [False]]
+    torch.testing.assert_close(z[0, 0], emb[0, :7].sum(0) / math.sqrt(7))
+    torch.testing.assert_close(z[1, 0], emb[1, :3].sum(0) / math.sqrt(3))
+    assert (z[2] == 0).all()
+    assert chunk_ids[1, 0].tolist() == [10, 11, 12] + [-1] * 7
+
+
+def test_compress_rejects_bad_arguments():
+    emb, ids, mask = ragged()
+    with pytest.raises(ValueError, match="c must be >= 1"):
+        compress(emb, ids, mask, 0)
+    with pytest.raises(ValueError, match="pool"):
+        compress(emb, ids, mask, 2, pool="max")
+    left = torch.zeros_like(mask)
+    left[0, 2:] = True  # left padding: real tokens follow pads
+    with pytest.raises(ValueError, match="right-padded"):
+        compress(emb, ids, left, 2)
+
+
+# --- sample_chunk_labels() -------------------------------------------------------------------------------------
+def test_sample_chunk_labels_uniform_over_real_tokens():
+    chunks = torch.tensor([[[5, 6, 7], [8, 9, -1], [-1, -1, -1]],
+                           [[10, -1, -1], [-1, -1, -1], [-1, -1, -1]]])
+    N = 4000
+    many = chunks.repeat(N, 1, 1)  # N independent draws of both rows, in one call
+    labels = sample_chunk_labels(many, torch.Generator().manual_seed(0)).view(N, 2, 3)
+    assert labels.shape == (N, 2, 3)
+    assert set(labels[:, 0, 0].tolist()) <= {5, 6, 7} and set(labels[:, 0, 1].tolist()) <= {8, 9}
+    assert (labels[:, 0, 2] == -1).all() and (labels[:, 1, 0] == 10).all() and (labels[:, 1, 1:] == -1).all()
+    for k, toks in ((0, (5, 6, 7)), (1, (8, 9))):
+        for t in toks:
+            freq = (labels[:, 0, k] == t).float().mean().item()
+            assert abs(freq - 1 / len(toks)) < 0.05, (k, t, freq)
+    # also over repeated calls sharing one generator (the way training redraws every step)
+    g = torch.Generator().manual_seed(1)
+    draws = [sample_chunk_labels(chunks, g)[0, 0].item() for _ in range(600)]
+    assert set(draws) == {5, 6, 7} and all(abs(draws.count(t) / 600 - 1 / 3) < 0.08 for t in (5, 6, 7))
+    # the same seed gives the same labels; another seed other labels
+    a = sample_chunk_labels(many, torch.Generator().manual_seed(3))
+    assert torch.equal(a, sample_chunk_labels(many, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, sample_chunk_labels(many, torch.Generator().manual_seed(4)))
+
+
+# --- latent_head.py --------------------------------------------------------------------------------------------
+def gauss_inputs(shape=(2, 3, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    log_sigma = 0.5 * torch.randn(shape, generator=g)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    return mu, log_sigma, target, mask
+
+
+def slow_masked_mean(values, mask):
+    picked = [float(values[i, j]) for i in range(mask.size(0)) for j in range(mask.size(1)) if mask[i, j]]
+    return sum(picked) / len(picked)
+
+
+def test_gaussian_log_prob_and_entropy_match_torch_normal():
+    mu, log_sigma, z, _ = gauss_inputs()
+    normal = torch.distributions.Normal(mu, log_sigma.exp())
+    torch.testing.assert_close(lh.gaussian_log_prob(z, mu, log_sigma), normal.log_prob(z).mean(-1))
+    torch.testing.assert_close(lh.gaussian_entropy(log_sigma), normal.entropy().mean(-1))
+    assert lh.gaussian_log_prob(z, mu, log_sigma).shape == (2, 3)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_soft_mse_loss_by_hand(alpha):
+    mu, log_sigma, target, mask = gauss_inputs()
+    loss = lh.soft_mse_loss(mu, log_sigma, target, mask, alpha, torch.Generator().manual_seed(7))
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(7))
+    per = torch.zeros(2, 3)
+    for i in range(2):
+        for j in range(3):
+            C = mu.size(-1)
+            sq = sum((float(mu[i, j, d]) + math.exp(float(log_sigma[i, j, d])) * float(eps[i, j, d])
+                      - float(target[i, j, d])) ** 2 for d in range(C)) / C
+            ent = sum(0.5 * math.log(2 * math.pi * math.e * math.exp(2 * float(log_sigma[i, j, d])))
+                      for d in range(C)) / C
+            per[i, j] = sq - alpha * ent
+    assert loss.dim() == 0
+    assert loss.item() == pytest.approx(slow_masked_mean(per, mask), rel=1e-5)
+
+
+def test_soft_mse_expectation_is_mse_plus_variance():
+    mu, log_sigma = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-0.5, 0.0, -1.0])
+    target = torch.tensor([0.0, 0.0, 1.0])
+    N = 20000
+    loss = lh.soft_mse_loss(mu.expand(N, 3), log_sigma.expand(N, 3), target.expand(N, 3),
+                            torch.ones(N, dtype=torch.bool), 0.0, torch.Generator().manual_seed(0))
+    # per dimension (mu - t)^2 + sigma^2: (0.25 + e^-1) + (1 + 1) + (1 + e^-2), then the mean over the 3 dimensions
+    expected = ((mu - target) ** 2 + (2 * log_sigma).exp()).mean().item()
+    assert expected == pytest.approx((0.25 + math.exp(-1) + 2 + 1 + math.exp(-2)) / 3)
+    assert loss.item() == pytest.approx(expected, rel=0.03)
+
+
+def test_nll_mse_and_masked_mean():
+    mu, log_sigma, target, mask = gauss_inputs()
+    nlp = -torch.distributions.Normal(mu, log_sigma.exp()).log_prob(target).mean(-1)
+    assert lh.nll_loss(mu, log_sigma, target, mask).item() == pytest.approx(slow_masked_mean(nlp, mask), rel=1e-5)
+    sq = ((mu - target) ** 2).mean(-1)
+    assert lh.mse_loss(mu, target, mask).item() == pytest.approx(slow_masked_mean(sq, mask), rel=1e-6)
+    empty = lh.masked_mean(torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.isfinite(empty) and empty.item() == 0.0
+    assert lh.masked_mean(torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[True, True, False]])).item() == 1.5
+
+
+@pytest.mark.parametrize("kind,deterministic", [("soft_mse", False), ("nll", False), ("soft_mse", True)])
+def test_latent_loss_fully_masked_is_finite_zero(kind, deterministic):
+    torch.manual_seed(0)
+    head = LatentHead(8, deterministic=deterministic)
+    head.scale.fill_(0.7)
+    h, target = torch.randn(2, 4, 8), 5 * torch.randn(2, 4, 8)
+    loss, mu, log_sigma = lh.latent_loss(head, h, target, torch.zeros(2, 4, dtype=torch.bool), kind)
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    assert mu.shape == log_sigma.shape == (2, 4, 8)
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_latent_loss_dispatch_normalises_and_detaches_target():
+    torch.manual_seed(0)
+    head = LatentHead(8, hidden=12)
+    head.scale.fill_(2.0)
+    h = torch.randn(2, 3, 8)
+    target = torch.randn(2, 3, 8, requires_grad=True)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    mu, log_sigma = head(h)
+    loss, _, _ = lh.latent_loss(head, h, target, mask, "nll")
+    assert loss.item() == pytest.approx(lh.nll_loss(mu, log_sigma, target / 2.0, mask).item(), rel=1e-5)
+    loss.backward()
+    assert target.grad is None  # no gradient into the embedding table through the target
+    loss, _, _ = lh.latent_loss(head, h, target, mask, "soft_mse", 0.1, torch.Generator().manual_seed(5))
+    ref = lh.soft_mse_loss(mu, log_sigma, target / 2.0, mask, 0.1, torch.Generator().manual_seed(5))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="soft_mse or nll"):
+        lh.latent_loss(head, h, target, mask, "l1")
+    det = LatentHead(8, deterministic=True)
+    det.scale.fill_(2.0)
+    mu, log_sigma = det(h)
+    assert (log_sigma == lh.LOG_SIGMA_MIN).all()
+    for kind in ("soft_mse", "nll"):  # a deterministic head always uses plain MSE
+        loss, _, _ = lh.latent_loss(det, h, target, mask, kind, 0.5)
+        assert loss.item() == pytest.approx(lh.mse_loss(mu, target / 2.0, mask).item(), rel=1e-6)
+
+
+def test_latent_head_sample_temperature_and_deterministic():
+    torch.manual_seed(0)
+    head = LatentHead(8)
+    head.scale.fill_(2.5)
+    h = torch.randn(3, 8)
+    mu, log_sigma = head(h)
+    fed, z, mu2, ls2 = head.sample(h, 0.0, torch.Generator().manual_seed(1))
+    assert torch.equal(z, mu) and torch.equal(mu2, mu) and torch.equal(ls2, log_sigma)
+    torch.testing.assert_close(fed, mu * 2.5)
+    fed, z, _, _ = head.sample(h, 0.5, torch.Generator().manual_seed(1))
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(z, mu + log_sigma.exp() * 0.5 * eps)
+    torch.testing.assert_close(fed, z * 2.5)
+    assert (z - mu).abs().max() > 1e-3
+    det = LatentHead(8, deterministic=True)
+    det.scale.fill_(2.5)
+    fed, z, mu, _ = det.sample(h, 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(z, mu) and torch.equal(det(h)[0], mu)
+    torch.testing.assert_close(fed, mu * 2.5)
+
+
+def test_update_scale_and_normalise():
+    head = LatentHead(4, momentum=0.1)
+    assert head.scale.item() == 0.0
+    t1 = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [100.0, 100.0, 100.0, 100.0]]])
+    m1 = torch.tensor([[True, False]])
+    head.update_scale(t1, torch.zeros(1, 2, dtype=torch.bool))  # nothing to measure: unchanged
+    assert head.scale.item() == 0.0
+    head.update_scale(t1, m1)
+    s1 = math.sqrt((1 + 4 + 9 + 16) / 4)
+    assert head.scale.item() == pytest.approx(s1)
+    t2 = torch.full((1, 2, 4), 3.0)
+    head.update_scale(t2, torch.tensor([[True, True]]))
+    assert head.scale.item() == pytest.approx(0.9 * s1 + 0.1 * 3.0)
+    head.update_scale(t2, torch.zeros(1, 2, dtype=torch.bool))
+    assert head.scale.item() == pytest.approx(0.9 * s1 + 0.1 * 3.0)
+    e = torch.tensor([1.0, -2.0, 6.0])
+    torch.testing.assert_close(head.normalise(e), e / (0.9 * s1 + 0.3))
+    assert "scale" in head.state_dict()  # it travels with checkpoints
