@@ -4,7 +4,7 @@ and the evaluation of all three on the test split (CoLaR at c = 1..5, greedy and
 result already exists is skipped, and an interrupted training stage resumes from its latest checkpoint.
 Prints the results table and writes results/demo.json.
 
-    python demo.py                 # about 20 minutes on 2 CPU cores
+    python demo.py                 # about 30 minutes on 2 CPU cores
 """
 import os
 import time
@@ -23,7 +23,7 @@ class DemoConfig:
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar
     results: str = "results/demo.json"  # evaluation records
     max_steps: int = 1200             # training steps of the CoT and No-CoT models
-    colar_steps: int = 3000           # CoLaR SFT steps (from the CoT model)
+    colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model)
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
     seeds: str = "0,1,2,3,4"          # seeds for sampled decoding
     device: str = "auto"              # auto, cpu, cuda, mps
@@ -54,7 +54,8 @@ def main(cfg):
     plans = {"cot": replace(base, mode="cot", out_dir=os.path.join(cfg.out_dir, "cot")),
              "nocot": replace(base, mode="nocot", out_dir=os.path.join(cfg.out_dir, "nocot"))}
     plans["colar"] = replace(base, mode="colar", out_dir=os.path.join(cfg.out_dir, "colar"),
-                             init_from=plans["cot"].out_dir, max_steps=cfg.colar_steps, lr=cfg.colar_lr, eval_n=200)
+                             init_from=plans["cot"].out_dir, max_steps=cfg.colar_steps, lr=cfg.colar_lr, eval_n=200,
+                             eval_every=1000)
     runs = {}
     for name, run in plans.items():
         t = time.time()
