@@ -122,7 +122,7 @@ def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
     if best:
         _atomic_write_text(os.path.join(out_dir, "best"), name + "\n")
     if keep_last > 0:
-        keep = {name, _read_pointer(out_dir, "best")}
+        keep = {name, read_pointer(out_dir, "best")}
         old = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r"ckpt_\d+\.pt", f))
         for f in old[:-keep_last]:
             if f not in keep:
@@ -130,7 +130,7 @@ def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
     return path
 
 
-def _read_pointer(out_dir, which):
+def read_pointer(out_dir, which):
     try:
         with open(os.path.join(out_dir, which)) as f:
             return f.read().strip()
@@ -142,7 +142,7 @@ def resolve_checkpoint(path, which="best"):
     """A checkpoint file, or a run folder (then its `best` checkpoint, else its `latest`)."""
     if os.path.isdir(path):
         for w in (which, "latest"):
-            name = _read_pointer(path, w)
+            name = read_pointer(path, w)
             if name:
                 return os.path.join(path, name)
         raise UserError(f"no checkpoint in {path}: it has no 'latest' pointer (did training save one?)")

@@ -10,9 +10,8 @@ import os
 import time
 from dataclasses import dataclass, replace
 
-from common import load_checkpoint, parse_config, print_config, run_cli, _read_pointer
+from common import load_checkpoint, parse_config, print_config, run_cli, read_pointer
 from data import synthetic
-from data.format import read_split
 import evaluate
 import train_sft
 
@@ -31,7 +30,7 @@ class DemoConfig:
 
 def train_stage(run, name):
     """Train run.out_dir unless it is finished; resume it when it was interrupted."""
-    if _read_pointer(run.out_dir, "latest"):
+    if read_pointer(run.out_dir, "latest"):
         if load_checkpoint(run.out_dir, "latest")["step"] >= run.max_steps:
             print(f"== {name}: already trained ({run.out_dir}), skipped")
             return run.out_dir
@@ -64,12 +63,11 @@ def main(cfg):
     t = time.time()
     print("== evaluation on the test split")
     records = []
-    test = read_split(os.path.join(cfg.data_dir, "test.txt"))
     for name, run_dir in runs.items():
         records += evaluate.main(evaluate.EvalConfig(ckpt=run_dir, data_dir=cfg.data_dir, split="test",
                                                      seeds=cfg.seeds, out=cfg.results, device=cfg.device,
                                                      text_cot=(name == "colar")))
-    print(f"\nresults on {len(test):,} test questions (written to {cfg.results}):")
+    print(f"\nresults on {records[0]['n']:,} test questions (written to {cfg.results}):")
     for r in records:
         print(evaluate.format_record(r))
     times["evaluation"] = time.time() - t

@@ -140,10 +140,10 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
     rows = torch.arange(B, device=device)  # which prompt each batch row answers
     next_pos = mask.sum(1)
     thinking = torch.ones(B, dtype=torch.bool, device=device)
+    n_lat = torch.zeros(B, dtype=torch.long, device=device)  # (b,) latents fed so far by each row
     eot_emb = model.wte.weight[tok.eot]
     for _ in range(max_steps):
         # thinking rows: stop now, or feed the next latent
-        n_lat = torch.tensor([out[r]["n_latents"] for r in rows.tolist()], device=device)  # (b,)
         stop_tok = pick_tokens(logits, temperature if stop == "sampled" else 0.0, top_p, generator)
         cap = n_lat >= max_latents
         stops = thinking & ((stop_tok == tok.eot) | cap)
@@ -165,13 +165,14 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
                 out[r]["answer"].append(a_tok)
         x = torch.where(thinking[:, None], latent, model.wte(ans_tok))  # (b, C) the next input of each row
         x = torch.where(stops[:, None], eot_emb.expand_as(x), x)
+        n_lat = n_lat + (thinking & ~stops).long()
         thinking = thinking & ~stops
         if not alive.all():
             keep = alive.nonzero().squeeze(1)
             if len(keep) == 0:
                 break
             cache.keep(keep)
-            rows, x, next_pos, thinking = rows[keep], x[keep], next_pos[keep], thinking[keep]
+            rows, x, next_pos, thinking, n_lat = rows[keep], x[keep], next_pos[keep], thinking[keep], n_lat[keep]
         logits, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache, return_hidden=True)
         logits, h = logits[:, -1], h[:, -1]
         next_pos = next_pos + 1

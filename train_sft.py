@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from common import (UserError, load_checkpoint, parse_config, pick_device, print_config, run_cli, save_checkpoint,
-                    _read_pointer)
+                    read_pointer)
 from compress import compress, sample_chunk_labels
 from data.format import chain_text, read_split
 from evaluate import score
@@ -280,7 +280,7 @@ def main(cfg):
     c_values = parse_c_values(cfg)
     device = pick_device(cfg.device)
     ckpt = init = None
-    if _read_pointer(cfg.out_dir, "latest"):
+    if read_pointer(cfg.out_dir, "latest"):
         if not cfg.resume:
             raise UserError(f"{cfg.out_dir} already holds checkpoints: pass --resume true to continue that run, "
                             f"or choose another --out_dir")
