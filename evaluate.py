@@ -131,7 +131,7 @@ def main(cfg):
         raise UserError("sampled decoding needs at least one seed")
     model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
     run = ckpt["config"]
-    mode = run.get("mode", "cot")
+    mode = run.get("mode", "cot") + ("_rl" if "rl_config" in ckpt else "")  # the method name of its records
     if head is None:
         if cfg.c:
             raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} was trained in {mode} mode")

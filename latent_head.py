@@ -26,10 +26,13 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class LatentHead(nn.Module):
-    def __init__(self, n_embd, hidden=0, deterministic=False, momentum=0.01):
+    def __init__(self, n_embd, hidden=0, deterministic=False, momentum=0.01, sigma_min=0.0):
         super().__init__()
         H = hidden or n_embd
         self.deterministic, self.momentum = deterministic, momentum
+        # a floor on sigma (0: none). RL sets one: the SFT loss drives sigma to ~1e-4, where sampling explores
+        # nothing and the log-density of a latent explodes as soon as mu moves (train_rl.py)
+        self.log_sigma_min = max(LOG_SIGMA_MIN, math.log(sigma_min)) if sigma_min > 0 else LOG_SIGMA_MIN
         self.net = nn.Sequential(nn.Linear(n_embd, H), nn.GELU(), nn.Linear(H, H), nn.LayerNorm(H))
         self.mu = nn.Linear(H, n_embd)
         self.log_sigma = nn.Linear(H, n_embd)
@@ -38,7 +41,7 @@ class LatentHead(nn.Module):
     def forward(self, h):
         """h (..., C) -> mu (..., C), log_sigma (..., C), in the normalised space."""
         a = self.net(h)
-        log_sigma = self.log_sigma(a).clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        log_sigma = self.log_sigma(a).clamp(self.log_sigma_min, LOG_SIGMA_MAX)
         if self.deterministic:
             log_sigma = torch.full_like(log_sigma, LOG_SIGMA_MIN)
         return self.mu(a), log_sigma

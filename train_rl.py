@@ -1,0 +1,338 @@
+"""
+Reinforcement learning of a CoLaR model at one speed c: GRPO-style (group-relative advantages, PPO clipping, no critic,
+no KL), over sampled latent chains. Starts from a CoLaR SFT checkpoint.
+
+Each step:
+ 1. Take `questions` training questions and sample `group` rollouts of each from the current policy, batched with the
+    KV cache (sample.generate_latent): after <|bot|>, at every position the LM head samples a token, and the row stops
+    thinking when it is <|eot|>; otherwise the latent head samples z ~ N(mu, sigma^2) and z * scale is fed in. Then the
+    answer is sampled token by token (temperature 1, no top-p: the policy itself) until <|eos|>.
+ 2. Reward r = 1 for a correct answer, else 0 (`reward`, a pure function of two strings). Advantage within each
+    group: A = (r - mean(r)) / (std(r) + 1e-8), std over the group (population std). A group whose rewards are all
+    equal has A = 0 everywhere and carries no signal: it is counted and dropped before any gradient work.
+ 3. The actions of a rollout and their log-probabilities, recomputed in one teacher-forced pass:
+      latents: log N(z_k; mu_k, sigma_k^2), averaged over the embedding dimensions, k = 1..L;
+      answer:  log p(<|eot|>) where the row stopped thinking (not when the latent cap forced it), then log p of each
+               answer token and of <|eos|> (when the answer was closed).
+    logp_old is this pass right after the rollouts, without gradient.
+ 4. Per action, the PPO-clipped surrogate  l = -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A),  rho = exp(logp -
+    logp_old), the log-ratio clamped to +-LOG_RATIO_MAX so exp() stays finite. The loss of a rollout is the mean of l
+    over its latents plus the mean over its answer actions (each over the rollout's *own* count), and the loss of a
+    minibatch the mean over its rollouts: a correct short chain gets a larger push per latent than a correct long one,
+    which shortens chains. --length_average false is the paper's "w/o average" ablation: one mean over every action
+    of the minibatch, so a rollout weighs in proportion to its length.
+ 5. The kept rollouts are shuffled into minibatches of `minibatch` rollouts; one AdamW step each (gradient clipped),
+    for `epochs` passes. The first minibatch has rho = 1; clipping acts from the second on.
+
+Simplifications, stated: the decisions to go on thinking (a non-<|eot|> token sampled at a latent position) are not
+actions in the objective, only the final <|eot|> is (as in the paper); one speed c per run; no KL penalty and no
+reference model (as in the paper). sigma gets a floor, --sigma_min (0.1 by default, in the head's normalised units where
+a target entry has RMS 1): the SFT loss drives sigma to ~1e-4, where sampling explores nothing and the log-density
+explodes as soon as mu moves (a trial without the floor had a gradient norm of 5.7e3 at step 1 and NaN at step 3).
+The floor is saved with the head, so sampled evaluation of the RL checkpoint draws from the same policy.
+
+    python train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl
+    python train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl_noavg --length_average false
+    python train_rl.py --out_dir out/colar_rl --resume true
+"""
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common import (UserError, load_checkpoint, parse_config, pick_device, print_config, read_pointer, run_cli,
+                    save_checkpoint, trained_speeds)
+from data.format import answers_match, read_split
+from evaluate import score
+from latent_head import LatentHead, gaussian_log_prob
+from model import GPT, GPTConfig
+from sample import generate_latent
+from tokenizer import Tokenizer
+from train_sft import EpochSampler, make_optimizer
+
+LOG_RATIO_MAX = 10.0  # |log rho| is clamped to this before exp()
+
+
+@dataclass
+class RLConfig:
+    init_from: str = "out/colar"   # the CoLaR SFT checkpoint or run folder to start from
+    data_dir: str = "data/synth"   # folder with train.txt and val.txt
+    c: int = 5                     # the speed the rollouts are prompted with
+    group: int = 8                 # rollouts per question (G)
+    questions: int = 16            # questions per step
+    minibatch: int = 32            # rollouts per optimiser step
+    epochs: int = 1                # passes over a step's rollouts
+    clip_eps: float = 0.2          # PPO clipping range
+    length_average: bool = True    # average each rollout's loss over its own length (false: "w/o average" ablation)
+    sigma_min: float = 0.1         # floor on the latent head's sigma (normalised units)
+    max_latents: int = 64          # cap on latents per rollout
+    max_answer_tokens: int = 16    # cap on answer tokens per rollout
+    lr: float = 2e-5               # AdamW learning rate (constant)
+    weight_decay: float = 0.0      # AdamW weight decay on matrices
+    grad_clip: float = 1.0         # clip the gradient norm to this (0: off)
+    max_steps: int = 200           # RL steps
+    out_dir: str = "out/colar_rl"  # checkpoints go here
+    eval_every: int = 50           # validate and save a checkpoint every this many steps (and at the end)
+    eval_n: int = 500              # validation questions (0: all); selection uses sampled accuracy at c
+    keep_last: int = 3             # step checkpoints kept (the best by validation is always kept)
+    log_every: int = 5             # print a progress line every this many steps
+    stop_at: int = 0               # stop (with a checkpoint) at this step, to --resume later; 0: run to max_steps
+    resume: bool = False           # continue from out_dir's latest checkpoint
+    seed: int = 1337               # seeds the question order, the rollouts and the minibatches
+    device: str = "auto"           # auto, cpu, cuda, mps
+
+
+def reward(answer, reference):
+    """1.0 for a correct answer, else 0.0."""
+    return 1.0 if answers_match(answer, reference) else 0.0
+
+
+def group_advantages(rewards, group):
+    """rewards (N,), N = groups * group, each group consecutive -> advantages (N,) and signal (groups,): True where
+    the group's rewards are not all equal."""
+    r = rewards.view(-1, group)
+    std = r.std(dim=1, correction=0, keepdim=True)
+    adv = (r - r.mean(dim=1, keepdim=True)) / (std + 1e-8)
+    return adv.reshape(-1), std.squeeze(1) > 0
+
+
+def clipped_surrogate(logp, logp_old, adv, eps):
+    """Per-action PPO loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old)."""
+    ratio = (logp - logp_old).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX).exp()
+    return -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+
+
+def aggregate(per_action, lat_mask, tok_mask, length_average=True):
+    """per_action (N, T): each action's loss at its position; lat_mask, tok_mask (N, T): where the latent and the
+    answer actions are. Length-averaged: mean over rollouts of (mean over its latents + mean over its answer actions).
+    Otherwise one mean over all actions."""
+    lat, tok = lat_mask.to(per_action.dtype), tok_mask.to(per_action.dtype)
+    if not length_average:
+        return (per_action * (lat + tok)).sum() / (lat + tok).sum().clamp(min=1)
+    per_rollout = ((per_action * lat).sum(1) / lat.sum(1).clamp(min=1)
+                   + (per_action * tok).sum(1) / tok.sum(1).clamp(min=1))
+    return per_rollout.mean()
+
+
+def rollout_batch(tok, prompts, rollouts, device):
+    """The teacher-forced layout of rollouts: row i is prompt | L latents | <|eot|> answer [<|eos|>], right-padded.
+    Returns a dict of tensors, one row per rollout: idx (N, T) token ids (pad at the latent slots), mask (N, T) real
+    positions, latent_in (N, T) the latent slots, lat_x (N, T, C) the fed latents in their slots (0 elsewhere),
+    lat_at (N, T) the positions whose hidden state produced a latent (<|bot|> .. the one before the last latent; the
+    latent it produced sits one position later), tok_at (N, T) the positions whose logits produced an answer action,
+    and tok_target (N, T) that action's token (-1 elsewhere)."""
+    N = len(rollouts)
+    T = max(len(p) + r["n_latents"] + 2 + len(r["answer"]) for p, r in zip(prompts, rollouts))
+    first = next((r["latents"][0] for r in rollouts if r["latents"]), torch.zeros(1))
+    b = {"idx": torch.full((N, T), tok.pad), "latent_in": torch.zeros(N, T, dtype=torch.bool),
+         "lat_x": torch.zeros(N, T, first.numel(), dtype=first.dtype), "lat_at": torch.zeros(N, T, dtype=torch.bool),
+         "tok_at": torch.zeros(N, T, dtype=torch.bool), "tok_target": torch.full((N, T), -1),
+         "mask": torch.zeros(N, T, dtype=torch.bool)}
+    for i, (p, r) in enumerate(zip(prompts, rollouts)):
+        P, L = len(p), r["n_latents"]
+        ans = r["answer"] + ([tok.eos] if r["finished"] else [])
+        b["idx"][i, :P] = torch.tensor(p)
+        b["idx"][i, P + L] = tok.eot
+        b["idx"][i, P + L + 1:P + L + 1 + len(ans)] = torch.tensor(ans, dtype=torch.long)
+        b["latent_in"][i, P:P + L] = True
+        b["mask"][i, :P + L + 1 + len(ans)] = True  # by length: a sampled answer may contain the pad token itself
+        if L:
+            b["lat_x"][i, P:P + L] = torch.stack(r["latents"])
+        b["lat_at"][i, P - 1:P - 1 + L] = True
+        first = P + L if r["hit_cap"] else P + L - 1  # a forced <|eot|> is not an action
+        targets = ([] if r["hit_cap"] else [tok.eot]) + ans
+        b["tok_at"][i, first:first + len(targets)] = True
+        b["tok_target"][i, first:first + len(targets)] = torch.tensor(targets, dtype=torch.long)
+    return {k: v.to(device) for k, v in b.items()}
+
+
+def action_log_probs(model, head, b):
+    """Log-probabilities of every action of a rollout batch (from rollout_batch), in one teacher-forced pass.
+    Returns logp (N, T): at lat_at the Gaussian log-density (mean over dimensions) of the latent produced there, at
+    tok_at the log-prob of the token produced there, 0 elsewhere; and the mean sigma over the latent positions."""
+    x = torch.where(b["latent_in"][..., None], b["lat_x"].to(model.wte.weight.dtype), model.wte(b["idx"]))
+    logits, h = model(embeds=x, mask=b["mask"], return_hidden=True)
+    mu, log_sigma = head(h[b["lat_at"]])  # (M, C)
+    z = head.normalise(b["lat_x"].roll(-1, dims=1)[b["lat_at"]])  # the latent made at each lat_at position
+    logp = torch.zeros(b["idx"].shape, device=x.device, dtype=mu.dtype)
+    logp = logp.masked_scatter(b["lat_at"], gaussian_log_prob(z, mu, log_sigma))
+    tok_logits = logits[b["tok_at"]]
+    tok_logits = tok_logits.to(torch.promote_types(tok_logits.dtype, torch.float32))  # at least fp32 (bf16 on GPU)
+    tok_logp = F.log_softmax(tok_logits, dim=-1).gather(1, b["tok_target"][b["tok_at"]][:, None])
+    logp = logp.masked_scatter(b["tok_at"], tok_logp.squeeze(1).to(logp.dtype))
+    sigma = log_sigma.exp().mean() if log_sigma.numel() else torch.zeros((), device=x.device)
+    return logp, sigma
+
+
+def rl_step(model, head, optimizer, params, b, adv, cfg, gen):
+    """Policy-gradient updates on one step's kept rollouts (batch b with advantages adv (N,)).
+    Returns the mean loss, gradient norm (before clipping) and sigma over the minibatches."""
+    with torch.no_grad():
+        logp_old, _ = action_log_probs(model, head, b)
+    N = adv.numel()
+    stats = []
+    for _ in range(cfg.epochs):
+        order = torch.randperm(N, generator=gen, device=adv.device)
+        for i in range(0, N, cfg.minibatch):
+            rows = order[i:i + cfg.minibatch]
+            mb = {k: v[rows] for k, v in b.items()}
+            logp, sigma = action_log_probs(model, head, mb)
+            per_action = clipped_surrogate(logp, logp_old[rows], adv[rows][:, None], cfg.clip_eps)
+            loss = aggregate(per_action, mb["lat_at"], mb["tok_at"], cfg.length_average)
+            if not torch.isfinite(loss):
+                return loss.detach(), loss.detach(), sigma.detach()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            stats.append(torch.stack([loss.detach(), norm.detach(), sigma.detach()]))
+    return tuple(torch.stack(stats).mean(0))
+
+
+def rollouts(model, head, tok, questions, cfg, gen):
+    """`group` sampled rollouts of each question (groups consecutive); returns (prompts, rollouts)."""
+    prompts = [tok.prompt(q, cfg.c) for q in questions for _ in range(cfg.group)]
+    out = generate_latent(model, head, tok, prompts, cfg.max_latents, cfg.max_answer_tokens, latent_temperature=1.0,
+                          temperature=1.0, top_p=1.0, stop="sampled", generator=gen, keep_latents=True)
+    return prompts, out
+
+
+def check_config(cfg):
+    for name in ("c", "group", "questions", "minibatch", "epochs", "max_latents", "max_answer_tokens", "max_steps",
+                 "eval_every", "log_every"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.group < 2:
+        raise UserError(f"--group must be at least 2 (advantages compare rollouts of one question), got {cfg.group}")
+    if not cfg.lr > 0 or not 0 < cfg.clip_eps < 1 or cfg.sigma_min < 0:
+        raise UserError(f"need lr > 0, 0 < clip_eps < 1 and sigma_min >= 0, got lr={cfg.lr}, "
+                        f"clip_eps={cfg.clip_eps}, sigma_min={cfg.sigma_min}")
+
+
+def main(cfg):
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    ckpt = None
+    if read_pointer(cfg.out_dir, "latest"):
+        if not cfg.resume:
+            raise UserError(f"{cfg.out_dir} already holds checkpoints: pass --resume true to continue that run, "
+                            f"or choose another --out_dir")
+        ckpt = load_checkpoint(cfg.out_dir, which="latest")
+        if "rl_config" not in ckpt:
+            raise UserError(f"{ckpt['path']} is not an RL checkpoint: choose another --out_dir")
+        for key in ("init_from", "c", "group", "questions", "minibatch", "epochs", "seed", "sigma_min",
+                    "length_average"):
+            if ckpt["rl_config"][key] != getattr(cfg, key):
+                raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed "
+                                f"({ckpt['rl_config'][key]}): resume with the run's own settings")
+    elif cfg.resume:
+        raise UserError(f"--resume true, but {cfg.out_dir} holds no checkpoint to resume from")
+    base = ckpt or load_checkpoint(cfg.init_from)
+    if base.get("latent_head") is None:
+        raise UserError(f"{base['path']} has no latent head: RL starts from a CoLaR checkpoint (train_sft.py --mode "
+                        f"colar)")
+    if base["latent_config"].get("deterministic"):
+        raise UserError(f"{base['path']} has a deterministic latent head (DL): there is no latent distribution to "
+                        f"sample and reinforce")
+    speeds = trained_speeds(base["config"])
+    if cfg.c not in speeds:
+        print(f"warning: c={cfg.c} is outside the speeds this model was trained on ({speeds})")
+    print_config(cfg)
+    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
+    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
+    val = val[:cfg.eval_n] if cfg.eval_n > 0 else val
+    tok = Tokenizer.from_spec(base["tokenizer"])
+    model_cfg = GPTConfig(**base["model_config"])
+    latent_config = {**base["latent_config"], "sigma_min": cfg.sigma_min}
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    head = LatentHead(model_cfg.n_embd, **latent_config).to(device)
+    model.load_state_dict(base["model"])
+    head.load_state_dict(base["latent_head"])
+    optimizer = make_optimizer([model, head], cfg.lr, cfg.weight_decay)
+    sampler = EpochSampler(len(train), cfg.questions, cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # rollouts and minibatch order
+    step, best_val = 0, -1.0
+    if ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sampler.load_state_dict(ckpt["sampler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        gen.set_state(ckpt["rng"]["train"])
+        step, best_val = ckpt["step"], ckpt["best_val"]
+        print(f"resumed {ckpt['path']} at step {step}")
+    else:
+        print(f"initialised from {base['path']}")
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    print(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
+          f"{cfg.group} rollouts per step; device {device}")
+
+    def validate():
+        """Sampled (the policy, fixed seed) and greedy accuracy and mean #L on the validation questions at c."""
+        model.eval()
+        head.eval()
+        caps = dict(head=head, max_latents=cfg.max_latents, max_new_tokens=cfg.max_latents + 1 + cfg.max_answer_tokens)
+        sampled = score(model, tok, val, cfg.c, 1.0, 0.9, cfg.seed, latent_temperature=1.0, stop="sampled", **caps)
+        greedy = score(model, tok, val, cfg.c, **caps)
+        return sampled, greedy
+
+    def checkpoint(step, val_acc, best):
+        return save_checkpoint(cfg.out_dir, step, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_config": asdict(model_cfg),
+            "latent_head": head.state_dict(), "latent_config": latent_config, "config": base["config"],
+            "rl_config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "sampler": sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "train": gen.get_state()}, "best_val": best_val,
+            "val_acc": val_acc}, cfg.keep_last, best)
+
+    if step == 0:
+        (acc, n_lat, _), (gacc, gn, _) = validate()
+        print(f"eval step 0: val sampled {100 * acc:.1f}% #L {n_lat:.2f} | greedy {100 * gacc:.1f}% #L {gn:.2f}")
+    last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
+    first, t_start = step, time.time()
+    sigma = torch.tensor(float("nan"))  # the latent head's mean sigma at the last rollouts trained on
+    while step < last:
+        batch = [train[i] for i in sampler.next()]
+        model.eval()  # rollouts and updates alike: no dropout, so logp_old is the rollouts' own policy
+        head.eval()
+        prompts, outs = rollouts(model, head, tok, [q for q, _, _ in batch], cfg, gen)
+        rewards = torch.tensor([reward(tok.decode(o["answer"]).strip(), a)
+                                for o, (_, _, a) in zip(outs, [ex for ex in batch for _ in range(cfg.group)])])
+        adv, signal = group_advantages(rewards, cfg.group)
+        keep = signal.repeat_interleave(cfg.group).nonzero().squeeze(1)
+        n_lat = sum(o["n_latents"] for o in outs) / len(outs)
+        loss = norm = torch.zeros(())
+        if len(keep):
+            b = rollout_batch(tok, [prompts[i] for i in keep.tolist()], [outs[i] for i in keep.tolist()], device)
+            loss, norm, sigma = rl_step(model, head, optimizer, params, b, adv[keep].to(device), cfg, gen)
+            if not torch.isfinite(loss):
+                kept = read_pointer(cfg.out_dir, "latest")
+                raise UserError(f"the RL loss became {loss.item()} at step {step + 1}; "
+                                + (f"the last good checkpoint {os.path.join(cfg.out_dir, kept)} is kept"
+                                   if kept else "no checkpoint was written yet")
+                                + ": lower --lr or raise --sigma_min")
+        step += 1
+        if step % cfg.log_every == 0 or step == last:
+            elapsed = time.time() - t_start
+            eta = (last - step) * elapsed / (step - first)
+            print(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} (= rollout accuracy) | #L {n_lat:.2f} "
+                  f"| groups with signal {signal.float().mean():.2f} | loss {loss.item():+.4f} | grad norm {norm.item():.3f} "
+                  f"| sigma {sigma.item():.4f} "
+                  f"| {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
+        if step % cfg.eval_every == 0 or step == last:
+            (acc, n_val, _), (gacc, gn, _) = validate()
+            is_best = acc >= best_val
+            best_val = max(best_val, acc)
+            path = checkpoint(step, acc, is_best)
+            print(f"eval step {step}: val sampled {100 * acc:.1f}% #L {n_val:.2f} | greedy {100 * gacc:.1f}% #L "
+                  f"{gn:.2f} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
+    minutes = (time.time() - t_start) / 60
+    print(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%")
+    return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step}
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_config(RLConfig))
