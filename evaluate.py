@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from common import UserError, load_model, parse_config, pick_device, run_cli, trained_speeds
 from data.format import answers_match, read_split
+from latent_head import log_sigma_floor
 from sample import answer_questions
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -109,6 +110,7 @@ class EvalConfig:
     top_p: float = 0.9             # sampled decoding: answer-token nucleus
     latent_temperature: float = 1.0  # sampled decoding: latent noise scale (greedy uses the mean)
     max_latents: int = 64          # CoLaR: cap on latents per question
+    sigma_min: float = -1.0        # CoLaR: floor on the latent sigma for sampling (-1: the checkpoint's own)
     text_cot: bool = False         # CoLaR: also decode a text chain of thought (c = 1, LM head), for comparison
     batch_size: int = 256          # questions decoded together
     out: str = ""                  # JSON file to merge the records into (e.g. results/synth.json)
@@ -131,6 +133,8 @@ def main(cfg):
         raise UserError("sampled decoding needs at least one seed")
     model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
     run = ckpt["config"]
+    if cfg.sigma_min >= 0 and head is not None:  # e.g. to sample an SFT model as an RL run with that floor would
+        head.log_sigma_min = log_sigma_floor(cfg.sigma_min)
     mode = run.get("mode", "cot") + ("_rl" if "rl_config" in ckpt else "")  # the method name of its records
     if head is None:
         if cfg.c:

@@ -25,6 +25,11 @@ LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 2.0  # keeps exp() and the log-density fin
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def log_sigma_floor(sigma_min):
+    """The lowest log sigma a head with floor sigma_min (0: none) may output."""
+    return max(LOG_SIGMA_MIN, math.log(sigma_min)) if sigma_min > 0 else LOG_SIGMA_MIN
+
+
 class LatentHead(nn.Module):
     def __init__(self, n_embd, hidden=0, deterministic=False, momentum=0.01, sigma_min=0.0):
         super().__init__()
@@ -32,7 +37,7 @@ class LatentHead(nn.Module):
         self.deterministic, self.momentum = deterministic, momentum
         # a floor on sigma (0: none). RL sets one: the SFT loss drives sigma to ~1e-4, where sampling explores
         # nothing and the log-density of a latent explodes as soon as mu moves (train_rl.py)
-        self.log_sigma_min = max(LOG_SIGMA_MIN, math.log(sigma_min)) if sigma_min > 0 else LOG_SIGMA_MIN
+        self.log_sigma_min = log_sigma_floor(sigma_min)
         self.net = nn.Sequential(nn.Linear(n_embd, H), nn.GELU(), nn.Linear(H, H), nn.LayerNorm(H))
         self.mu = nn.Linear(H, n_embd)
         self.log_sigma = nn.Linear(H, n_embd)

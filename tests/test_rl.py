@@ -16,7 +16,7 @@ import train_rl
 import train_sft
 from common import UserError, load_checkpoint, load_model, read_pointer
 from data import synthetic
-from latent_head import LatentHead, gaussian_log_prob
+from latent_head import LOG_SIGMA_MIN, LatentHead, gaussian_log_prob
 from model import GPT, GPTConfig
 from sample import generate_latent
 
@@ -273,3 +273,18 @@ def test_train_rl_bad_input(rl_setup):
         train_rl.main(rl_cfg(rl_setup, "mismatch", c=1, resume=True))
     with pytest.raises(UserError, match="already holds checkpoints"):
         train_rl.main(rl_cfg(rl_setup, "mismatch"))
+
+
+def test_evaluate_sigma_min_overrides_the_heads_floor(rl_setup, monkeypatch):
+    floors = []
+    real = evaluate.evaluate
+
+    def spy(*args, **kw):
+        floors.append(args[12].log_sigma_min)  # the head evaluate.main passes on
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate", spy)
+    for sigma_min in (-1.0, 0.25):
+        evaluate.main(evaluate.EvalConfig(ckpt=rl_setup["colar"], split="test", n=2, c="1", decode="greedy",
+                                          max_latents=2, sigma_min=sigma_min, device="cpu"))
+    assert floors == [LOG_SIGMA_MIN, pytest.approx(math.log(0.25))]  # the SFT head has none; the flag sets one
