@@ -125,9 +125,9 @@ def rollout_batch(tok, prompts, rollouts, device):
     and tok_target (N, T) that action's token (-1 elsewhere)."""
     N = len(rollouts)
     T = max(len(p) + r["n_latents"] + 2 + len(r["answer"]) for p, r in zip(prompts, rollouts))
-    first = next((r["latents"][0] for r in rollouts if r["latents"]), torch.zeros(1))
+    z0 = next((r["latents"][0] for r in rollouts if r["latents"]), torch.zeros(1))  # for the width and dtype
     b = {"idx": torch.full((N, T), tok.pad), "latent_in": torch.zeros(N, T, dtype=torch.bool),
-         "lat_x": torch.zeros(N, T, first.numel(), dtype=first.dtype), "lat_at": torch.zeros(N, T, dtype=torch.bool),
+         "lat_x": torch.zeros(N, T, z0.numel(), dtype=z0.dtype), "lat_at": torch.zeros(N, T, dtype=torch.bool),
          "tok_at": torch.zeros(N, T, dtype=torch.bool), "tok_target": torch.full((N, T), -1),
          "mask": torch.zeros(N, T, dtype=torch.bool)}
     for i, (p, r) in enumerate(zip(prompts, rollouts)):
@@ -141,10 +141,10 @@ def rollout_batch(tok, prompts, rollouts, device):
         if L:
             b["lat_x"][i, P:P + L] = torch.stack(r["latents"])
         b["lat_at"][i, P - 1:P - 1 + L] = True
-        first = P + L if r["hit_cap"] else P + L - 1  # a forced <|eot|> is not an action
+        start = P + L if r["hit_cap"] else P + L - 1  # a forced <|eot|> is not an action
         targets = ([] if r["hit_cap"] else [tok.eot]) + ans
-        b["tok_at"][i, first:first + len(targets)] = True
-        b["tok_target"][i, first:first + len(targets)] = torch.tensor(targets, dtype=torch.long)
+        b["tok_at"][i, start:start + len(targets)] = True
+        b["tok_target"][i, start:start + len(targets)] = torch.tensor(targets, dtype=torch.long)
     return {k: v.to(device) for k, v in b.items()}
 
 
