@@ -7,9 +7,11 @@ Each step:
     KV cache (sample.generate_latent): after <|bot|>, at every position the LM head samples a token, and the row stops
     thinking when it is <|eot|>; otherwise the latent head samples z ~ N(mu, sigma^2) and z * scale is fed in. Then the
     answer is sampled token by token (temperature 1, no top-p: the policy itself) until <|eos|>.
- 2. Reward r = 1 for a correct answer, else 0 (`reward`, a pure function of two strings). Advantage within each
-    group: A = (r - mean(r)) / (std(r) + 1e-8), std over the group (population std). A group whose rewards are all
-    equal has A = 0 everywhere and carries no signal: it is counted and dropped before any gradient work.
+ 2. Reward r = 1 for a correct answer, else 0 (`reward`, a pure function of the answer, the reference and #L;
+    --length_penalty p, not in the paper and 0 by default, gives a correct answer 1 - p * #L / max_latents).
+    Advantage within each group: A = (r - mean(r)) / (std(r) + 1e-8), std over the group (population std). A group
+    whose rewards are all equal has A = 0 everywhere and carries no signal: it is counted and dropped before any
+    gradient work.
  3. The actions of a rollout and their log-probabilities, recomputed in one teacher-forced pass:
       latents: log N(z_k; mu_k, sigma_k^2), averaged over the embedding dimensions, k = 1..L;
       answer:  log p(<|eot|>) where the row stopped thinking (not when the latent cap forced it), then log p of each
@@ -67,6 +69,7 @@ class RLConfig:
     clip_eps: float = 0.2          # PPO clipping range
     length_average: bool = True    # average each rollout's loss over its own length (false: "w/o average" ablation)
     sigma_min: float = 0.1         # floor on the latent head's sigma (normalised units)
+    length_penalty: float = 0.0    # a correct answer earns 1 - length_penalty * #L / max_latents (0: the paper's 0/1)
     max_latents: int = 64          # cap on latents per rollout
     max_answer_tokens: int = 16    # cap on answer tokens per rollout
     lr: float = 2e-5               # AdamW learning rate (constant)
@@ -84,9 +87,12 @@ class RLConfig:
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
-def reward(answer, reference):
-    """1.0 for a correct answer, else 0.0."""
-    return 1.0 if answers_match(answer, reference) else 0.0
+def reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64):
+    """1 for a correct answer, else 0; with a length penalty a correct answer earns 1 - penalty * n_latents /
+    max_latents, so of two correct rollouts the shorter one is better (not in the paper; off by default)."""
+    if not answers_match(answer, reference):
+        return 0.0
+    return 1.0 - length_penalty * n_latents / max_latents
 
 
 def group_advantages(rewards, group):
@@ -223,7 +229,7 @@ def main(cfg):
         if "rl_config" not in ckpt:
             raise UserError(f"{ckpt['path']} is not an RL checkpoint: choose another --out_dir")
         for key in ("init_from", "c", "group", "questions", "minibatch", "epochs", "seed", "sigma_min",
-                    "length_average"):
+                    "length_average", "length_penalty"):
             if ckpt["rl_config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed "
                                 f"({ckpt['rl_config'][key]}): resume with the run's own settings")
@@ -299,8 +305,10 @@ def main(cfg):
         model.eval()  # rollouts and updates alike: no dropout, so logp_old is the rollouts' own policy
         head.eval()
         prompts, outs = rollouts(model, head, tok, [q for q, _, _ in batch], cfg, gen)
-        rewards = torch.tensor([reward(tok.decode(o["answer"]).strip(), a)
-                                for o, (_, _, a) in zip(outs, [ex for ex in batch for _ in range(cfg.group)])])
+        refs = [a for _, _, a in batch for _ in range(cfg.group)]
+        rewards = torch.tensor([reward(tok.decode(o["answer"]).strip(), a, o["n_latents"], cfg.length_penalty,
+                                       cfg.max_latents) for o, a in zip(outs, refs)])
+        correct = (rewards > 0).float().mean()
         adv, signal = group_advantages(rewards, cfg.group)
         keep = signal.repeat_interleave(cfg.group).nonzero().squeeze(1)
         n_lat = sum(o["n_latents"] for o in outs) / len(outs)
@@ -318,7 +326,7 @@ def main(cfg):
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
             eta = (last - step) * elapsed / (step - first)
-            print(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} (= rollout accuracy) | #L {n_lat:.2f} "
+            print(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} | accuracy {correct:.3f} | #L {n_lat:.2f} "
                   f"| groups with signal {signal.float().mean():.2f} | loss {loss.item():+.4f} | grad norm {norm.item():.3f} "
                   f"| sigma {sigma.item():.4f} "
                   f"| {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)

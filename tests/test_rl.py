@@ -30,6 +30,10 @@ def test_reward():
     assert train_rl.reward("7", "7") == 1.0
     assert train_rl.reward("1,250", "1250") == 1.0  # the evaluation's answer matching (separators stripped)
     assert train_rl.reward("8", "7") == 0.0 and train_rl.reward("", "7") == 0.0
+    # the length penalty shortens correct answers' rewards only: 1 - 0.5 * 16 / 64
+    assert train_rl.reward("7", "7", n_latents=16, length_penalty=0.5, max_latents=64) == 0.875
+    assert train_rl.reward("8", "7", n_latents=16, length_penalty=0.5, max_latents=64) == 0.0
+    assert train_rl.reward("7", "7", n_latents=16) == 1.0  # no penalty by default
 
 
 def test_group_advantages_by_hand():
@@ -224,7 +228,7 @@ def rl_cfg(setup, out, **kw):
 def test_train_rl_end_to_end_and_exact_resume(rl_setup, capsys, monkeypatch):
     # the tiny model never answers right; a reward on the answer's length (still a pure function of strings) gives
     # groups with mixed rewards, so the updates run
-    monkeypatch.setattr(train_rl, "reward", lambda answer, reference: float(len(answer) % 2 == 0))
+    monkeypatch.setattr(train_rl, "reward", lambda answer, reference, *args: float(len(answer) % 2 == 0))
     straight = train_rl.main(rl_cfg(rl_setup, "straight"))
     log = capsys.readouterr().out
     assert "eval step 4" in log and "groups with signal 0.00" not in log
