@@ -155,7 +155,8 @@ def main(cfg):
     for c in cs:
         for d in decodes:
             r = evaluate(model, tok, examples, cfg.method or mode, c, d, seeds, cfg.split, ckpt["path"],
-                         cfg.temperature, cfg.top_p, cfg.batch_size, head, cfg.max_latents, cfg.latent_temperature)
+                         cfg.temperature, cfg.top_p, cfg.batch_size, head=head, max_latents=cfg.max_latents,
+                         latent_temperature=cfg.latent_temperature)
             print(format_record(r))
             records.append(r)
     if head is not None and cfg.text_cot:  # the same model, thinking in text tokens instead of latents

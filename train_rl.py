@@ -71,14 +71,14 @@ class RLConfig:
     sigma_min: float = 0.1         # floor on the latent head's sigma (normalised units)
     length_penalty: float = 0.0    # a correct answer earns 1 - length_penalty * #L / max_latents (0: the paper's 0/1)
     max_latents: int = 64          # cap on latents per rollout
-    max_answer_tokens: int = 16    # cap on answer tokens per rollout
+    max_answer_tokens: int = 16    # steps left for the answer after max_latents (a shorter chain leaves more)
     lr: float = 2e-5               # AdamW learning rate (constant)
     weight_decay: float = 0.0      # AdamW weight decay on matrices
     grad_clip: float = 1.0         # clip the gradient norm to this (0: off)
     max_steps: int = 200           # RL steps
     out_dir: str = "out/colar_rl"  # checkpoints go here
     eval_every: int = 50           # validate and save a checkpoint every this many steps (and at the end)
-    eval_n: int = 500              # validation questions (0: all); selection uses sampled accuracy at c
+    eval_n: int = 500              # validation questions (0: all); selection: sampled accuracy at c (top-p 0.9)
     keep_last: int = 3             # step checkpoints kept (the best by validation is always kept)
     log_every: int = 5             # print a progress line every this many steps
     stop_at: int = 0               # stop (with a checkpoint) at this step, to --resume later; 0: run to max_steps
@@ -99,24 +99,26 @@ def group_advantages(rewards, group):
     """rewards (N,), N = groups * group, each group consecutive -> advantages (N,) and signal (groups,): True where
     the group's rewards are not all equal."""
     r = rewards.view(-1, group)
-    std = r.std(dim=1, correction=0, keepdim=True)
-    adv = (r - r.mean(dim=1, keepdim=True)) / (std + 1e-8)
-    return adv.reshape(-1), std.squeeze(1) > 0
+    signal = (r != r[:, :1]).any(dim=1)  # exact: float rewards of one value can have a std of 1e-8, not 0
+    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + 1e-8)
+    return torch.where(signal[:, None], adv, 0.0).reshape(-1), signal
 
 
 def clipped_surrogate(logp, logp_old, adv, eps):
-    """Per-action PPO loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old)."""
+    """Per-action PPO loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old). The log-ratio is
+    clamped so exp() stays finite; beyond the clamp the gradient is 0 (only reachable after many updates per batch)."""
     ratio = (logp - logp_old).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX).exp()
     return -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
 
 
 def aggregate(per_action, lat_mask, tok_mask, length_average=True):
     """per_action (N, T): each action's loss at its position; lat_mask, tok_mask (N, T): where the latent and the
-    answer actions are. Length-averaged: mean over rollouts of (mean over its latents + mean over its answer actions).
-    Otherwise one mean over all actions."""
+    answer actions are. The mean over rollouts of: length-averaged, the mean over its latents plus the mean over its
+    answer actions; otherwise (the "w/o average" ablation) the sum over all its actions, so a long rollout pushes
+    harder."""
     lat, tok = lat_mask.to(per_action.dtype), tok_mask.to(per_action.dtype)
     if not length_average:
-        return (per_action * (lat + tok)).sum() / (lat + tok).sum().clamp(min=1)
+        return (per_action * (lat + tok)).sum(1).mean()
     per_rollout = ((per_action * lat).sum(1) / lat.sum(1).clamp(min=1)
                    + (per_action * tok).sum(1) / tok.sum(1).clamp(min=1))
     return per_rollout.mean()
@@ -130,7 +132,7 @@ def rollout_batch(tok, prompts, rollouts, device):
     latent it produced sits one position later), tok_at (N, T) the positions whose logits produced an answer action,
     and tok_target (N, T) that action's token (-1 elsewhere)."""
     N = len(rollouts)
-    T = max(len(p) + r["n_latents"] + 2 + len(r["answer"]) for p, r in zip(prompts, rollouts))
+    T = max(len(p) + r["n_latents"] + 1 + len(r["answer"]) + r["finished"] for p, r in zip(prompts, rollouts))
     z0 = next((r["latents"][0] for r in rollouts if r["latents"]), torch.zeros(1))  # for the width and dtype
     b = {"idx": torch.full((N, T), tok.pad), "latent_in": torch.zeros(N, T, dtype=torch.bool),
          "lat_x": torch.zeros(N, T, z0.numel(), dtype=z0.dtype), "lat_at": torch.zeros(N, T, dtype=torch.bool),
@@ -161,7 +163,7 @@ def action_log_probs(model, head, b):
     x = torch.where(b["latent_in"][..., None], b["lat_x"].to(model.wte.weight.dtype), model.wte(b["idx"]))
     logits, h = model(embeds=x, mask=b["mask"], return_hidden=True)
     mu, log_sigma = head(h[b["lat_at"]])  # (M, C)
-    z = head.normalise(b["lat_x"].roll(-1, dims=1)[b["lat_at"]])  # the latent made at each lat_at position
+    z = head.normalise(b["lat_x"][b["latent_in"]])  # (M, C) the latents, in the same row-major order as lat_at
     logp = torch.zeros(b["idx"].shape, device=x.device, dtype=mu.dtype)
     logp = logp.masked_scatter(b["lat_at"], gaussian_log_prob(z, mu, log_sigma))
     tok_logits = logits[b["tok_at"]]
@@ -192,6 +194,8 @@ def rl_step(model, head, optimizer, params, b, adv, cfg, gen):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not torch.isfinite(norm):  # a finite loss with a non-finite gradient: stop before the weights break
+                return norm.detach(), norm.detach(), sigma.detach()
             optimizer.step()
             stats.append(torch.stack([loss.detach(), norm.detach(), sigma.detach()]))
     return tuple(torch.stack(stats).mean(0))
@@ -212,9 +216,10 @@ def check_config(cfg):
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
     if cfg.group < 2:
         raise UserError(f"--group must be at least 2 (advantages compare rollouts of one question), got {cfg.group}")
-    if not cfg.lr > 0 or not 0 < cfg.clip_eps < 1 or cfg.sigma_min < 0:
-        raise UserError(f"need lr > 0, 0 < clip_eps < 1 and sigma_min >= 0, got lr={cfg.lr}, "
-                        f"clip_eps={cfg.clip_eps}, sigma_min={cfg.sigma_min}")
+    if not cfg.lr > 0 or not 0 < cfg.clip_eps < 1 or cfg.sigma_min < 0 or not 0 <= cfg.length_penalty <= 1:
+        raise UserError(f"need lr > 0, 0 < clip_eps < 1, sigma_min >= 0 and 0 <= length_penalty <= 1, got "
+                        f"lr={cfg.lr}, clip_eps={cfg.clip_eps}, sigma_min={cfg.sigma_min}, "
+                        f"length_penalty={cfg.length_penalty}")
 
 
 def main(cfg):
@@ -229,7 +234,7 @@ def main(cfg):
         if "rl_config" not in ckpt:
             raise UserError(f"{ckpt['path']} is not an RL checkpoint: choose another --out_dir")
         for key in ("init_from", "c", "group", "questions", "minibatch", "epochs", "seed", "sigma_min",
-                    "length_average", "length_penalty"):
+                    "length_average", "length_penalty", "max_latents", "max_answer_tokens", "clip_eps"):
             if ckpt["rl_config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed "
                                 f"({ckpt['rl_config'][key]}): resume with the run's own settings")
@@ -251,6 +256,11 @@ def main(cfg):
     val = val[:cfg.eval_n] if cfg.eval_n > 0 else val
     tok = Tokenizer.from_spec(base["tokenizer"])
     model_cfg = GPTConfig(**base["model_config"])
+    longest = max(len(tok.prompt(q, cfg.c)) for q, _, _ in train + val)
+    if longest + cfg.max_latents + 1 + cfg.max_answer_tokens > model_cfg.block_size:  # no rollout may be cut short
+        raise UserError(f"the longest prompt ({longest} tokens) + --max_latents {cfg.max_latents} + 1 + "
+                        f"--max_answer_tokens {cfg.max_answer_tokens} exceeds the model's context "
+                        f"({model_cfg.block_size}): lower --max_latents or --max_answer_tokens")
     latent_config = {**base["latent_config"], "sigma_min": cfg.sigma_min}
 
     torch.manual_seed(cfg.seed)
@@ -271,14 +281,15 @@ def main(cfg):
         print(f"resumed {ckpt['path']} at step {step}")
     else:
         print(f"initialised from {base['path']}")
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr
+    for g in optimizer.param_groups:
+        g["lr"] = cfg.lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
     print(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
           f"{cfg.group} rollouts per step; device {device}")
 
     def validate():
-        """Sampled (the policy, fixed seed) and greedy accuracy and mean #L on the validation questions at c."""
+        """Sampled (as evaluate.py samples: top-p 0.9, a fixed seed) and greedy accuracy and mean #L on the validation
+        questions at c."""
         model.eval()
         head.eval()
         caps = dict(head=head, max_latents=cfg.max_latents, max_new_tokens=cfg.max_latents + 1 + cfg.max_answer_tokens)
@@ -318,7 +329,7 @@ def main(cfg):
             loss, norm, sigma = rl_step(model, head, optimizer, params, b, adv[keep].to(device), cfg, gen)
             if not torch.isfinite(loss):
                 kept = read_pointer(cfg.out_dir, "latest")
-                raise UserError(f"the RL loss became {loss.item()} at step {step + 1}; "
+                raise UserError(f"the RL loss or its gradient became {loss.item()} at step {step + 1}; "
                                 + (f"the last good checkpoint {os.path.join(cfg.out_dir, kept)} is kept"
                                    if kept else "no checkpoint was written yet")
                                 + ": lower --lr or raise --sigma_min")

@@ -46,6 +46,11 @@ def test_group_advantages_by_hand():
     assert signal.tolist() == [True, False, True]
     adv0, signal0 = train_rl.group_advantages(torch.zeros(4), 2)
     assert adv0.tolist() == [0, 0, 0, 0] and signal0.tolist() == [False, False]
+    # equal float rewards (a length penalty): the float std is not exactly 0, the group must still carry no signal
+    same = torch.full((8,), 1 - 0.3 * 1 / 64)
+    assert same.std(correction=0).item() > 0
+    adv1, signal1 = train_rl.group_advantages(same, 8)
+    assert adv1.tolist() == [0.0] * 8 and signal1.tolist() == [False]
 
 
 def test_clipped_surrogate_by_hand():
@@ -71,8 +76,8 @@ def test_aggregate_length_average_by_hand():
     tok = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
     # averaged per rollout: (2 + 15) and (3 + 5), then the mean of the two
     assert train_rl.aggregate(per, lat, tok, True).item() == pytest.approx((17 + 8) / 2)
-    # w/o average: every action counts once
-    assert train_rl.aggregate(per, lat, tok, False).item() == pytest.approx((1 + 3 + 10 + 20 + 2 + 2 + 2 + 6 + 5) / 9)
+    # w/o average: each rollout's sum over its actions, then the mean over rollouts
+    assert train_rl.aggregate(per, lat, tok, False).item() == pytest.approx(((1 + 3 + 10 + 20) + (2 + 2 + 2 + 6 + 5)) / 2)
     # a rollout without latents (stopped at once) contributes its answer mean only
     lat0 = torch.zeros_like(lat)
     assert train_rl.aggregate(per, lat0, tok, True).item() == pytest.approx((15 + 5) / 2)
@@ -268,6 +273,10 @@ def test_train_rl_nan_stops_and_keeps_the_checkpoint(rl_setup, monkeypatch):
 def test_train_rl_bad_input(rl_setup):
     with pytest.raises(UserError, match="--group must be at least 2"):
         train_rl.main(rl_cfg(rl_setup, "bad", group=1))
+    with pytest.raises(UserError, match="exceeds the model's context"):  # no rollout may be cut short
+        train_rl.main(rl_cfg(rl_setup, "bad", max_latents=200))
+    with pytest.raises(UserError, match="length_penalty"):
+        train_rl.main(rl_cfg(rl_setup, "bad", length_penalty=2.0))
     with pytest.raises(UserError, match="no latent head"):
         train_rl.main(rl_cfg(rl_setup, "bad", init_from=rl_setup["cot"]))
     with pytest.raises(UserError, match="not found"):
@@ -284,7 +293,7 @@ def test_evaluate_sigma_min_overrides_the_heads_floor(rl_setup, monkeypatch):
     real = evaluate.evaluate
 
     def spy(*args, **kw):
-        floors.append(args[12].log_sigma_min)  # the head evaluate.main passes on
+        floors.append(kw["head"].log_sigma_min)  # the head evaluate.main passes on
         return real(*args, **kw)
 
     monkeypatch.setattr(evaluate, "evaluate", spy)
@@ -292,3 +301,12 @@ def test_evaluate_sigma_min_overrides_the_heads_floor(rl_setup, monkeypatch):
         evaluate.main(evaluate.EvalConfig(ckpt=rl_setup["colar"], split="test", n=2, c="1", decode="greedy",
                                           max_latents=2, sigma_min=sigma_min, device="cpu"))
     assert floors == [LOG_SIGMA_MIN, pytest.approx(math.log(0.25))]  # the SFT head has none; the flag sets one
+
+
+def test_train_rl_step_without_signal_changes_nothing(rl_setup, capsys, monkeypatch):
+    monkeypatch.setattr(train_rl, "reward", lambda *args: 0.0)  # every group all wrong: no signal anywhere
+    run = train_rl.main(rl_cfg(rl_setup, "nosignal", max_steps=2))
+    start = load_checkpoint(rl_setup["colar"])
+    sd = run["model"].state_dict()
+    assert all(torch.equal(start["model"][k], sd[k]) for k in sd)
+    assert "groups with signal 0.00" in capsys.readouterr().out
