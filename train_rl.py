@@ -27,7 +27,8 @@ Each step:
     for `epochs` passes. The first minibatch has rho = 1; clipping acts from the second on.
 
 Simplifications, stated: the decisions to go on thinking (a non-<|eot|> token sampled at a latent position) are not
-actions in the objective, only the final <|eot|> is (as in the paper); one speed c per run; no KL penalty and no
+actions in the objective, only the final <|eot|> is (as in the paper; --stop_actions all adds each go-on decision,
+log(1 - p(<|eot|>)), to the latent made at the same position); one speed c per run; no KL penalty and no
 reference model (as in the paper). sigma gets a floor, --sigma_min (0.1 by default, in the head's normalised units where
 a target entry has RMS 1): the SFT loss drives sigma to ~1e-4, where sampling explores nothing and the log-density
 explodes as soon as mu moves (a trial without the floor had a gradient norm of 5.7e3 at step 1 and NaN at step 3).
@@ -69,6 +70,7 @@ class RLConfig:
     clip_eps: float = 0.2          # PPO clipping range
     length_average: bool = True    # average each rollout's loss over its own length (false: "w/o average" ablation)
     sigma_min: float = 0.1         # floor on the latent head's sigma (normalised units)
+    stop_actions: str = "final"    # final: only the <|eot|> that ends thinking is an action (paper); all: each go-on too
     length_penalty: float = 0.0    # a correct answer earns 1 - length_penalty * #L / max_latents (0: the paper's 0/1)
     max_latents: int = 64          # cap on latents per rollout
     max_answer_tokens: int = 16    # steps left for the answer after max_latents (a shorter chain leaves more)
@@ -156,16 +158,24 @@ def rollout_batch(tok, prompts, rollouts, device):
     return {k: v.to(device) for k, v in b.items()}
 
 
-def action_log_probs(model, head, b):
+def action_log_probs(model, head, b, go_on_id=None):
     """Log-probabilities of every action of a rollout batch (from rollout_batch), in one teacher-forced pass.
     Returns logp (N, T): at lat_at the Gaussian log-density (mean over dimensions) of the latent produced there, at
-    tok_at the log-prob of the token produced there, 0 elsewhere; and the mean sigma over the latent positions."""
+    tok_at the log-prob of the token produced there, 0 elsewhere; and the mean sigma over the latent positions.
+    With go_on_id (the <|eot|> id), a latent's action also holds the decision to go on thinking made at the same
+    position: its log-prob gains log(1 - p(<|eot|>))."""
     x = torch.where(b["latent_in"][..., None], b["lat_x"].to(model.wte.weight.dtype), model.wte(b["idx"]))
     logits, h = model(embeds=x, mask=b["mask"], return_hidden=True)
     mu, log_sigma = head(h[b["lat_at"]])  # (M, C)
     z = head.normalise(b["lat_x"][b["latent_in"]])  # (M, C) the latents, in the same row-major order as lat_at
     logp = torch.zeros(b["idx"].shape, device=x.device, dtype=mu.dtype)
-    logp = logp.masked_scatter(b["lat_at"], gaussian_log_prob(z, mu, log_sigma))
+    lat_logp = gaussian_log_prob(z, mu, log_sigma)
+    if go_on_id is not None:  # log(1 - p(eot)) = logsumexp over the other tokens - logsumexp over all, stably
+        go_logits = logits[b["lat_at"]].to(torch.promote_types(logits.dtype, torch.float32))
+        others = go_logits.clone()
+        others[:, go_on_id] = float("-inf")
+        lat_logp = lat_logp + (others.logsumexp(-1) - go_logits.logsumexp(-1)).to(lat_logp.dtype)
+    logp = logp.masked_scatter(b["lat_at"], lat_logp)
     tok_logits = logits[b["tok_at"]]
     tok_logits = tok_logits.to(torch.promote_types(tok_logits.dtype, torch.float32))  # at least fp32 (bf16 on GPU)
     tok_logp = F.log_softmax(tok_logits, dim=-1).gather(1, b["tok_target"][b["tok_at"]][:, None])
@@ -174,11 +184,11 @@ def action_log_probs(model, head, b):
     return logp, sigma
 
 
-def rl_step(model, head, optimizer, params, b, adv, cfg, gen):
+def rl_step(model, head, optimizer, params, b, adv, cfg, gen, go_on_id=None):
     """Policy-gradient updates on one step's kept rollouts (batch b with advantages adv (N,)).
     Returns the mean loss, gradient norm (before clipping) and sigma over the minibatches."""
     with torch.no_grad():
-        logp_old, _ = action_log_probs(model, head, b)
+        logp_old, _ = action_log_probs(model, head, b, go_on_id)
     N = adv.numel()
     stats = []
     for _ in range(cfg.epochs):
@@ -186,7 +196,7 @@ def rl_step(model, head, optimizer, params, b, adv, cfg, gen):
         for i in range(0, N, cfg.minibatch):
             rows = order[i:i + cfg.minibatch]
             mb = {k: v[rows] for k, v in b.items()}
-            logp, sigma = action_log_probs(model, head, mb)
+            logp, sigma = action_log_probs(model, head, mb, go_on_id)
             per_action = clipped_surrogate(logp, logp_old[rows], adv[rows][:, None], cfg.clip_eps)
             loss = aggregate(per_action, mb["lat_at"], mb["tok_at"], cfg.length_average)
             if not torch.isfinite(loss):
@@ -214,6 +224,8 @@ def check_config(cfg):
                  "eval_every", "log_every"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.stop_actions not in ("final", "all"):
+        raise UserError(f"--stop_actions must be final or all, got {cfg.stop_actions!r}")
     if cfg.group < 2:
         raise UserError(f"--group must be at least 2 (advantages compare rollouts of one question), got {cfg.group}")
     if not cfg.lr > 0 or not 0 < cfg.clip_eps < 1 or cfg.sigma_min < 0 or not 0 <= cfg.length_penalty <= 1:
@@ -234,7 +246,8 @@ def main(cfg):
         if "rl_config" not in ckpt:
             raise UserError(f"{ckpt['path']} is not an RL checkpoint: choose another --out_dir")
         for key in ("init_from", "c", "group", "questions", "minibatch", "epochs", "seed", "sigma_min",
-                    "length_average", "length_penalty", "max_latents", "max_answer_tokens", "clip_eps"):
+                    "length_average", "length_penalty", "max_latents", "max_answer_tokens", "clip_eps",
+                    "stop_actions"):
             if ckpt["rl_config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed "
                                 f"({ckpt['rl_config'][key]}): resume with the run's own settings")
@@ -326,7 +339,8 @@ def main(cfg):
         loss = norm = torch.zeros(())
         if len(keep):
             b = rollout_batch(tok, [prompts[i] for i in keep.tolist()], [outs[i] for i in keep.tolist()], device)
-            loss, norm, sigma = rl_step(model, head, optimizer, params, b, adv[keep].to(device), cfg, gen)
+            loss, norm, sigma = rl_step(model, head, optimizer, params, b, adv[keep].to(device), cfg, gen,
+                                        tok.eot if cfg.stop_actions == "all" else None)
             if not torch.isfinite(loss):
                 kept = read_pointer(cfg.out_dir, "latest")
                 raise UserError(f"the RL loss or its gradient became {loss.item()} at step {step + 1}; "

@@ -130,25 +130,28 @@ def sampled_rollouts(model, head, seed=0, max_latents=3):
 
 
 @torch.no_grad()
-def slow_log_probs(model, head, prompt, r):
+def slow_log_probs(model, head, prompt, r, go_on=False):
     """Reference, one rollout without padding: the embeddings of prompt | latents | <|eot|> answer, one forward pass,
-    then the log-density of each latent where it was made and the log-prob of each answer action."""
+    then the log-density of each latent where it was made (plus, with go_on, log(1 - p(<|eot|>)) there) and the
+    log-prob of each answer action."""
     ans = r["answer"] + ([FAKE_TOK.eos] if r["finished"] else [])
     x = torch.cat([model.wte(torch.tensor(prompt))] + [z[None] for z in r["latents"]]
                   + [model.wte(torch.tensor([FAKE_TOK.eot] + ans))])
     logits, h = model(embeds=x[None], return_hidden=True)
     P, L = len(prompt), r["n_latents"]
+    logprobs = torch.log_softmax(logits[0], -1)
     lat = []
     for k in range(L):
         mu, log_sigma = head(h[0, P - 1 + k])
         normal = torch.distributions.Normal(mu, log_sigma.exp())
-        lat.append(normal.log_prob(r["latents"][k] / head.scale).mean().item())
+        go = math.log(1 - logprobs[P - 1 + k, FAKE_TOK.eot].exp().item()) if go_on else 0.0
+        lat.append(normal.log_prob(r["latents"][k] / head.scale).mean().item() + go)
     actions = ([] if r["hit_cap"] else [(P + L - 1, FAKE_TOK.eot)]) + [(P + L + j, t) for j, t in enumerate(ans)]
-    logprobs = torch.log_softmax(logits[0], -1)
     return lat, [logprobs[pos, t].item() for pos, t in actions]
 
 
-def test_action_log_probs_match_slow_reference():
+@pytest.mark.parametrize("go_on", [False, True])
+def test_action_log_probs_match_slow_reference(go_on):
     model, head = latent_model()
     prompts, outs = sampled_rollouts(model, head)
     # a useful case: rows stop by <|eot|> at different lengths, some hit the cap, some close their answer
@@ -156,10 +159,10 @@ def test_action_log_probs_match_slow_reference():
     assert any(o["hit_cap"] for o in outs) and not all(o["hit_cap"] for o in outs)
     assert any(o["finished"] for o in outs) and any(o["answer"] for o in outs)
     b = train_rl.rollout_batch(FAKE_TOK, prompts, outs, "cpu")
-    logp, sigma = train_rl.action_log_probs(model, head, b)
+    logp, sigma = train_rl.action_log_probs(model, head, b, FAKE_TOK.eot if go_on else None)
     assert sigma.item() >= 0.3 - 1e-9  # the floor
     for i, (p, r) in enumerate(zip(prompts, outs)):
-        lat, toks = slow_log_probs(model, head, p, r)
+        lat, toks = slow_log_probs(model, head, p, r, go_on)
         assert int(b["lat_at"][i].sum()) == r["n_latents"] == len(lat)
         assert logp[i][b["lat_at"][i]].tolist() == pytest.approx(lat, abs=1e-9)
         assert logp[i][b["tok_at"][i]].tolist() == pytest.approx(toks, abs=1e-9)
@@ -182,8 +185,8 @@ def test_greedy_rollout_latents_are_the_head_means():
     assert torch.allclose(logp[b["lat_at"]], peak, atol=1e-9)
 
 
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_rl_step_moves_log_prob_with_the_advantage(sign):
+@pytest.mark.parametrize("sign,go_on_id", [(1.0, None), (-1.0, None), (1.0, FAKE_TOK.eot)])
+def test_rl_step_moves_log_prob_with_the_advantage(sign, go_on_id):
     model, head = latent_model()
     prompts, outs = sampled_rollouts(model, head, seed=1)
     i = next(k for k, o in enumerate(outs) if o["n_latents"] >= 2 and not o["hit_cap"])
@@ -191,7 +194,7 @@ def test_rl_step_moves_log_prob_with_the_advantage(sign):
 
     def objective():  # what the update should raise (A > 0) or lower (A < 0): mean latent + mean answer log-prob
         with torch.no_grad():
-            logp, _ = train_rl.action_log_probs(model, head, b)
+            logp, _ = train_rl.action_log_probs(model, head, b, go_on_id)
         return (logp[b["lat_at"]].mean() + logp[b["tok_at"]].mean()).item()
 
     before = objective()
@@ -199,7 +202,7 @@ def test_rl_step_moves_log_prob_with_the_advantage(sign):
     optimizer = torch.optim.SGD(params, lr=1e-3)
     cfg = SimpleNamespace(epochs=1, minibatch=8, clip_eps=0.2, length_average=True, grad_clip=0.0)
     loss, norm, _ = train_rl.rl_step(model, head, optimizer, params, b, torch.tensor([sign]),
-                                     cfg, torch.Generator().manual_seed(0))
+                                     cfg, torch.Generator().manual_seed(0), go_on_id)
     after = objective()
     assert norm.item() > 0 and loss.item() == pytest.approx(-2 * sign)  # rho = 1: loss = -A (1 + 1)
     assert (after - before) * sign > 0
@@ -275,6 +278,8 @@ def test_train_rl_bad_input(rl_setup):
         train_rl.main(rl_cfg(rl_setup, "bad", group=1))
     with pytest.raises(UserError, match="exceeds the model's context"):  # no rollout may be cut short
         train_rl.main(rl_cfg(rl_setup, "bad", max_latents=200))
+    with pytest.raises(UserError, match="--stop_actions must be"):
+        train_rl.main(rl_cfg(rl_setup, "bad", stop_actions="some"))
     with pytest.raises(UserError, match="length_penalty"):
         train_rl.main(rl_cfg(rl_setup, "bad", length_penalty=2.0))
     with pytest.raises(UserError, match="no latent head"):
