@@ -53,7 +53,7 @@ from latent_head import LatentHead, gaussian_log_prob
 from model import GPT, GPTConfig
 from sample import generate_latent
 from tokenizer import Tokenizer
-from train_sft import EpochSampler, make_optimizer
+from train_sft import EpochSampler, make_optimizer, restore_training_state
 
 LOG_RATIO_MAX = 10.0  # |log rho| is clamped to this before exp()
 
@@ -286,12 +286,7 @@ def main(cfg):
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # rollouts and minibatch order
     step, best_val = 0, -1.0
     if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        sampler.load_state_dict(ckpt["sampler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        gen.set_state(ckpt["rng"]["train"])
-        step, best_val = ckpt["step"], ckpt["best_val"]
-        print(f"resumed {ckpt['path']} at step {step}")
+        step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
     else:
         print(f"initialised from {base['path']}")
     for g in optimizer.param_groups:

@@ -253,6 +253,17 @@ class EpochSampler:
         self.epoch, self.cursor = d["epoch"], d["cursor"]
 
 
+def restore_training_state(ckpt, optimizer, sampler, gen):
+    """Put the optimizer, the data position and both random generators back as the checkpoint saved them, so a
+    resumed run continues exactly. Returns (step, best_val)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    sampler.load_state_dict(ckpt["sampler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    gen.set_state(ckpt["rng"]["train"])
+    print(f"resumed {ckpt['path']} at step {ckpt['step']}")
+    return ckpt["step"], ckpt["best_val"]
+
+
 def check_config(cfg):
     if cfg.mode not in ("cot", "nocot", "colar"):
         raise UserError(f"--mode must be cot, nocot or colar, got {cfg.mode!r}")
@@ -327,12 +338,7 @@ def main(cfg):
         model.load_state_dict(ckpt["model"])
         if head:
             head.load_state_dict(ckpt["latent_head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        sampler.load_state_dict(ckpt["sampler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        gen.set_state(ckpt["rng"]["train"])
-        step, best_val = ckpt["step"], ckpt["best_val"]
-        print(f"resumed {ckpt['path']} at step {step}")
+        step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "tokenizer.json"), "w") as f:  # also inside every checkpoint
         json.dump(tok.spec(), f)
