@@ -70,7 +70,7 @@ class RLConfig:
     clip_eps: float = 0.2          # PPO clipping range
     length_average: bool = True    # average each rollout's loss over its own length (false: "w/o average" ablation)
     sigma_min: float = 0.1         # floor on the latent head's sigma (normalised units)
-    stop_actions: str = "final"    # final: only the <|eot|> that ends thinking is an action (paper); all: each go-on too
+    stop_actions: str = "final"    # final: only the <|eot|> ending the thought is an action (paper); all: go-on too
     length_penalty: float = 0.0    # a correct answer earns 1 - length_penalty * #L / max_latents (0: the paper's 0/1)
     max_latents: int = 64          # cap on latents per rollout
     max_answer_tokens: int = 16    # steps left for the answer after max_latents (a shorter chain leaves more)
@@ -346,10 +346,10 @@ def main(cfg):
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
             eta = (last - step) * elapsed / (step - first)
-            print(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} | accuracy {correct:.3f} | #L {n_lat:.2f} "
-                  f"| groups with signal {signal.float().mean():.2f} | loss {loss.item():+.4f} | grad norm {norm.item():.3f} "
-                  f"| sigma {sigma.item():.4f} "
-                  f"| {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
+            print(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} | accuracy {correct:.3f} "
+                  f"| #L {n_lat:.2f} | groups with signal {signal.float().mean():.2f} | loss {loss.item():+.4f} "
+                  f"| grad norm {norm.item():.3f} | sigma {sigma.item():.4f} | {elapsed / 60:.1f} min "
+                  f"| eta {eta / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
             (acc, n_val, _), (gacc, gn, _) = validate()
             is_best = acc >= best_val

@@ -77,7 +77,8 @@ def test_aggregate_length_average_by_hand():
     # averaged per rollout: (2 + 15) and (3 + 5), then the mean of the two
     assert train_rl.aggregate(per, lat, tok, True).item() == pytest.approx((17 + 8) / 2)
     # w/o average: each rollout's sum over its actions, then the mean over rollouts
-    assert train_rl.aggregate(per, lat, tok, False).item() == pytest.approx(((1 + 3 + 10 + 20) + (2 + 2 + 2 + 6 + 5)) / 2)
+    summed = ((1 + 3 + 10 + 20) + (2 + 2 + 2 + 6 + 5)) / 2
+    assert train_rl.aggregate(per, lat, tok, False).item() == pytest.approx(summed)
     # a rollout without latents (stopped at once) contributes its answer mean only
     lat0 = torch.zeros_like(lat)
     assert train_rl.aggregate(per, lat0, tok, True).item() == pytest.approx((15 + 5) / 2)
