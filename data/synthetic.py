@@ -8,10 +8,13 @@ A question is a start number and a row of operations applied left to right; ever
 The default is clock arithmetic (every result mod 10): the chain is long (7 steps of 8 tokens), every number is one
 token in any tokenizer, and the answer cannot be read off the question without working through the steps, so a model
 that reasons step by step (CoT) is far ahead of one that must answer at once (No-CoT). With --mod 0 the numbers grow
-freely (results kept within 0..max_value), which makes a harder, GSM-like variant.
+freely (results kept within 0..max_value), which makes a harder, GSM-like variant. With --check_p p, a chain ends
+with a redundant check step (<<9=9>> above) with probability p: the same question then has two correct chains of
+different lengths, as GSM8K-Aug's questions do, which gives RL a shorter chain to find (see train_rl.py).
 
     python -m data.synthetic                              # the default task, into data/synth/
     python -m data.synthetic --mod 0 --operand_max 99 --steps_min 3 --steps_max 5 --out data/synth_big
+    python -m data.synthetic --check_p 0.5 --out data/synth_check
 """
 import json
 import os
@@ -41,6 +44,7 @@ class SynthConfig:
     operand_max: int = 9
     mod: int = 10               # every result is taken mod this (0: no modulus)
     max_value: int = 999        # with mod 0: operations whose result leaves 0..max_value are redrawn
+    check_p: float = 0.0        # probability that a chain ends with a redundant check step <<v=v>> (0: never)
 
 
 def check(cfg):
@@ -50,6 +54,8 @@ def check(cfg):
         raise UserError(f"ops must be a non-empty string of {''.join(OPS)}, got {cfg.ops!r}")
     if not 0 <= cfg.operand_min <= cfg.operand_max:
         raise UserError(f"need 0 <= operand_min <= operand_max, got {cfg.operand_min}, {cfg.operand_max}")
+    if not 0.0 <= cfg.check_p <= 1.0:
+        raise UserError(f"check_p is a probability, 0..1, got {cfg.check_p}")
     if cfg.mod < 0 or cfg.start_max < 0 or min(cfg.n_train, cfg.n_val, cfg.n_test) < 0:
         raise UserError("mod, start_max and the split sizes must not be negative")
 
@@ -70,6 +76,8 @@ def make_example(rng, cfg):
         question += f"{op}{b}"
         steps.append(f"{value}{op}{b}={new}")
         value = new
+    if cfg.check_p > 0 and rng.random() < cfg.check_p:  # (no draw at check_p 0: the default data stay the same)
+        steps.append(f"{value}={value}")
     return question, steps, str(value)
 
 

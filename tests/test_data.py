@@ -209,7 +209,8 @@ def test_synthetic_step_counts_follow_config():
 
 
 @pytest.mark.parametrize("kw", [dict(ops="/"), dict(ops=""), dict(ops="+/"), dict(steps_min=5, steps_max=4),
-                                dict(steps_min=0), dict(operand_min=5, operand_max=2), dict(mod=-1)])
+                                dict(steps_min=0), dict(operand_min=5, operand_max=2), dict(mod=-1),
+                                dict(check_p=-0.1), dict(check_p=1.5)])
 def test_synthetic_bad_config_raises_user_error(kw):
     with pytest.raises(UserError):
         generate(small(**kw))
@@ -231,3 +232,18 @@ def test_synthetic_mod0_keeps_results_in_range():
         assert all(0 <= r <= cfg.max_value for r in results), q
         grew |= max(results) >= 10
     assert grew  # with no modulus, results do leave 0..9
+
+
+def test_synthetic_check_steps():
+    plain, checked = generate(small()), generate(small(check_p=0.5))
+    n_checked = 0
+    for q, steps, answer in (ex for v in checked.values() for ex in v):
+        ref_steps, ref_answer = reevaluate(q, 10)
+        assert answer == ref_answer, q
+        if steps != ref_steps:  # the only difference allowed: one closing check <<v=v>> of the answer
+            assert steps == ref_steps + [f"{answer}={answer}"], q
+            n_checked += 1
+    assert 80 <= n_checked <= 160  # about half of 240 (binomial sd 7.7)
+    assert generate(small(check_p=0.0)) == plain  # no check steps at 0
+    always = generate(small(check_p=1.0))
+    assert all(s[-1] == f"{a}={a}" for v in always.values() for _, s, a in v)
