@@ -1,0 +1,158 @@
+"""
+The results report from evaluate.py's JSON records: a Markdown table and a plot of accuracy against reasoning length.
+The table follows the CoLaR paper's Table 1 (accuracy and mean reasoning length #L per method and speed c, sampled
+and greedy); the plot shows each (method, c) as a point, with the Pareto front.
+
+    python report.py --results results/demo.json --md results/demo.md --png results/demo.png
+    python report.py --results results/demo.json,results/rl.json --split test   # several files, read together
+
+The plot needs matplotlib, an optional dependency (`pip install matplotlib`); without it the table is still written.
+"""
+import json
+import os
+from dataclasses import dataclass
+
+from common import UserError, parse_config, run_cli
+
+# the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
+LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
+          "colar_nll": "CoLaR-NLL", "colar_oc": "CoLaR-OC", "colar_rl": "CoLaR + RL"}
+ABLATIONS = {"colar_dl": "DL = deterministic latents", "colar_mp": "MP = mean pooling",
+             "colar_nll": "NLL = NLL latent loss", "colar_oc": "OC = original-chunk labels (--chunk_labels false)"}
+FIELDS = ("method", "c", "decode", "split", "accuracy", "mean_len")
+DASH = "–"
+
+
+def load_records(paths):
+    """The records of one or more evaluate.py JSON files, concatenated in order; a missing or malformed file is a
+    UserError that names it."""
+    records = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except OSError as e:
+            raise UserError(f"cannot read results file {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"results file {path} is not valid JSON ({e})") from None
+        if not isinstance(data, list):
+            raise UserError(f"results file {path} should hold a JSON list of records, not a {type(data).__name__}")
+        for i, r in enumerate(data):
+            missing = [k for k in FIELDS if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise UserError(f"results file {path}: record {i} lacks {', '.join(missing)}")
+        records += data
+    return records
+
+
+def rows(records, split="test"):
+    """{(method, c): {decode: record}} for the records of `split`, in the table's order: the methods of LABELS, then
+    the others in order of appearance; speeds ascending. A later record replaces an earlier one with the same key."""
+    found = {}
+    for r in records:
+        if r["split"] == split:
+            found.setdefault((r["method"], r["c"]), {})[r["decode"]] = r
+    others = list(dict.fromkeys(m for m, _ in found if m not in LABELS))
+    rank = lambda m: list(LABELS).index(m) if m in LABELS else len(LABELS) + others.index(m)  # noqa: E731
+    return dict(sorted(found.items(), key=lambda kv: (rank(kv[0][0]), kv[0][1])))
+
+
+def cells(by_decode):
+    """The four number cells of one row: accuracy sampled (mean ± ci95) and greedy in %, #L sampled and greedy."""
+    s, g = by_decode.get("sampled"), by_decode.get("greedy")
+    acc_s = DASH if s is None else f"{100 * s['accuracy']:.1f}"
+    if s is not None and s.get("ci95") is not None:
+        acc_s += f" ± {100 * s['ci95']:.1f}"
+    acc_g = DASH if g is None else f"{100 * g['accuracy']:.1f}"
+    return [acc_s, acc_g] + [DASH if r is None else f"{r['mean_len']:.1f}" for r in (s, g)]
+
+
+def table(records, split="test"):
+    """A Markdown table, one row per (method, c) of the records of `split`; a missing value shows as a dash."""
+    lines = ["| method | c | accuracy, sampled (%) | accuracy, greedy (%) | #L, sampled | #L, greedy |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for (method, c), by_decode in rows(records, split).items():
+        lines.append("| " + " | ".join([LABELS.get(method, method), str(c)] + cells(by_decode)) + " |")
+    return "\n".join(lines)
+
+
+def pareto_front(points):
+    """The (mean_len, accuracy) points that no other point dominates (one as short or shorter and as accurate or more,
+    and strictly better in one of the two), sorted by length; equal points do not dominate each other."""
+    points = [tuple(p) for p in points]
+    return sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
+
+
+def plot(records, path, split="test", decode="sampled"):
+    """Accuracy against #L, one labelled point per (method, c) and one colour and marker per method, with the Pareto
+    front as a step line, written as a PNG to `path`. Returns False when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = [(r[decode]["mean_len"], 100 * r[decode]["accuracy"], m, c)
+              for (m, c), r in rows(records, split).items() if decode in r]
+    if not points:
+        raise UserError(f"no {decode} records of the {split} split to plot (try --decode greedy)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, method in enumerate(dict.fromkeys(p[2] for p in points)):
+        mine = [p for p in points if p[2] == method]
+        ax.scatter([p[0] for p in mine], [p[1] for p in mine], color=f"C{i % 10}", marker="os^Dv<>PX*"[i % 10],
+                   label=LABELS.get(method, method), zorder=3)
+        for x, y, _, c in mine:
+            ax.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    front = pareto_front([p[:2] for p in points])
+    ax.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", linestyle="--", zorder=2,
+            label="Pareto front")
+    ax.set_xlabel("mean reasoning length (#L: tokens or latents)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"accuracy against reasoning length ({split} split, {decode} decoding)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+@dataclass
+class ReportConfig:
+    results: str = "results/demo.json"  # evaluate.py JSON file(s), comma-separated
+    split: str = "test"                 # the split to report: train, val or test
+    md: str = ""                        # write the table as Markdown to this file (e.g. results/demo.md)
+    png: str = ""                       # write the accuracy-vs-#L plot to this PNG file (needs matplotlib)
+    decode: str = "sampled"             # the plot's decoding: sampled or greedy
+
+
+def main(cfg):
+    if cfg.decode not in ("sampled", "greedy"):
+        raise UserError(f"--decode must be sampled or greedy, got {cfg.decode!r}")
+    paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
+    if not paths:
+        raise UserError("--results names no file")
+    records = load_records(paths)
+    if not any(r["split"] == cfg.split for r in records):
+        splits = sorted({r["split"] for r in records})
+        raise UserError(f"no records of the {cfg.split} split in {', '.join(paths)} (splits there: {splits})")
+    notes = [ABLATIONS[m] for m in ABLATIONS if any(r["method"] == m and r["split"] == cfg.split for r in records)]
+    text = (table(records, cfg.split) + f"\n\n{cfg.split} split; sampled accuracy is the mean over seeds ± the "
+            f"half-width of its 95% t-interval; #L is the mean reasoning length (chain tokens or latents)"
+            + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}.")
+    print(text)
+    if cfg.md:
+        os.makedirs(os.path.dirname(cfg.md) or ".", exist_ok=True)
+        with open(cfg.md, "w") as f:
+            f.write(text + "\n")
+        print(f"table written to {cfg.md}")
+    if cfg.png:
+        if plot(records, cfg.png, cfg.split, cfg.decode):
+            print(f"plot written to {cfg.png}")
+        else:
+            print("plot skipped: matplotlib is not installed (pip install matplotlib, or pip install .[plot])")
+    return text
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_config(ReportConfig))

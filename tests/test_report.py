@@ -1,0 +1,145 @@
+"""Tests of report.py: the Pareto front, the table's rows, order and cells, reading the records, the CLI.
+
+Run: .venv/bin/python -m pytest tests
+"""
+import json
+import sys
+
+import pytest
+
+from common import UserError, run_cli
+from report import ReportConfig, load_records, main, pareto_front, plot, table
+
+
+def rec(method, c, decode, accuracy, mean_len, ci95=None, split="test"):
+    """A record as evaluate.py writes it (only the fields the report reads, plus n)."""
+    return {"method": method, "c": c, "decode": decode, "split": split, "n": 1000, "accuracy": accuracy,
+            "mean_len": mean_len, "ci95": ci95, "seeds": [0, 1, 2, 3, 4] if decode == "sampled" else []}
+
+
+def body(md):
+    """The table's data rows as lists of cells (header and separator dropped)."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in md.splitlines()[2:]]
+
+
+def test_pareto_front_hand_worked():
+    points = [(55.0, 100.0),  # dominated by (14, 100): longer, as accurate
+              (28.0, 100.0),  # same
+              (19.0, 99.8),   # dominated by (14, 100): longer and worse
+              (14.0, 100.0),  # on the front, twice: equal points do not dominate each other
+              (11.0, 99.3),   # on the front
+              (11.0, 90.0),   # dominated by (11, 99.3): same length, worse
+              (0.0, 18.0),    # on the front: nothing is shorter
+              (14.0, 100.0),
+              (20.0, 50.0)]   # dominated
+    before = list(points)
+    assert pareto_front(points) == [(0.0, 18.0), (11.0, 99.3), (14.0, 100.0), (14.0, 100.0)]
+    assert points == before  # pure: the input is left alone
+    assert pareto_front([]) == []
+    assert pareto_front([[3, 0.5]]) == [(3, 0.5)]
+    # equal accuracy: only the shortest; a longer point that is more accurate stays
+    assert pareto_front([(5, 0.5), (10, 0.5), (12, 0.6)]) == [(5, 0.5), (12, 0.6)]
+
+
+RECORDS = [rec("colar_rl", 5, "sampled", 0.405, 11.3, 0.007), rec("colar_rl", 5, "greedy", 0.405, 11.3),
+           rec("colar_unseen", 6, "greedy", 0.2, 9.4),
+           rec("colar", 5, "sampled", 0.37, 11.32, 0.006), rec("colar", 5, "greedy", 0.373, 11.34),
+           rec("colar_text", 1, "greedy", 1.0, 54.8),
+           rec("colar", 2, "greedy", 1.0, 27.9),
+           rec("colar_dl", 5, "greedy", 0.3, 11.0), rec("colar_dl", 2, "greedy", 0.9, 28.0),
+           rec("colar_oc", 2, "greedy", 0.8, 28.0), rec("colar_mp", 2, "greedy", 0.7, 28.0),
+           rec("colar_nll", 2, "greedy", 0.6, 28.0),
+           rec("cot", 1, "sampled", 1.0, 54.8, 0.0), rec("cot", 1, "greedy", 1.0, 54.76),
+           rec("nocot", 0, "sampled", 0.175, 0.0, 0.011), rec("nocot", 0, "greedy", 0.182, 0.0)]
+
+
+def test_table_row_order_and_labels():
+    rows = [(r[0], r[1]) for r in body(table(RECORDS))]
+    assert rows == [("No-CoT", "0"), ("CoT", "1"), ("CoLaR", "2"), ("CoLaR", "5"),
+                    ("CoLaR-DL", "2"), ("CoLaR-DL", "5"), ("CoLaR-MP", "2"), ("CoLaR-NLL", "2"), ("CoLaR-OC", "2"),
+                    ("CoLaR + RL", "5"),
+                    ("colar_unseen", "6"), ("colar_text", "1")]  # unknown methods: in order of appearance
+
+
+def test_table_cells():
+    md = table(RECORDS)
+    assert md.splitlines()[0] == ("| method | c | accuracy, sampled (%) | accuracy, greedy (%) | #L, sampled "
+                                  "| #L, greedy |")
+    rows = {(r[0], r[1]): r[2:] for r in body(md)}
+    assert rows[("CoLaR", "5")] == ["37.0 ± 0.6", "37.3", "11.3", "11.3"]
+    assert rows[("No-CoT", "0")] == ["17.5 ± 1.1", "18.2", "0.0", "0.0"]
+    assert rows[("CoT", "1")] == ["100.0 ± 0.0", "100.0", "54.8", "54.8"]
+    assert rows[("CoLaR + RL", "5")] == ["40.5 ± 0.7", "40.5", "11.3", "11.3"]
+
+
+def test_table_missing_values():
+    records = [rec("colar", 3, "greedy", 0.998, 18.6),                 # no sampled record
+               rec("cot", 1, "sampled", 0.994, 54.8, 0.002),           # no greedy record
+               rec("colar", 4, "sampled", 0.5, 14.0, None)]            # one seed: no interval
+    rows = {(r[0], r[1]): r[2:] for r in body(table(records))}
+    assert rows[("CoLaR", "3")] == ["–", "99.8", "–", "18.6"]
+    assert rows[("CoT", "1")] == ["99.4 ± 0.2", "–", "54.8", "–"]
+    assert rows[("CoLaR", "4")] == ["50.0", "–", "14.0", "–"]
+
+
+def test_table_keeps_only_its_split():
+    records = [rec("cot", 1, "greedy", 0.9, 50.0, split="val"), rec("cot", 1, "greedy", 1.0, 54.8),
+               rec("nocot", 0, "greedy", 0.2, 0.0, split="val")]
+    assert body(table(records)) == [["CoT", "1", "–", "100.0", "–", "54.8"]]
+    assert body(table(records, split="val")) == [["No-CoT", "0", "–", "20.0", "–", "0.0"],
+                                                 ["CoT", "1", "–", "90.0", "–", "50.0"]]
+    assert body(table(records, split="train")) == []
+
+
+def test_load_records_concatenates(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(RECORDS[:2]))
+    b.write_text(json.dumps(RECORDS[2:5]))
+    assert load_records([str(a), str(b)]) == RECORDS[:5]
+
+
+@pytest.mark.parametrize("content, words", [(None, "cannot read"), ("[{\"method\": ", "not valid JSON"),
+                                            ('{"method": "cot"}', "JSON list"),
+                                            ('[{"method": "cot", "c": 1}]', "record 0 lacks decode")])
+def test_load_records_errors_name_the_file(tmp_path, content, words):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError) as e:
+        load_records([str(path)])
+    assert str(path) in str(e.value) and words in str(e.value)
+
+
+def test_cli_writes_markdown_and_skips_the_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(RECORDS[:8]))
+    b.write_text(json.dumps(RECORDS[8:]))
+    md, png = tmp_path / "out" / "r.md", tmp_path / "r.png"
+    assert plot(RECORDS, str(png)) is False
+    main(ReportConfig(results=f"{a},{b}", md=str(md), png=str(png)))
+    out = capsys.readouterr().out
+    assert "plot skipped" in out and "pip install matplotlib" in out and not png.exists()
+    text = md.read_text()
+    assert table(RECORDS) in text and f"From {a}, {b}." in text
+    assert "DL = deterministic latents" in text and "OC = original-chunk labels" in text
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, ReportConfig(results=str(tmp_path / "none.json")))
+    assert e.value.code == 2 and "none.json" in capsys.readouterr().err
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RECORDS))
+    with pytest.raises(SystemExit):
+        run_cli(main, ReportConfig(results=str(path), split="val"))
+    assert "no records of the val split" in capsys.readouterr().err
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "plots" / "r.png"
+    assert plot(RECORDS, str(path), decode="greedy") is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError):  # sampled decoding, but the val split has no records
+        plot(RECORDS, str(path), split="val")
