@@ -1,8 +1,9 @@
 """
 Small pieces every script shares: the --flags parser built from a config dataclass, the CLI error wrapper,
-device choice, seeding, and checkpoints (atomic, step-stamped, with `latest` and `best` pointers).
+device and precision choice, seeding, and checkpoints (atomic, step-stamped, with `latest` and `best` pointers).
 """
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -100,6 +101,16 @@ def pick_device(name="auto"):
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def autocast(device):
+    """The precision the model runs in on `device`, as a context manager for its forward passes: bf16 autocast on a
+    CUDA GPU with native bf16 (Ampere or newer; no loss scaling needed, unlike fp16); elsewhere (CPU, MPS, older
+    GPUs) nothing changes and the model runs in fp32. Parameters and optimizer state stay fp32 either way."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------

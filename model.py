@@ -8,6 +8,7 @@ What it adds to a plain nanoGPT-style model, because latent reasoning needs it:
 - it can return the final hidden states (after the final LayerNorm) beside the logits: the latent head reads them;
 - a KV cache (KVCache) for batched incremental decoding, whose rows can be dropped when they finish.
 Positions are rotary (RoPE, the default for from-scratch training) or learned (as pretrained GPT-2 has).
+GPT.from_pretrained("gpt2") loads GPT-2's weights from Hugging Face (needs the optional transformers package).
 """
 import math
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class GPTConfig:
     pos_emb: str = "rope"     # "rope" (rotary, no parameters) or "learned" (a table, as in GPT-2)
     rope_base: float = 10000.0
     bias: bool = True         # biases in Linear layers and LayerNorms (GPT-2 has them)
+    gelu_approx: str = "none" # the MLP's GELU: "none" (exact, erf) or "tanh" (the approximation GPT-2 was trained with)
 
 
 class KVCache:
@@ -95,9 +97,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.gelu_approx = cfg.gelu_approx
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu_approx)))
 
 
 class Block(nn.Module):
@@ -116,6 +119,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # the names from_pretrained knows
+
     def __init__(self, cfg):
         super().__init__()
         if cfg.pos_emb not in ("rope", "learned"):
@@ -140,6 +145,65 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @classmethod
+    def from_pretrained(cls, name, vocab_size=None):
+        """GPT-2 of size `name` (one of PRETRAINED) with Hugging Face's weights, downloaded on first use and cached
+        by transformers. vocab_size: as in from_hf_gpt2."""
+        if name not in cls.PRETRAINED:
+            raise ValueError(f"unknown pretrained model {name!r}: use one of {', '.join(cls.PRETRAINED)}")
+        try:
+            from transformers import GPT2LMHeadModel  # optional: only this function needs it
+        except ImportError:
+            raise ImportError(f"loading pretrained {name} needs the transformers package: pip install transformers "
+                              f"(or pip install -e '.[hf]')") from None
+        return cls.from_hf_gpt2(GPT2LMHeadModel.from_pretrained(name), vocab_size)
+
+    @classmethod
+    def from_hf_gpt2(cls, hf_model, vocab_size=None):
+        """Our GPT with the weights of a Hugging Face GPT2LMHeadModel, giving the same logits.
+
+        The config follows GPT-2: learned positions, biases, the tanh GELU, LayerNorm eps 1e-5 (nn.LayerNorm's
+        default, so from-scratch models have it too) and tied input and output embeddings (ours always are).
+        Hugging Face keeps the projections as Conv1D with (in, out) weights; nn.Linear's are (out, in), so those are
+        transposed.
+        vocab_size may exceed GPT-2's 50,257 ids, for our special tokens after them. Each new embedding row is the
+        mean of the pretrained rows; as the head is tied, a new token's logit is then the mean of the pretrained
+        tokens' logits at every position, so it starts as an ordinary prediction, neither dominant nor out of reach.
+        """
+        hc = hf_model.config
+        differs = {"layer_norm_epsilon": hc.layer_norm_epsilon != 1e-5,
+                   "tie_word_embeddings": not hc.tie_word_embeddings,
+                   "n_inner": hc.n_inner not in (None, 4 * hc.n_embd),
+                   "activation_function": hc.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"),
+                   "scale_attn_weights": not hc.scale_attn_weights,
+                   "scale_attn_by_inverse_layer_idx": hc.scale_attn_by_inverse_layer_idx}
+        if any(differs.values()):
+            raise ValueError(f"this GPT-2 differs from model.py's architecture in: "
+                             f"{', '.join(k for k, v in differs.items() if v)}")
+        V = hc.vocab_size
+        vocab_size = vocab_size or V
+        if vocab_size < V:
+            raise ValueError(f"vocab_size {vocab_size} is smaller than the pretrained model's {V}")
+        cfg = GPTConfig(vocab_size=vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer, n_head=hc.n_head,
+                        n_embd=hc.n_embd, pos_emb="learned", bias=True,
+                        gelu_approx="none" if hc.activation_function == "gelu" else "tanh")
+        model = cls(cfg)
+        src = hf_model.state_dict()
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for k, p in model.state_dict().items():
+                if k == "lm_head.weight":
+                    continue  # the same tensor as wte.weight
+                w = src["transformer." + k.replace("blocks.", "h.")]
+                if k.endswith(conv1d):
+                    w = w.t()
+                if k == "wte.weight":
+                    p[:V] = w
+                    p[V:] = w.mean(dim=0)  # the new tokens' rows (see above)
+                else:
+                    p.copy_(w)
+        return model
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -17,6 +17,8 @@ Modes (the sequence each example becomes):
     python train_sft.py --mode colar --init_from out/cot --out_dir out/colar   # CoLaR, starting from the CoT model
     python train_sft.py --resume true                     # continue out/cot from its latest checkpoint, exactly
     python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --out_dir out/gsm8k_cot --max_steps 400
+    python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --init_from gpt2 --out_dir out/gsm8k_gpt2 --lr 1e-4
+                                                          # from pretrained GPT-2 (pip install transformers)
 """
 import json
 import math
@@ -26,8 +28,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from common import (UserError, load_checkpoint, parse_config, pick_device, print_config, run_cli, save_checkpoint,
-                    read_pointer)
+from common import (UserError, autocast, load_checkpoint, parse_config, pick_device, print_config, run_cli,
+                    save_checkpoint, read_pointer)
 from compress import compress, sample_chunk_labels
 from data.format import chain_text, read_split
 from evaluate import score
@@ -51,7 +53,7 @@ class TrainConfig:
     pos_emb: str = "rope"          # rope or learned
     block_size: int = 0            # context length; 0: the longest example in the data plus 32
     # CoLaR (mode colar)
-    init_from: str = ""            # checkpoint or run folder to start from (a CoT run); its tokenizer and model size win
+    init_from: str = ""            # CoT run or checkpoint, or gpt2[-medium|-large|-xl]; its tokenizer and size win
     c_max: int = 5                 # compression factors 1..c_max are trained
     c_values: str = ""             # or exactly these, comma-separated (e.g. 1,3,5; repeats weight the draw)
     pool: str = "sqrt"             # sqrt (sum / sqrt(n), CoLaR) or mean (the MP ablation)
@@ -253,6 +255,21 @@ class EpochSampler:
         self.epoch, self.cursor = d["epoch"], d["cursor"]
 
 
+def pretrained_start(cfg):
+    """GPT-2's weights (cfg.init_from names the size) as a starting point shaped like a checkpoint dict: the full
+    GPT-2 vocabulary plus our special tokens, whose new embedding rows GPT.from_hf_gpt2 describes."""
+    tok = Tokenizer("gpt2")
+    try:
+        model = GPT.from_pretrained(cfg.init_from, vocab_size=tok.n_vocab)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    m = replace(model.cfg, dropout=cfg.dropout)
+    shape = {"tokenizer": "gpt2", "number_digits": cfg.number_digits, "n_layer": m.n_layer, "n_head": m.n_head,
+             "n_embd": m.n_embd, "pos_emb": m.pos_emb}
+    return {"model": model.state_dict(), "model_config": asdict(m), "config": shape, "tokenizer": tok.spec(),
+            "path": f"pretrained {cfg.init_from}"}
+
+
 def restore_training_state(ckpt, optimizer, sampler, gen):
     """Put the optimizer, the data position and both random generators back as the checkpoint saved them, so a
     resumed run continues exactly. Returns (step, best_val)."""
@@ -271,8 +288,10 @@ def check_config(cfg):
         raise UserError(f"--pool must be sqrt or mean, got {cfg.pool!r}")
     if cfg.latent_loss not in ("soft_mse", "nll"):
         raise UserError(f"--latent_loss must be soft_mse or nll, got {cfg.latent_loss!r}")
-    if cfg.init_from and cfg.mode != "colar":
-        raise UserError("--init_from is for --mode colar (it starts CoLaR from a CoT run)")
+    if cfg.init_from and cfg.mode != "colar" and cfg.init_from not in GPT.PRETRAINED:
+        raise UserError("--init_from a checkpoint is for --mode colar (it starts CoLaR from a CoT run)")
+    if cfg.init_from in GPT.PRETRAINED and cfg.tokenizer != "gpt2":
+        raise UserError(f"--init_from {cfg.init_from} needs --tokenizer gpt2 (the pretrained model reads GPT-2's ids)")
     if cfg.tokenizer not in KINDS:
         raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
     if cfg.pos_emb not in ("rope", "learned"):
@@ -306,7 +325,7 @@ def main(cfg):
     elif cfg.resume:
         raise UserError(f"--resume true, but {cfg.out_dir} holds no checkpoint to resume from")
     elif cfg.init_from:  # the starting model decides the tokenizer and the model's shape
-        init = load_checkpoint(cfg.init_from)
+        init = pretrained_start(cfg) if cfg.init_from in GPT.PRETRAINED else load_checkpoint(cfg.init_from)
         cfg = replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS})
     print_config(cfg)
     train = read_split(os.path.join(cfg.data_dir, "train.txt"))
@@ -373,17 +392,18 @@ def main(cfg):
         c = c_values[int(torch.randint(len(c_values), (1,), generator=gen, device=device))]
         examples = [encoded[i] for i in sampler.next()]
         model.train()
-        if head:
-            head.train()
-            b = {k: v.to(device) for k, v in make_colar_batch(tok, examples, c).items()}
-            ce, lat, stats = colar_loss(model, head, b, c, tok.eot, cfg, gen)
-            loss, n_tokens = ce + cfg.latent_weight * lat, int(b["mask"].sum())
-            extra = f" | c {c} | ce {ce.item():.4f} | latent {lat.item():.4f} | norm {stats['norm']:.3f} " \
-                    f"| sigma {stats['sigma']:.4f}"
-        else:
-            idx, targets, mask = (t.to(device) for t in make_batch(tok, examples, c))
-            _, loss = model(idx, mask=mask, targets=targets)
-            n_tokens, extra = int(mask.sum()), ""
+        with autocast(device):  # bf16 on CUDA, fp32 elsewhere; the backward pass runs outside it
+            if head:
+                head.train()
+                b = {k: v.to(device) for k, v in make_colar_batch(tok, examples, c).items()}
+                ce, lat, stats = colar_loss(model, head, b, c, tok.eot, cfg, gen)
+                loss, n_tokens = ce + cfg.latent_weight * lat, int(b["mask"].sum())
+                extra = f" | c {c} | ce {ce.item():.4f} | latent {lat.item():.4f} | norm {stats['norm']:.3f} " \
+                        f"| sigma {stats['sigma']:.4f}"
+            else:
+                idx, targets, mask = (t.to(device) for t in make_batch(tok, examples, c))
+                _, loss = model(idx, mask=mask, targets=targets)
+                n_tokens, extra = int(mask.sum()), ""
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at step {step}: lower --lr; the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
