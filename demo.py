@@ -1,46 +1,93 @@
 """
 The main job, one stage after another: the synthetic data, the CoT and No-CoT baselines, CoLaR SFT from the CoT model,
-and the evaluation of all three on the test split (CoLaR at c = 1..5, greedy and sampled over 5 seeds). A stage whose
-result already exists is skipped, and an interrupted training stage resumes from its latest checkpoint.
-Prints the results table and writes results/demo.json.
+RL of the CoLaR model at one speed, and the evaluation of everything on the test split (CoLaR at c = 1..5, greedy and
+sampled over 5 seeds). Prints the results table and writes it (results/demo.json records, results/demo.md) with the
+accuracy-versus-#L plot (results/demo.png, when matplotlib is installed).
 
-    python demo.py                 # about 30 minutes on 2 CPU cores
+A stage whose result exists is skipped: a finished training run, or an evaluation already in the results file for
+the same checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up
+where it stopped when run again with the same flags.
+
+    python demo.py                      # the whole pipeline, about 40 minutes on 2 CPU cores
+    python demo.py --quick true         # the same pipeline, smaller, in about 5 minutes (out/quick, results/quick.*)
+    python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
 """
+import json
 import os
 import time
 from dataclasses import dataclass, replace
 
-from common import load_checkpoint, parse_config, print_config, run_cli, read_pointer
+from common import UserError, load_checkpoint, parse_config, print_config, read_pointer, resolve_checkpoint, run_cli
 from data import synthetic
 import evaluate
+import report
+import train_rl
 import train_sft
 
 
 @dataclass
 class DemoConfig:
     data_dir: str = "data/synth"      # where the synthetic task is written
-    out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar
-    results: str = "results/demo.json"  # evaluation records
+    out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
+    results: str = "results/demo.json"  # evaluation records; the table and plot are written beside it (.md, .png)
+    quick: bool = False               # the ~5-minute version: sets the QUICK values below
+    ablations: bool = False           # also train and evaluate the ablations and the unseen-speed model
     max_steps: int = 1200             # training steps of the CoT and No-CoT models
-    colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model)
+    colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
+    rl_c: int = 5                     # the speed RL trains at
+    rl_steps: int = 600               # RL steps
+    rl_length_penalty: float = 0.0    # train_rl.py --length_penalty
+    rl_eval_n: int = 500              # validation questions for RL's checkpoint selection
+    n_test: int = 0                   # test questions to evaluate (0: all)
     seeds: str = "0,1,2,3,4"          # seeds for sampled decoding
     device: str = "auto"              # auto, cpu, cuda, mps
 
 
-def train_stage(run, name):
-    """Train run.out_dir unless it is finished; resume it when it was interrupted."""
+# --quick: everything smaller, to see the pipeline's shape in minutes (lower accuracy than the full run)
+QUICK = dict(out_dir="out/quick", results="results/quick.json", max_steps=300, colar_steps=600, rl_steps=40,
+             rl_eval_n=100, n_test=200, seeds="0,1")
+
+# the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
+# generalisation test of its Figure 5: train on c in {1, 3, 5}, evaluate at every c (2 and 4 never seen)
+ABLATIONS = {"colar_dl": dict(deterministic=True), "colar_mp": dict(pool="mean"),
+             "colar_nll": dict(latent_loss="nll"), "colar_oc": dict(chunk_labels=False)}
+UNSEEN = {"colar_135": dict(c_values="1,3,5")}
+
+
+def train_stage(name, run, trainer):
+    """Train run.out_dir with trainer (train_sft or train_rl) unless it is finished; resume it when interrupted."""
     if read_pointer(run.out_dir, "latest"):
         if load_checkpoint(run.out_dir, "latest")["step"] >= run.max_steps:
             print(f"== {name}: already trained ({run.out_dir}), skipped")
-            return run.out_dir
+            return
         run = replace(run, resume=True)
-    print(f"== {name}: training ({run.mode})")
-    train_sft.main(run)
-    return run.out_dir
+    print(f"== {name}: training ({run.out_dir})")
+    trainer.main(run)
+
+
+def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
+    """Evaluate run_dir's best checkpoint on the test split under the method name `name`, unless the results file
+    already holds that method's records for this checkpoint."""
+    ckpt = resolve_checkpoint(run_dir)
+    old = []
+    if os.path.exists(cfg.results):
+        with open(cfg.results) as f:
+            old = json.load(f)
+    if any(r["method"] == name and r["checkpoint"] == ckpt and r["split"] == "test" for r in old):
+        print(f"== evaluation of {name}: already in {cfg.results} for {ckpt}, skipped")
+        return
+    print(f"== evaluation of {name} ({ckpt})")
+    evaluate.main(evaluate.EvalConfig(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
+                                      c=",".join(map(str, cs or [])), seeds=cfg.seeds, out=cfg.results,
+                                      device=cfg.device, text_cot=text_cot))
 
 
 def main(cfg):
+    if cfg.quick:
+        cfg = replace(cfg, **QUICK)
+    if not 1 <= cfg.rl_c <= 5:
+        raise UserError(f"--rl_c must be one of the trained speeds 1..5, got {cfg.rl_c}")
     print_config(cfg)
     t0 = time.time()
     if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):
@@ -49,31 +96,35 @@ def main(cfg):
         print("== data: generating the synthetic task")
         synthetic.main(synthetic.SynthConfig(out=cfg.data_dir))
     times = {"data": time.time() - t0}
+    out = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
     base = train_sft.TrainConfig(data_dir=cfg.data_dir, max_steps=cfg.max_steps, device=cfg.device)
-    plans = {"cot": replace(base, mode="cot", out_dir=os.path.join(cfg.out_dir, "cot")),
-             "nocot": replace(base, mode="nocot", out_dir=os.path.join(cfg.out_dir, "nocot"))}
-    plans["colar"] = replace(base, mode="colar", out_dir=os.path.join(cfg.out_dir, "colar"),
-                             init_from=plans["cot"].out_dir, max_steps=cfg.colar_steps, lr=cfg.colar_lr, eval_n=200,
-                             eval_every=1000)
-    runs = {}
-    for name, run in plans.items():
+    colar = replace(base, mode="colar", out_dir=out("colar"), init_from=out("cot"), max_steps=cfg.colar_steps,
+                    lr=cfg.colar_lr, eval_n=200, eval_every=max(1, cfg.colar_steps // 6))
+    stages = [("cot", train_sft, replace(base, mode="cot", out_dir=out("cot"))),
+              ("nocot", train_sft, replace(base, mode="nocot", out_dir=out("nocot"))),
+              ("colar", train_sft, colar),
+              ("colar_rl", train_rl, train_rl.RLConfig(init_from=out("colar"), data_dir=cfg.data_dir, c=cfg.rl_c,
+                                                       max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
+                                                       eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
+                                                       length_penalty=cfg.rl_length_penalty, device=cfg.device))]
+    evals = [("cot", None), ("nocot", None), ("colar", None), ("colar_rl", [1, 2, 3, 4, 5])]
+    if cfg.ablations:
+        for name, switch in {**ABLATIONS, **UNSEEN}.items():
+            stages.append((name, train_sft, replace(colar, out_dir=out(name), **switch)))
+            evals.append((name, [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
+    for name, trainer, run in stages:
         t = time.time()
-        runs[name] = train_stage(run, name)
+        train_stage(name, run, trainer)
         times[f"train {name}"] = time.time() - t
     t = time.time()
-    print("== evaluation on the test split")
-    records = []
-    for name, run_dir in runs.items():
-        records += evaluate.main(evaluate.EvalConfig(ckpt=run_dir, data_dir=cfg.data_dir, split="test",
-                                                     seeds=cfg.seeds, out=cfg.results, device=cfg.device,
-                                                     text_cot=(name == "colar")))
-    print(f"\nresults on {records[0]['n']:,} test questions (written to {cfg.results}):")
-    for r in records:
-        print(evaluate.format_record(r))
+    for name, cs in evals:
+        eval_stage(cfg, name, out(name), cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
+    stem = os.path.splitext(cfg.results)[0]
+    text = report.main(report.ReportConfig(results=cfg.results, md=stem + ".md", png=stem + ".png"))
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
           + f"; total {(time.time() - t0) / 60:.1f} min")
-    return records
+    return text
 
 
 if __name__ == "__main__":

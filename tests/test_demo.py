@@ -1,0 +1,34 @@
+"""The demo pipeline end to end at toy size: every stage runs once, and a second run skips every one of them."""
+import json
+import os
+
+import demo
+from data import synthetic
+
+
+def test_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    synthetic.main(synthetic.SynthConfig(out=data, n_train=300, n_val=20, n_test=10))
+    results = str(tmp_path / "results" / "demo.json")
+    cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), results=results, max_steps=2, colar_steps=2,
+                          rl_steps=1, rl_eval_n=4, n_test=6, seeds="0,1", device="cpu")
+    text = demo.main(cfg)
+    with open(results) as f:
+        records = json.load(f)
+    got = {(r["method"], r["c"], r["decode"]) for r in records}
+    speeds = [("cot", 1), ("nocot", 0), ("colar_text", 1)] + [(m, c) for m in ("colar", "colar_rl") for c in range(1, 6)]
+    assert got == {(m, c, d) for m, c in speeds for d in ("greedy", "sampled")}
+    assert all(r["n"] == 6 and r["split"] == "test" for r in records)
+    assert all(r["seeds"] == ([0, 1] if r["decode"] == "sampled" else []) for r in records)
+    rl = [r for r in records if r["method"] == "colar_rl"]
+    assert {os.path.dirname(r["checkpoint"]) for r in rl} == {str(tmp_path / "out" / "colar_rl")}
+    assert "| CoLaR + RL | 5 |" in text and "| No-CoT | 0 |" in text
+    with open(str(tmp_path / "results" / "demo.md")) as f:
+        assert f.read().startswith(text.splitlines()[0])
+    capsys.readouterr()
+
+    assert demo.main(cfg) == text  # the second run: nothing trained or evaluated again, the same table
+    out = capsys.readouterr().out
+    assert out.count("already trained") == 4 and out.count("skipped") == 1 + 4 + 4  # data, training, evaluation
+    with open(results) as f:
+        assert json.load(f) == records
