@@ -1,4 +1,4 @@
-# make demo: set up .venv if needed, then run the main job (data, CoT and No-CoT training, evaluation).
+# make demo: set up .venv if needed, then run the main job (data, CoT, No-CoT, CoLaR, RL, evaluation, report).
 # make test: set up .venv if needed, then run the test suite.
 PYTHON ?= python3
 VENV := .venv
@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test clean
 
-$(VENV)/installed: requirements.txt
+$(VENV)/installed: requirements.txt requirements-extra.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-extra.txt
 	touch $@
 
 demo: $(VENV)/installed
