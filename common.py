@@ -1,6 +1,7 @@
 """
 Small pieces every script shares: the --flags parser built from a config dataclass, the CLI error wrapper,
-device and precision choice, seeding, and checkpoints (atomic, step-stamped, with `latest` and `best` pointers).
+device and precision choice, several processes under torchrun, and checkpoints (atomic, step-stamped, with `latest`
+and `best` pointers).
 """
 import argparse
 import contextlib
@@ -12,6 +13,7 @@ import re
 import sys
 
 import torch
+import torch.distributed as dist
 
 
 class UserError(Exception):
@@ -76,7 +78,7 @@ def parse_config(cls, argv=None):
 
 
 def print_config(cfg):
-    print(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
+    print0(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
 
 
 def trained_speeds(run):
@@ -111,6 +113,48 @@ def autocast(device):
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# --- several processes (torchrun) ------------------------------------------------------------------------------
+def setup_distributed(device_name="auto"):
+    """Join the process group when torchrun started this process (it sets RANK, WORLD_SIZE and LOCAL_RANK): backend
+    nccl with each process on cuda:LOCAL_RANK, or gloo on the CPU. Without torchrun, one process on
+    pick_device(device_name), exactly as before. Returns (rank, world_size, local_rank, device)."""
+    device = pick_device(device_name)
+    if "RANK" not in os.environ:
+        return 0, 1, 0, device
+    rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UserError(f"several processes run on cuda or cpu, not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return rank, world_size, local_rank, device
+
+
+def is_main():
+    """True in the process that prints and writes files: rank 0, or the only process."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def print0(*args, **kwargs):
+    """print(), in the main process only (so several processes print one log)."""
+    if is_main():
+        print(*args, **kwargs)
+
+
+def barrier():
+    """Wait until every process gets here (nothing to wait for in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------

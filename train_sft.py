@@ -19,7 +19,16 @@ Modes (the sequence each example becomes):
     python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --out_dir out/gsm8k_cot --max_steps 400
     python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --init_from gpt2 --out_dir out/gsm8k_gpt2 --lr 1e-4
                                                           # from pretrained GPT-2 (pip install transformers)
+    torchrun --standalone --nproc_per_node=8 train_sft.py --batch_size 8   # 8 GPUs, 8 x 8 = 64 sequences per step
+
+Several processes (torchrun, DistributedDataParallel): each optimizer step takes --total_batch_size sequences (0: one
+--batch_size per process), as --batch_size sequences per process per micro-step over total / (batch_size x processes)
+micro-steps. Every process draws the same whole batch, the same c and the same random numbers (prepare_colar_batch),
+then trains on its own rows; each slice's losses are weighted by its share of the batch's positions, so the gradient
+is the whole batch's, and the run follows the one-process run with batch_size = total_batch_size (dropout aside: its
+masks come from each process's own generator). Process 0 prints, validates and writes the checkpoints.
 """
+import contextlib
 import json
 import math
 import os
@@ -27,13 +36,15 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (UserError, autocast, load_checkpoint, parse_config, pick_device, print_config, run_cli,
-                    save_checkpoint, read_pointer)
+from common import (UserError, autocast, barrier, cleanup_distributed, load_checkpoint, parse_config, print0,
+                    print_config, read_pointer, run_cli, save_checkpoint, setup_distributed)
 from compress import compress, sample_chunk_labels
 from data.format import chain_text, read_split
 from evaluate import score
-from latent_head import LatentHead, latent_loss
+from latent_head import LatentHead, gaussian_entropy, latent_loss, masked_mean
 from model import GPT, GPTConfig
 from tokenizer import KINDS, Tokenizer
 
@@ -66,7 +77,8 @@ class TrainConfig:
     self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own detached predictions
     max_latents: int = 64          # cap on latents at inference (validation)
     # optimisation
-    batch_size: int = 64           # sequences per step
+    batch_size: int = 64           # sequences per forward pass, on each process
+    total_batch_size: int = 0      # sequences per optimizer step, over processes and micro-steps (0: batch_size each)
     max_steps: int = 1200          # training steps (the LR schedule spans them)
     lr: float = 2e-3               # peak learning rate
     min_lr: float = 1e-4           # learning rate at the end of the cosine decay
@@ -170,41 +182,130 @@ def make_colar_batch(tok, encoded, c):
     return b
 
 
-def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
-    """CE and latent loss of a CoLaR batch from make_colar_batch (tensors on the model's device).
-    Returns (ce, latent, stats) where stats holds the mean latent-target norm and the head's mean sigma."""
-    z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, cfg.pool)  # (B, K, C)
-    x = model.wte(b["idx"]).masked_scatter(b["latent_in"][..., None], z[zmask])  # compressed embeddings in the slots
-    # latent targets: the next compressed embedding at each slot, the <|eot|> embedding after the last chunk
-    rows = torch.arange(x.size(0), device=x.device)
-    target = torch.zeros_like(x).masked_scatter(b["slot"][..., None], z.detach()[zmask])
+def latent_targets(model, b, c, pool, eot_id):
+    """Compress the chains of a CoLaR batch and lay out the latent head's targets: the next compressed embedding at
+    each slot, the <|eot|> embedding after the last chunk. Returns z (B, K, C), zmask (B, K), chunk_ids (B, K, c),
+    target (B, T, C), detached, and lmask (B, T), the positions the latent loss covers."""
+    z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, pool)
+    B, T = b["idx"].shape
+    rows = torch.arange(B, device=z.device)
+    target = z.new_zeros(B, T, z.size(-1)).masked_scatter(b["slot"][..., None], z.detach()[zmask])
     target[rows, b["eot_at"]] = model.wte.weight[eot_id].detach()
     lmask = b["slot"].clone()
     lmask[rows, b["eot_at"]] = True
+    return z, zmask, chunk_ids, target, lmask
+
+
+def prepare_colar_batch(model, head, b, c, eot_id, cfg, generator, latent_noise=True):
+    """What a CoLaR step does once for its whole batch, before the batch is split over processes and micro-steps:
+    the latent head's running scale takes in the batch's targets, and the step's random draws are made, in the order
+    and shapes colar_loss has always drawn them: self-feed choices b["feed"] (B, T), chunk labels b["labels"] (B, K),
+    latent noise b["eps"] (B, T, C). Stored by row, they travel with the rows (take_rows), so any split of the batch
+    trains on the numbers one process with the whole batch would draw. Returns a new dict."""
+    b = dict(b)
+    with torch.no_grad():
+        _, _, chunk_ids, target, lmask = latent_targets(model, b, c, cfg.pool, eot_id)
     if head.training:
         head.update_scale(target, lmask)
         if cfg.self_feed > 0:
-            x = self_feed(model, head, x, b, cfg.self_feed, generator)
+            n = int(b["latent_in"].sum())
+            pick = torch.rand(n, 1, generator=generator, device=target.device)[:, 0] < cfg.self_feed
+            b["feed"] = torch.zeros_like(b["latent_in"]).masked_scatter(b["latent_in"], pick)
+    if cfg.chunk_labels:
+        b["labels"] = sample_chunk_labels(chunk_ids, generator)
+    if latent_noise and cfg.latent_loss == "soft_mse" and not head.deterministic:
+        b["eps"] = torch.randn(target.shape, generator=generator, device=target.device)
+    return b
+
+
+def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
+    """CE and latent loss of a CoLaR batch from make_colar_batch (tensors on the model's device). Either b went
+    through prepare_colar_batch (then it may be any rows of it, from take_rows) and brings the step's random draws,
+    or a generator is given and b is a whole batch, prepared here (the latent noise then drawn by latent_loss: the
+    same numbers). Returns (ce, latent, stats) where stats holds the mean latent-target norm and the head's mean
+    sigma."""
+    if generator is not None:
+        b = prepare_colar_batch(model, head, b, c, eot_id, cfg, generator, latent_noise=False)
+    z, zmask, _, target, lmask = latent_targets(model, b, c, cfg.pool, eot_id)
+    x = model.wte(b["idx"]).masked_scatter(b["latent_in"][..., None], z[zmask])  # compressed embeddings in the slots
+    if head.training and cfg.self_feed > 0:
+        x = self_feed(model, head, x, b, cfg.self_feed)
     targets = b["targets"]
     if cfg.chunk_labels:  # one token drawn uniformly from the next chunk, redrawn every step
-        targets = targets.masked_scatter(b["slot"], sample_chunk_labels(chunk_ids, generator)[zmask])
+        targets = targets.masked_scatter(b["slot"], b["labels"][:, :zmask.size(1)][zmask])
     _, ce, h = model(embeds=x, mask=b["mask"], targets=targets, return_hidden=True)
-    lat, mu, log_sigma = latent_loss(head, h, target, lmask, cfg.latent_loss, cfg.latent_alpha, generator)
+    if "eps" in b:  # latent_loss's soft-MSE, with the noise drawn for the whole batch
+        mu, log_sigma = head(h)
+        sample = mu + log_sigma.exp() * b["eps"].to(mu.dtype)
+        per = (sample - head.normalise(target)).pow(2).mean(-1) - cfg.latent_alpha * gaussian_entropy(log_sigma)
+        lat = masked_mean(per, lmask)
+    else:
+        lat, mu, log_sigma = latent_loss(head, h, target, lmask, cfg.latent_loss, cfg.latent_alpha, generator)
     stats = {"norm": target[lmask].norm(dim=-1).mean().item(), "sigma": log_sigma[lmask].exp().mean().item()}
     return ce, lat, stats
 
 
 def self_feed(model, head, x, b, p, generator=None):
     """Exposure to the model's own latents: a teacher-forced pass without gradient gives the head's prediction of
-    every compressed embedding; each latent input is replaced by that prediction (detached) with probability p.
-    The targets stay the true next chunks, so the model learns to continue from its own, imperfect latents."""
+    every compressed embedding; each latent input is replaced by that prediction (detached) with probability p (where
+    b["feed"] says, when prepare_colar_batch drew the choices). The targets stay the true next chunks, so the model
+    learns to continue from its own, imperfect latents."""
     with torch.no_grad():
         _, h = model(embeds=x, mask=b["mask"], return_hidden=True)
         mu, _ = head(h)
         pred = (mu * head.scale)[b["slot"]]  # (N, C): the prediction made at the slot before each latent input
-    pick = torch.rand(pred.size(0), 1, generator=generator, device=x.device) < p
+    if "feed" in b:
+        pick = b["feed"][b["latent_in"]][:, None]
+    else:
+        pick = torch.rand(pred.size(0), 1, generator=generator, device=x.device) < p
     fed = torch.where(pick, pred, x[b["latent_in"]])
     return x.masked_scatter(b["latent_in"][..., None], fed)
+
+
+SEQ_KEYS = ("idx", "targets", "mask", "latent_in", "slot", "feed", "eps")  # batch entries laid out (B, T, ...)
+
+
+def take_rows(b, rows):
+    """The rows `rows` (a slice) of a batch dict, cut to their own longest sequence: one micro-batch of a process."""
+    T = int(b["mask"][rows].sum(1).max())  # mask is a prefix of each row
+    return {k: v[rows, :T] if k in SEQ_KEYS else v[rows] for k, v in b.items()}
+
+
+def loss_counts(b, cfg):
+    """(positions the CE averages over, positions the latent loss averages over) in a prepared batch dict. A slice's
+    mean losses times its counts over the whole batch's add up, over the slices, to the whole batch's mean losses."""
+    n_ce = int((b["targets"] != -1).sum())
+    if cfg.mode != "colar":
+        return n_ce, 1
+    n_slots = int(b["slot"].sum())  # every slot predicts a chunk label, and the latent head predicts there
+    return n_ce + (n_slots if cfg.chunk_labels else 0), n_slots + len(b["slot"])  # + the <|eot|> positions
+
+
+def grad_accum_steps(total_batch_size, batch_size, world_size):
+    """Micro-steps per optimizer step, so that batch_size sequences on each of world_size processes per micro-step
+    add up to total_batch_size (0: one micro-step, batch_size x world_size sequences)."""
+    per_pass = batch_size * world_size
+    total = total_batch_size or per_pass
+    if total % per_pass:
+        raise UserError(f"--total_batch_size {total} is not a multiple of --batch_size {batch_size} x {world_size} "
+                        f"process(es) = {per_pass}")
+    return total // per_pass
+
+
+class SFTLoss(torch.nn.Module):
+    """The model and (colar) the latent head as one module whose forward is the loss of a micro-batch: the one
+    module DistributedDataParallel wraps, so the gradients of both are averaged over the processes.
+    Returns (ce, latent loss, stats); the latent loss is 0 and stats empty outside colar mode."""
+
+    def __init__(self, model, head, eot_id, cfg):
+        super().__init__()
+        self.model, self.head, self.eot_id, self.cfg = model, head, eot_id, cfg
+
+    def forward(self, b, c):
+        if self.head is None:
+            _, loss = self.model(b["idx"], mask=b["mask"], targets=b["targets"])
+            return loss, torch.zeros((), device=loss.device), {}
+        return colar_loss(self.model, self.head, b, c, self.eot_id, self.cfg)
 
 
 def parse_c_values(cfg):
@@ -277,7 +378,7 @@ def restore_training_state(ckpt, optimizer, sampler, gen):
     sampler.load_state_dict(ckpt["sampler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     gen.set_state(ckpt["rng"]["train"])
-    print(f"resumed {ckpt['path']} at step {ckpt['step']}")
+    print0(f"resumed {ckpt['path']} at step {ckpt['step']}")
     return ckpt["step"], ckpt["best_val"]
 
 
@@ -301,6 +402,8 @@ def check_config(cfg):
     for name in ("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.total_batch_size < 0:
+        raise UserError(f"--total_batch_size must be >= 0 (0: --batch_size per process), got {cfg.total_batch_size}")
     if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr):
         raise UserError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={cfg.lr}, min_lr={cfg.min_lr}")
 
@@ -308,7 +411,9 @@ def check_config(cfg):
 def main(cfg):
     check_config(cfg)
     c_values = parse_c_values(cfg)
-    device = pick_device(cfg.device)
+    rank, world, _, device = setup_distributed(cfg.device)  # one process, unless started by torchrun
+    accum = grad_accum_steps(cfg.total_batch_size, cfg.batch_size, world)
+    cfg = replace(cfg, total_batch_size=accum * world * cfg.batch_size)  # the effective batch, saved and checked
     ckpt = init = None
     if read_pointer(cfg.out_dir, "latest"):
         if not cfg.resume:
@@ -317,8 +422,9 @@ def main(cfg):
         ckpt = load_checkpoint(cfg.out_dir, which="latest")
         if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:  # the shape came from the starting model
             cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
-        for key in ("mode", "seed", "batch_size", "c_max", "c_values", "init_from", "latent_hidden", "deterministic",
-                    "pool", "latent_loss", "chunk_labels") + SHAPE_KEYS:
+        ckpt["config"].setdefault("total_batch_size", ckpt["config"]["batch_size"])  # saved before the flag existed
+        for key in ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_from", "latent_hidden",
+                    "deterministic", "pool", "latent_loss", "chunk_labels") + SHAPE_KEYS:
             if ckpt["config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the checkpoint being resumed "
                                 f"({ckpt['config'][key]}): resume with the run's own settings")
@@ -347,23 +453,30 @@ def main(cfg):
     latent_config = {"hidden": cfg.latent_hidden, "deterministic": cfg.deterministic}
     head = LatentHead(model_cfg.n_embd, **latent_config).to(device) if cfg.mode == "colar" else None
     optimizer = make_optimizer([model] + ([head] if head else []), cfg.lr, cfg.weight_decay)
-    sampler = EpochSampler(len(encoded), cfg.batch_size, cfg.seed)
+    sampler = EpochSampler(len(encoded), cfg.total_batch_size, cfg.seed)  # whole batches, the same in every process
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # draws c, chunk labels, latent noise
     step, best_val = 0, -1.0
     if init:
         model.load_state_dict(init["model"])
-        print(f"initialised from {init['path']}")
+        print0(f"initialised from {init['path']}")
     if ckpt:
         model.load_state_dict(ckpt["model"])
         if head:
             head.load_state_dict(ckpt["latent_head"])
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "tokenizer.json"), "w") as f:  # also inside every checkpoint
-        json.dump(tok.spec(), f)
+    if rank == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "tokenizer.json"), "w") as f:  # also inside every checkpoint
+            json.dump(tok.spec(), f)
     n_params = model.num_params() + (sum(p.numel() for p in head.parameters()) if head else 0)
-    print(f"{len(train):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
-          f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}")
+    print0(f"{len(train):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
+           f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}")
+    print0(f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
+           f"{accum} micro-step(s)")
+    trainee = SFTLoss(model, head, tok.eot, cfg)  # checkpoints and validation use model and head themselves
+    if world > 1:  # a deterministic head never uses its log_sigma layer: tell DDP to expect unused parameters
+        trainee = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=bool(head and head.deterministic))
 
     def checkpoint(step, val_acc, best):
         return save_checkpoint(cfg.out_dir, step, {
@@ -390,24 +503,38 @@ def main(cfg):
         for group in optimizer.param_groups:
             group["lr"] = lr
         c = c_values[int(torch.randint(len(c_values), (1,), generator=gen, device=device))]
-        examples = [encoded[i] for i in sampler.next()]
-        model.train()
-        with autocast(device):  # bf16 on CUDA, fp32 elsewhere; the backward pass runs outside it
-            if head:
-                head.train()
-                b = {k: v.to(device) for k, v in make_colar_batch(tok, examples, c).items()}
-                ce, lat, stats = colar_loss(model, head, b, c, tok.eot, cfg, gen)
-                loss, n_tokens = ce + cfg.latent_weight * lat, int(b["mask"].sum())
-                extra = f" | c {c} | ce {ce.item():.4f} | latent {lat.item():.4f} | norm {stats['norm']:.3f} " \
-                        f"| sigma {stats['sigma']:.4f}"
-            else:
-                idx, targets, mask = (t.to(device) for t in make_batch(tok, examples, c))
-                _, loss = model(idx, mask=mask, targets=targets)
-                n_tokens, extra = int(mask.sum()), ""
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step}: lower --lr; the last good checkpoint is kept")
+        examples = [encoded[i] for i in sampler.next()]  # the step's whole batch, the same in every process
+        trainee.train()
+        if head:
+            b = {k: v.to(device) for k, v in make_colar_batch(tok, examples, c).items()}
+            b = prepare_colar_batch(model, head, b, c, tok.eot, cfg, gen)  # the scale update and the step's draws
+        else:
+            b = dict(zip(("idx", "targets", "mask"), (t.to(device) for t in make_batch(tok, examples, c))))
+        n_all, parts = loss_counts(b, cfg), torch.zeros(4, dtype=torch.float64)  # ce, latent, norm, sigma
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for micro in range(accum):  # process `rank` takes the rank-th share of the batch, in `accum` micro-batches
+            start = (rank * accum + micro) * cfg.batch_size
+            mb = take_rows(b, slice(start, start + cfg.batch_size))
+            n = loss_counts(mb, cfg)
+            w_ce, w_lat = n[0] / n_all[0], n[1] / n_all[1]  # this slice's shares of the whole batch's means
+            sync = world == 1 or micro == accum - 1  # DDP averages the gradients over processes at the last one
+            with contextlib.nullcontext() if sync else trainee.no_sync():
+                with autocast(device):  # bf16 on CUDA, fp32 elsewhere; the backward pass runs outside it
+                    ce, lat, stats = trainee(mb, c)
+                    ce, lat = ce * w_ce, lat * w_lat
+                    loss = ce + cfg.latent_weight * lat
+                (loss * world).backward()  # times world: DDP's average over processes becomes their sum
+            parts += torch.tensor([ce.item(), lat.item(), w_lat * stats.get("norm", 0), w_lat * stats.get("sigma", 0)],
+                                  dtype=torch.float64)
+        if world > 1:  # the whole batch's figures, in every process
+            parts = parts.to(device)
+            dist.all_reduce(parts)
+        ce, lat, norm, sigma = parts.tolist()
+        loss = ce + cfg.latent_weight * lat
+        if not math.isfinite(loss):  # the same in every process, so all of them stop
+            raise UserError(f"loss became {loss} at step {step}: lower --lr; the last good checkpoint is kept")
+        extra = f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head else ""
+        n_tokens = int(b["mask"].sum())
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
@@ -418,20 +545,23 @@ def main(cfg):
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
             eta = (last - step) * elapsed / (step - first)
-            print(f"step {step}/{cfg.max_steps} | loss {loss.item():.4f}{extra} | lr {lr:.2e} | "
-                  f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
+            print0(f"step {step}/{cfg.max_steps} | loss {loss:.4f}{extra} | lr {lr:.2e} | "
+                   f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
-            acc, runs = validate()
-            is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
-            best_val = max(best_val, acc)
-            path = checkpoint(step, acc, is_best)
-            per_c = " | ".join(f"c={c}: {100 * a:.1f}% len {n:.1f}" for c, (a, n, _) in runs.items())
-            print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {100 * best_val:.1f}% | "
-                  f"saved {path}", flush=True)
+            if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier
+                acc, runs = validate()
+                is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
+                best_val = max(best_val, acc)
+                path = checkpoint(step, acc, is_best)
+                per_c = " | ".join(f"c={c}: {100 * a:.1f}% len {n:.1f}" for c, (a, n, _) in runs.items())
+                print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {100 * best_val:.1f}% | "
+                      f"saved {path}", flush=True)
+            barrier()
     minutes = (time.time() - t_start) / 60
     tps = tokens_seen / max(1e-9, t_train)
-    print(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
-          f"best val accuracy {100 * best_val:.1f}%")
+    cleanup_distributed()
+    print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
+           f"best val accuracy {100 * best_val:.1f}%")
     return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "tokens_per_s": tps}
 
