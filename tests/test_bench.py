@@ -1,0 +1,64 @@
+"""Tests of bench.py: decoding without the KV cache gives sample.generate's tokens, and a tiny end-to-end run.
+
+Run: .venv/bin/python -m pytest tests/test_bench.py
+"""
+import json
+
+import pytest
+import torch
+
+from bench import BenchConfig, generate_nocache, main
+from model import GPT, GPTConfig
+from sample import generate
+
+PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9], [7, 9, 3], [23, 0]]
+
+
+def tiny(block_size=40, seed=0):
+    """A tiny random GPT with large weights, so greedy decoding does not just repeat one token."""
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(vocab_size=24, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, p.size(-1) ** -0.5)
+    return m.eval()
+
+
+def test_nocache_decoding_equals_cached_with_early_stops():
+    m = tiny()
+    free = generate(m, PROMPTS, 10, stop_id=-1, pad_id=0)
+    assert generate_nocache(m, PROMPTS, 10, stop_id=-1, pad_id=0) == free
+    stop_id = free[0][2]  # row 0 stops at its third token (or earlier); other rows at other steps or never
+    out = generate(m, PROMPTS, 10, stop_id=stop_id, pad_id=0)
+    assert len({len(o) for o in out}) >= 3, out  # rows really leave the batch at different steps
+    assert generate_nocache(m, PROMPTS, 10, stop_id=stop_id, pad_id=0) == out
+    short = tiny(block_size=10)  # the longest prompt has 7 tokens: room for 3 new ones
+    assert generate_nocache(short, PROMPTS, 50, -1, 0) == generate(short, PROMPTS, 50, -1, 0)
+
+
+def test_bench_end_to_end(tmp_path):
+    path = tmp_path / "bench.json"
+    cfg = BenchConfig(n_layer=1, n_head=2, n_embd=16, batch_size=4, questions=6, repeats=1, warmup=0, device="cpu",
+                      out=str(path))
+    main(cfg)
+    res = json.loads(path.read_text())
+    train, decode, kv = res["train"], res["decode"], res["kv_cache"]
+    assert set(train) == {"cot", "colar_c1", "colar_mix"}
+    assert set(decode) == {"text"} | {f"colar_c{c}" for c in range(1, 6)}
+    assert set(kv) == {"on", "off"}
+    for rows, base, keys in ((train, "cot", ("s_per_step", "tokens_per_s", "s_per_example")),
+                             (decode, "text", ("s_per_question",)), (kv, "on", ("s_per_question",))):
+        for r in rows.values():
+            assert r["peak_mem_mb"] > 0 and r["rss_before_mb"] > 0
+            for key in keys:
+                assert r[key] > 0
+                ratio = r[f"ratio_{key}"] if rows is train else r["ratio"]
+                assert ratio == pytest.approx(r[key] / rows[base][key], rel=1e-12)
+    assert train["colar_c1"]["tokens_per_step"] == train["cot"]["tokens_per_step"]  # c=1: the same sequence lengths
+    assert train["colar_mix"]["tokens_per_step"] < train["cot"]["tokens_per_step"]
+    assert [decode[f"colar_c{c}"]["chain_length"] for c in range(1, 6)] == \
+        [res["lengths"]["latents"][str(c)] for c in range(1, 6)]
+    for k in ("c1", "mix"):
+        assert res["overhead"][k] == pytest.approx(train[f"colar_{k}"]["ratio_s_per_example"] - 1)
+        assert res["overhead"][f"{k}_within"] == (res["overhead"][k] <= 0.15)
