@@ -37,16 +37,28 @@ The floor is saved with the head, so sampled evaluation of the RL checkpoint dra
     python train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl
     python train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl_noavg --length_average false
     python train_rl.py --out_dir out/colar_rl --resume true
+    torchrun --standalone --nproc_per_node=8 train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl
+
+Randomness, and several processes (torchrun, DistributedDataParallel): a step's questions are cut into
+--rollout_shards contiguous shards (0: one per process), and each shard is rolled out with its own generator, seeded
+from (seed, step, shard). Under torchrun process r rolls out shards r, r + processes, ...; every process then gathers
+all of them in shard order, so the rollouts, rewards and advantages are those of one process with the same
+--rollout_shards, and a resumed run draws what the straight one would have. The minibatch order comes from one
+generator, the same in every process (saved in checkpoints); each process trains on rows r, r + processes, ... of
+every minibatch, its loss weighted by its share of the minibatch's rollouts, so the averaged gradient is the whole
+minibatch's. Process 0 validates, prints and writes the checkpoints.
 """
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (UserError, load_checkpoint, parse_config, pick_device, print_config, read_pointer, run_cli,
-                    save_checkpoint, trained_speeds)
+from common import (UserError, barrier, cleanup_distributed, load_checkpoint, parse_config, print0, print_config,
+                    read_pointer, run_cli, save_checkpoint, setup_distributed, trained_speeds)
 from data.format import answers_match, read_split
 from evaluate import score
 from latent_head import LatentHead, gaussian_log_prob
@@ -86,6 +98,7 @@ class RLConfig:
     stop_at: int = 0               # stop (with a checkpoint) at this step, to --resume later; 0: run to max_steps
     resume: bool = False           # continue from out_dir's latest checkpoint
     seed: int = 1337               # seeds the question order, the rollouts and the minibatches
+    rollout_shards: int = 0        # rollout shards per step, each with its own seed (0: one per process; see above)
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
@@ -184,30 +197,56 @@ def action_log_probs(model, head, b, go_on_id=None):
     return logp, sigma
 
 
-def rl_step(model, head, optimizer, params, b, adv, cfg, gen, go_on_id=None):
-    """Policy-gradient updates on one step's kept rollouts (batch b with advantages adv (N,)).
-    Returns the mean loss, gradient norm (before clipping) and sigma over the minibatches."""
+class RLLoss(torch.nn.Module):
+    """The model and the latent head as one module whose forward is the loss of some rollouts of a minibatch: the one
+    module DistributedDataParallel wraps, so the gradients of both are averaged over the processes.
+    Returns (loss, the latent head's mean sigma over the rollouts' latents)."""
+
+    def __init__(self, model, head, cfg, go_on_id=None):
+        super().__init__()
+        self.model, self.head, self.cfg, self.go_on_id = model, head, cfg, go_on_id
+
+    def forward(self, mb, logp_old, adv):
+        if adv.numel() == 0:  # no rollouts (a process's share of a small minibatch): 0, through every parameter, so
+            zero = sum(p.sum() for p in self.parameters()) * 0.0  # that the gradients are averaged in every process
+            return zero, zero.detach()
+        logp, sigma = action_log_probs(self.model, self.head, mb, self.go_on_id)
+        per_action = clipped_surrogate(logp, logp_old, adv[:, None], self.cfg.clip_eps)
+        return aggregate(per_action, mb["lat_at"], mb["tok_at"], self.cfg.length_average), sigma
+
+
+def rl_step(model, head, optimizer, params, b, adv, cfg, gen, go_on_id=None, trainee=None):
+    """Policy-gradient updates on one step's kept rollouts (batch b with advantages adv (N,)), the same in every
+    process. Under torchrun, trainee is RLLoss(model, head, ...) in DDP, and each process trains on rows rank,
+    rank + world, ... of every minibatch. Returns the mean loss, gradient norm (before clipping) and sigma over the
+    minibatches, the same in every process."""
+    trainee = trainee or RLLoss(model, head, cfg, go_on_id)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     with torch.no_grad():
-        logp_old, _ = action_log_probs(model, head, b, go_on_id)
+        logp_old, _ = action_log_probs(model, head, b, go_on_id)  # every process, all rows: as one process does
     N = adv.numel()
+    n_lat = b["lat_at"].sum(1)  # (N,) latents of each rollout: a share's weight in the minibatch's mean sigma
     stats = []
     for _ in range(cfg.epochs):
         order = torch.randperm(N, generator=gen, device=adv.device)
         for i in range(0, N, cfg.minibatch):
             rows = order[i:i + cfg.minibatch]
-            mb = {k: v[rows] for k, v in b.items()}
-            logp, sigma = action_log_probs(model, head, mb, go_on_id)
-            per_action = clipped_surrogate(logp, logp_old[rows], adv[rows][:, None], cfg.clip_eps)
-            loss = aggregate(per_action, mb["lat_at"], mb["tok_at"], cfg.length_average)
-            if not torch.isfinite(loss):
-                return loss.detach(), loss.detach(), sigma.detach()
+            mine = rows[rank::world]  # this process's share, maybe empty
+            loss, sigma = trainee({k: v[mine] for k, v in b.items()}, logp_old[mine], adv[mine])
+            loss = loss * (len(mine) / len(rows))  # the loss is a mean over rollouts: shares add up to the whole
+            lat_share = n_lat[mine].sum() / n_lat[rows].sum().clamp(min=1)  # of the minibatch's latents, for sigma
+            figures = torch.stack([loss.detach(), sigma.detach() * lat_share])
+            if world > 1:
+                dist.all_reduce(figures)  # the minibatch's loss and sigma, the same in every process
+            if not torch.isfinite(figures[0]):  # so every process stops here together
+                return figures[0], figures[0], figures[1]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * world).backward()  # times world: DDP's average over processes becomes their sum
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not torch.isfinite(norm):  # a finite loss with a non-finite gradient: stop before the weights break
-                return norm.detach(), norm.detach(), sigma.detach()
+                return norm.detach(), norm.detach(), figures[1]
             optimizer.step()
-            stats.append(torch.stack([loss.detach(), norm.detach(), sigma.detach()]))
+            stats.append(torch.stack([figures[0], norm.detach(), figures[1]]))
     return tuple(torch.stack(stats).mean(0))
 
 
@@ -219,11 +258,44 @@ def rollouts(model, head, tok, questions, cfg, gen):
     return prompts, out
 
 
+def shard_seed(seed, step, shard):
+    """The seed of one shard's rollouts at a step (0-based): its own stream, whichever process draws it."""
+    return ((seed * 1_000_003 + step) * 100_003 + shard) % 2**63  # within what manual_seed takes
+
+
+def shard_rollouts(model, head, tok, questions, cfg, step, shards, which):
+    """The rollouts of the shards `which` of a step's questions (cut into `shards` contiguous shards), each sampled
+    with its own generator: {shard: its rollouts}. A shard's rollouts do not depend on the other shards drawn."""
+    n = len(questions) // shards
+    device = next(model.parameters()).device
+    out = {}
+    for s in which:
+        gen = torch.Generator(device=device).manual_seed(shard_seed(cfg.seed, step, s))
+        out[s] = rollouts(model, head, tok, questions[s * n:(s + 1) * n], cfg, gen)[1]
+    return out
+
+
+def step_rollouts(model, head, tok, questions, cfg, step):
+    """All the rollouts of a step, in question order, in every process: process r draws shards r, r + world, ...,
+    and all_gather_object brings every process the others' (CPU tensors). Returns (prompts, rollouts)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    shards = cfg.rollout_shards
+    outs = shard_rollouts(model, head, tok, questions, cfg, step, shards, range(rank, shards, world))
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, outs)
+        outs = {s: o for part in parts for s, o in part.items()}
+    prompts = [tok.prompt(q, cfg.c) for q in questions for _ in range(cfg.group)]
+    return prompts, [o for s in range(shards) for o in outs[s]]
+
+
 def check_config(cfg):
     for name in ("c", "group", "questions", "minibatch", "epochs", "max_latents", "max_answer_tokens", "max_steps",
                  "eval_every", "log_every"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.rollout_shards < 0:
+        raise UserError(f"--rollout_shards must be >= 0 (0: one per process), got {cfg.rollout_shards}")
     if cfg.stop_actions not in ("final", "all"):
         raise UserError(f"--stop_actions must be final or all, got {cfg.stop_actions!r}")
     if cfg.group < 2:
@@ -236,7 +308,11 @@ def check_config(cfg):
 
 def main(cfg):
     check_config(cfg)
-    device = pick_device(cfg.device)
+    rank, world, _, device = setup_distributed(cfg.device)  # one process, unless started by torchrun
+    cfg = replace(cfg, rollout_shards=cfg.rollout_shards or world)  # the effective number, saved and checked
+    if cfg.questions % cfg.rollout_shards:
+        raise UserError(f"--rollout_shards {cfg.rollout_shards} does not divide --questions {cfg.questions} (a shard "
+                        f"holds whole questions)")
     ckpt = None
     if read_pointer(cfg.out_dir, "latest"):
         if not cfg.resume:
@@ -245,9 +321,10 @@ def main(cfg):
         ckpt = load_checkpoint(cfg.out_dir, which="latest")
         if "rl_config" not in ckpt:
             raise UserError(f"{ckpt['path']} is not an RL checkpoint: choose another --out_dir")
+        ckpt["rl_config"].setdefault("rollout_shards", 1)  # saved before the flag existed (then: one generator)
         for key in ("init_from", "c", "group", "questions", "minibatch", "epochs", "seed", "sigma_min",
                     "length_average", "length_penalty", "max_latents", "max_answer_tokens", "clip_eps",
-                    "stop_actions"):
+                    "stop_actions", "rollout_shards"):
             if ckpt["rl_config"][key] != getattr(cfg, key):
                 raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed "
                                 f"({ckpt['rl_config'][key]}): resume with the run's own settings")
@@ -262,7 +339,7 @@ def main(cfg):
                         f"sample and reinforce")
     speeds = trained_speeds(base["config"])
     if cfg.c not in speeds:
-        print(f"warning: c={cfg.c} is outside the speeds this model was trained on ({speeds})")
+        print0(f"warning: c={cfg.c} is outside the speeds this model was trained on ({speeds})")
     print_config(cfg)
     train = read_split(os.path.join(cfg.data_dir, "train.txt"))
     val = read_split(os.path.join(cfg.data_dir, "val.txt"))
@@ -283,17 +360,24 @@ def main(cfg):
     head.load_state_dict(base["latent_head"])
     optimizer = make_optimizer([model, head], cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(train), cfg.questions, cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # rollouts and minibatch order
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # minibatch order (rollouts: shard_seed)
     step, best_val = 0, -1.0
     if ckpt:
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
     else:
-        print(f"initialised from {base['path']}")
+        print0(f"initialised from {base['path']}")
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    print(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
-          f"{cfg.group} rollouts per step; device {device}")
+    go_on_id = tok.eot if cfg.stop_actions == "all" else None
+    trainee = RLLoss(model, head, cfg, go_on_id)  # checkpoints, rollouts and validation use model and head themselves
+    if world > 1:
+        trainee = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None)
+    print0(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
+           f"{cfg.group} rollouts per step in {cfg.rollout_shards} shard(s) over {world} process(es); device {device}")
+    if cfg.rollout_shards % world:
+        print0(f"warning: {cfg.rollout_shards} rollout shards over {world} processes: some processes roll out more "
+               f"shards than others, which wait")
 
     def validate():
         """Sampled (as evaluate.py samples: top-p 0.9, a fixed seed) and greedy accuracy and mean #L on the validation
@@ -313,9 +397,10 @@ def main(cfg):
             "rng": {"torch": torch.get_rng_state(), "train": gen.get_state()}, "best_val": best_val,
             "val_acc": val_acc}, cfg.keep_last, best)
 
-    if step == 0:
+    if step == 0 and rank == 0:
         (acc, n_lat, _), (gacc, gn, _) = validate()
         print(f"eval step 0: val sampled {100 * acc:.1f}% #L {n_lat:.2f} | greedy {100 * gacc:.1f}% #L {gn:.2f}")
+    barrier()
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     first, t_start = step, time.time()
     sigma = torch.tensor(float("nan"))  # the latent head's mean sigma at the last rollouts trained on
@@ -323,7 +408,7 @@ def main(cfg):
         batch = [train[i] for i in sampler.next()]
         model.eval()  # rollouts and updates alike: no dropout, so logp_old is the rollouts' own policy
         head.eval()
-        prompts, outs = rollouts(model, head, tok, [q for q, _, _ in batch], cfg, gen)
+        prompts, outs = step_rollouts(model, head, tok, [q for q, _, _ in batch], cfg, step)  # all, every process
         refs = [a for _, _, a in batch for _ in range(cfg.group)]
         rewards = torch.tensor([reward(tok.decode(o["answer"]).strip(), a, o["n_latents"], cfg.length_penalty,
                                        cfg.max_latents) for o, a in zip(outs, refs)])
@@ -334,8 +419,8 @@ def main(cfg):
         loss = norm = torch.zeros(())
         if len(keep):
             b = rollout_batch(tok, [prompts[i] for i in keep.tolist()], [outs[i] for i in keep.tolist()], device)
-            loss, norm, sigma = rl_step(model, head, optimizer, params, b, adv[keep].to(device), cfg, gen,
-                                        tok.eot if cfg.stop_actions == "all" else None)
+            loss, norm, sigma = rl_step(model, head, optimizer, params, b, adv[keep].to(device), cfg, gen, go_on_id,
+                                        trainee)
             if not torch.isfinite(loss):
                 kept = read_pointer(cfg.out_dir, "latest")
                 raise UserError(f"the RL loss or its gradient became {loss.item()} at step {step + 1}; "
@@ -346,19 +431,22 @@ def main(cfg):
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
             eta = (last - step) * elapsed / (step - first)
-            print(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} | accuracy {correct:.3f} "
-                  f"| #L {n_lat:.2f} | groups with signal {signal.float().mean():.2f} | loss {loss.item():+.4f} "
-                  f"| grad norm {norm.item():.3f} | sigma {sigma.item():.4f} | {elapsed / 60:.1f} min "
-                  f"| eta {eta / 60:.1f} min", flush=True)
+            print0(f"step {step}/{cfg.max_steps} | reward {rewards.mean():.3f} | accuracy {correct:.3f} "
+                   f"| #L {n_lat:.2f} | groups with signal {signal.float().mean():.2f} | loss {loss.item():+.4f} "
+                   f"| grad norm {norm.item():.3f} | sigma {sigma.item():.4f} | {elapsed / 60:.1f} min "
+                   f"| eta {eta / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
-            (acc, n_val, _), (gacc, gn, _) = validate()
-            is_best = acc >= best_val
-            best_val = max(best_val, acc)
-            path = checkpoint(step, acc, is_best)
-            print(f"eval step {step}: val sampled {100 * acc:.1f}% #L {n_val:.2f} | greedy {100 * gacc:.1f}% #L "
-                  f"{gn:.2f} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
+            if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier
+                (acc, n_val, _), (gacc, gn, _) = validate()
+                is_best = acc >= best_val
+                best_val = max(best_val, acc)
+                path = checkpoint(step, acc, is_best)
+                print(f"eval step {step}: val sampled {100 * acc:.1f}% #L {n_val:.2f} | greedy {100 * gacc:.1f}% "
+                      f"#L {gn:.2f} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
+            barrier()
     minutes = (time.time() - t_start) / 60
-    print(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%")
+    cleanup_distributed()
+    print0(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%")
     return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step}
 
 
