@@ -2,11 +2,12 @@
 Evaluate a checkpoint on a data split: accuracy and mean reasoning length, greedy and/or sampled over seeds.
 Writes JSON records (merged into --out when it exists), one per (method, c, decode):
 
-    {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "seeds", "checkpoint", "seconds"}
+    {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
+     "seconds"}
 
 `mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT), or latents fed (CoLaR,
 whose records add `hit_cap`, the fraction of questions that reached --max_latents). With several seeds,
-accuracy and mean_len are means over seeds and ci95 is the half-width of the 95% t-interval of the accuracy.
+accuracy and mean_len are means over seeds, and ci95 and len_ci95 the half-widths of their 95% t-intervals.
 
     python evaluate.py --ckpt out/cot --split test --decode greedy,sampled --out results/cot.json
     python evaluate.py --ckpt out/colar --c 1,2,3,4,5 --out results/colar.json
@@ -64,10 +65,10 @@ def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", 
     else:
         runs = [score(model, tok, examples, c, temperature, top_p, s, batch_size, head, max_latents=max_latents,
                       latent_temperature=latent_temperature, stop="sampled") for s in seeds]
-    accs = [a for a, _, _ in runs]
+    accs, lens = [a for a, _, _ in runs], [n for _, n, _ in runs]
     record = {"method": method, "c": c, "decode": decode, "split": split, "n": len(examples),
-              "accuracy": sum(accs) / len(accs), "mean_len": sum(n for _, n, _ in runs) / len(runs),
-              "ci95": ci95(accs), "seeds": [] if decode == "greedy" else list(seeds), "checkpoint": checkpoint,
+              "accuracy": sum(accs) / len(accs), "mean_len": sum(lens) / len(lens), "ci95": ci95(accs),
+              "len_ci95": ci95(lens), "seeds": [] if decode == "greedy" else list(seeds), "checkpoint": checkpoint,
               "seconds": round(time.time() - t0, 2)}
     if head is not None and c >= 1:
         record["hit_cap"] = sum(h for _, _, h in runs) / len(runs)
@@ -91,9 +92,10 @@ def merge_records(path, records):
 
 def format_record(r):
     ci = f" ± {100 * r['ci95']:.1f}" if r["ci95"] is not None else ""
+    len_ci = f" ± {r['len_ci95']:.2f}" if r.get("len_ci95") is not None else ""
     cap = f", hit_cap {100 * r['hit_cap']:.1f}%" if "hit_cap" in r else ""
     return (f"{r['method']:>8} c={r['c']} {r['decode']:>7} {r['split']}: accuracy {100 * r['accuracy']:.1f}%{ci} "
-            f"(n={r['n']}), mean_len {r['mean_len']:.1f}{cap}, {r['seconds']:.1f}s")
+            f"(n={r['n']}), mean_len {r['mean_len']:.2f}{len_ci}{cap}, {r['seconds']:.1f}s")
 
 
 @dataclass

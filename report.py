@@ -58,13 +58,17 @@ def rows(records, split="test"):
 
 
 def cells(by_decode):
-    """The four number cells of one row: accuracy sampled (mean ± ci95) and greedy in %, #L sampled and greedy."""
+    """The four number cells of one row: accuracy sampled (mean ± ci95) and greedy in %, #L sampled (mean ± its
+    ci95, when recorded) and greedy."""
     s, g = by_decode.get("sampled"), by_decode.get("greedy")
     acc_s = DASH if s is None else f"{100 * s['accuracy']:.1f}"
     if s is not None and s.get("ci95") is not None:
         acc_s += f" ± {100 * s['ci95']:.1f}"
     acc_g = DASH if g is None else f"{100 * g['accuracy']:.1f}"
-    return [acc_s, acc_g] + [DASH if r is None else f"{r['mean_len']:.1f}" for r in (s, g)]
+    len_s = DASH if s is None else f"{s['mean_len']:.1f}"
+    if s is not None and s.get("len_ci95") is not None:
+        len_s += f" ± {s['len_ci95']:.1f}"
+    return [acc_s, acc_g, len_s, DASH if g is None else f"{g['mean_len']:.1f}"]
 
 
 def table(records, split="test"):

@@ -407,8 +407,8 @@ def test_evaluate_colar_records(colar_runs, tmp_path):
     recs = evaluate.main(evaluate.EvalConfig(ckpt=colar_runs["colar"], split="test", n=4, decode="greedy,sampled",
                                              seeds="0,1", max_latents=4, out=out_json, device="cpu"))
     assert [(r["c"], r["decode"]) for r in recs] == [(1, "greedy"), (1, "sampled"), (2, "greedy"), (2, "sampled")]
-    keys = {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "seeds", "checkpoint", "seconds",
-            "hit_cap"}
+    keys = {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
+            "seconds", "hit_cap"}
     model, head, tok, _ = load_model(colar_runs["colar"])
     examples = read_split(f"{colar_runs['data']}/test.txt")[:4]
     for r in recs:
@@ -420,6 +420,13 @@ def test_evaluate_colar_records(colar_runs, tmp_path):
         assert r["hit_cap"] == pytest.approx(sum(x["hit_cap"] for x in res) / 4)
         correct = sum(answers_match(x["answer"], a) for x, (_, _, a) in zip(res, examples))
         assert r["accuracy"] == pytest.approx(correct / 4)
+    for r in (x for x in recs if x["decode"] == "sampled"):  # the means and intervals of one pass per seed
+        res = [answer_questions(model, tok, [q for q, _, _ in examples], r["c"], 1.0, 0.9, seed, head=head,
+                                latent_temperature=1.0, max_latents=4, stop="sampled") for seed in (0, 1)]
+        lens = [sum(x["length"] for x in rs) / 4 for rs in res]
+        accs = [sum(answers_match(x["answer"], a) for x, (_, _, a) in zip(rs, examples)) / 4 for rs in res]
+        assert r["mean_len"] == pytest.approx(sum(lens) / 2) and r["len_ci95"] == pytest.approx(evaluate.ci95(lens))
+        assert r["accuracy"] == pytest.approx(sum(accs) / 2) and r["ci95"] == pytest.approx(evaluate.ci95(accs))
     # max_latents 0: no latent can be fed
     recs0 = evaluate.main(evaluate.EvalConfig(ckpt=colar_runs["colar"], split="test", n=4, decode="greedy",
                                               max_latents=0, device="cpu"))

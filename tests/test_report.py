@@ -70,6 +70,8 @@ def test_table_cells():
     assert rows[("No-CoT", "0")] == ["17.5 ± 1.1", "18.2", "0.0", "0.0"]
     assert rows[("CoT", "1")] == ["100.0 ± 0.0", "100.0", "54.8", "54.8"]
     assert rows[("CoLaR + RL", "5")] == ["40.5 ± 0.7", "40.5", "11.3", "11.3"]
+    with_len_ci = dict(rec("colar", 5, "sampled", 0.608, 11.3291, 0.0104), len_ci95=0.0512)
+    assert body(table([with_len_ci]))[0][2:] == ["60.8 ± 1.0", "–", "11.3 ± 0.1", "–"]
 
 
 def test_table_missing_values():
