@@ -9,8 +9,9 @@ the same checkpoint. An interrupted training stage resumes from its latest check
 where it stopped when run again with the same flags.
 
     python demo.py                      # the whole pipeline, about 40 minutes on 2 CPU cores
-    python demo.py --quick true         # the same pipeline, smaller, in about 5 minutes (out/quick, results/quick.*)
+    python demo.py --quick true         # the same pipeline, smaller, in about 5 minutes (out/quick, results/demo_quick.*)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
+    python demo.py --task gsm8k         # the same pipeline on GSM8K (../shared/data), from scratch, with GPT-2's BPE
 """
 import json
 import os
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, replace
 
 from common import UserError, load_checkpoint, parse_config, print_config, read_pointer, resolve_checkpoint, run_cli
-from data import synthetic
+from data import gsm8k, synthetic
 import evaluate
 import report
 import train_rl
@@ -27,11 +28,15 @@ import train_sft
 
 @dataclass
 class DemoConfig:
-    data_dir: str = "data/synth"      # where the synthetic task is written
+    task: str = "synth"               # synth (the synthetic task) or gsm8k (sets the GSM8K values below)
+    data_dir: str = "data/synth"      # where the task's train/val/test files are written
+    gsm8k_source: str = "../shared/data"  # gsm8k: the folder data/gsm8k.py reads GSM8K from
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
     results: str = "results/demo.json"  # evaluation records; the table and plot are written beside it (.md, .png)
     quick: bool = False               # the ~5-minute version: sets the QUICK values below
     ablations: bool = False           # also train and evaluate the ablations and the unseen-speed model
+    tokenizer: str = "char"           # char, number or gpt2 (train_sft.py --tokenizer)
+    batch_size: int = 64              # sequences per training step (SFT)
     max_steps: int = 1200             # training steps of the CoT and No-CoT models
     colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
@@ -45,8 +50,13 @@ class DemoConfig:
 
 
 # --quick: everything smaller, to see the pipeline's shape in minutes (lower accuracy than the full run)
-QUICK = dict(out_dir="out/quick", results="results/quick.json", max_steps=300, colar_steps=600, rl_steps=40,
-             rl_eval_n=100, n_test=200, seeds="0,1")
+# (into out_dir/quick and results/<name>_quick.json, so that the full run's files are left alone)
+QUICK = dict(max_steps=300, colar_steps=600, rl_steps=40, rl_eval_n=100, n_test=200, seeds="0,1")
+
+# --task gsm8k: GSM8K's 7k training problems with a from-scratch model and GPT-2's BPE reduced to the data's ids;
+# the steps fit a CPU (the 13.6k-way softmax makes a step about 6x slower than on the synthetic task)
+GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", results="results/gsm8k_demo.json", tokenizer="gpt2",
+             batch_size=32, max_steps=400, colar_steps=800, rl_steps=60, rl_eval_n=200)
 
 # the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
 # generalisation test of its Figure 5: train on c in {1, 3, 5}, evaluate at every c (2 and 4 never seen)
@@ -83,21 +93,36 @@ def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
                                       device=cfg.device, text_cot=text_cot))
 
 
-def main(cfg):
-    if cfg.quick:
-        cfg = replace(cfg, **QUICK)
+def resolve(cfg):
+    """The config the demo runs: --task gsm8k's values, then --quick's (into out_dir/quick, results *_quick.json)."""
+    if cfg.task not in ("synth", "gsm8k"):
+        raise UserError(f"--task must be synth or gsm8k, got {cfg.task!r}")
     if not 1 <= cfg.rl_c <= 5:
         raise UserError(f"--rl_c must be one of the trained speeds 1..5, got {cfg.rl_c}")
+    if cfg.task == "gsm8k":
+        cfg = replace(cfg, **GSM8K)
+    if cfg.quick:
+        cfg = replace(cfg, **QUICK, out_dir=os.path.join(cfg.out_dir, "quick"),
+                      results=os.path.splitext(cfg.results)[0] + "_quick.json")
+    return cfg
+
+
+def main(cfg):
+    cfg = resolve(cfg)
     print_config(cfg)
     t0 = time.time()
     if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):
         print(f"== data: {cfg.data_dir} exists, skipped")
+    elif cfg.task == "gsm8k":
+        print(f"== data: GSM8K from {cfg.gsm8k_source}")
+        gsm8k.main(gsm8k.GSM8KConfig(source=cfg.gsm8k_source, out=cfg.data_dir))
     else:
         print("== data: generating the synthetic task")
         synthetic.main(synthetic.SynthConfig(out=cfg.data_dir))
     times = {"data": time.time() - t0}
     out = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
-    base = train_sft.TrainConfig(data_dir=cfg.data_dir, max_steps=cfg.max_steps, device=cfg.device)
+    base = train_sft.TrainConfig(data_dir=cfg.data_dir, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size,
+                                 max_steps=cfg.max_steps, device=cfg.device)
     colar = replace(base, mode="colar", out_dir=out("colar"), init_from=out("cot"), max_steps=cfg.colar_steps,
                     lr=cfg.colar_lr, eval_n=200, eval_every=max(1, cfg.colar_steps // 6))
     stages = [("cot", train_sft, replace(base, mode="cot", out_dir=out("cot"))),

@@ -2,7 +2,10 @@
 import json
 import os
 
+import pytest
+
 import demo
+from common import UserError
 from data import synthetic
 
 
@@ -32,3 +35,15 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert out.count("already trained") == 4 and out.count("skipped") == 1 + 4 + 4  # data, training, evaluation
     with open(results) as f:
         assert json.load(f) == records
+
+
+def test_demo_presets():
+    quick = demo.resolve(demo.DemoConfig(quick=True))
+    assert (quick.out_dir, quick.results) == ("out/quick", "results/demo_quick.json")
+    assert quick.colar_steps < demo.DemoConfig.colar_steps and quick.data_dir == "data/synth"
+    g = demo.resolve(demo.DemoConfig(task="gsm8k", quick=True))
+    assert (g.data_dir, g.tokenizer, g.out_dir, g.results) == ("data/gsm8k", "gpt2", "out/gsm8k/quick",
+                                                               "results/gsm8k_demo_quick.json")
+    for bad in (dict(task="mnist"), dict(rl_c=6)):
+        with pytest.raises(UserError):
+            demo.resolve(demo.DemoConfig(**bad))
