@@ -16,10 +16,11 @@ where it stopped when run again with the same flags.
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from common import UserError, load_checkpoint, parse_config, print_config, read_pointer, resolve_checkpoint, run_cli
 from data import gsm8k, synthetic
+from data.format import read_split
 import evaluate
 import report
 import train_rl
@@ -78,13 +79,16 @@ def train_stage(name, run, trainer):
 
 def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
     """Evaluate run_dir's best checkpoint on the test split under the method name `name`, unless the results file
-    already holds that method's records for this checkpoint."""
+    already holds that method's records for this checkpoint, question count and seeds."""
     ckpt = resolve_checkpoint(run_dir)
     old = []
     if os.path.exists(cfg.results):
         with open(cfg.results) as f:
             old = json.load(f)
-    if any(r["method"] == name and r["checkpoint"] == ckpt and r["split"] == "test" for r in old):
+    n = len(read_split(os.path.join(cfg.data_dir, "test.txt")))
+    n, seeds = min(n, cfg.n_test or n), [int(s) for s in cfg.seeds.split(",") if s.strip()]
+    mine = [r for r in old if r["method"] == name and r["checkpoint"] == ckpt and r["split"] == "test"]
+    if mine and all(r["n"] == n and r["seeds"] in ([], seeds) for r in mine):
         print(f"== evaluation of {name}: already in {cfg.results} for {ckpt}, skipped")
         return
     print(f"== evaluation of {name} ({ckpt})")
@@ -94,15 +98,18 @@ def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
 
 
 def resolve(cfg):
-    """The config the demo runs: --task gsm8k's values, then --quick's (into out_dir/quick, results *_quick.json)."""
+    """The config the demo runs: --task gsm8k's values, then --quick's (into out_dir/quick, results *_quick.json),
+    each where the command line left a field at its default."""
     if cfg.task not in ("synth", "gsm8k"):
         raise UserError(f"--task must be synth or gsm8k, got {cfg.task!r}")
     if not 1 <= cfg.rl_c <= 5:
         raise UserError(f"--rl_c must be one of the trained speeds 1..5, got {cfg.rl_c}")
-    if cfg.task == "gsm8k":
-        cfg = replace(cfg, **GSM8K)
+    given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}  # on the command line
+    unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
+    if cfg.task == "gsm8k":  # a preset sets only what the command line left at its default
+        cfg = replace(cfg, **unset(GSM8K))
     if cfg.quick:
-        cfg = replace(cfg, **QUICK, out_dir=os.path.join(cfg.out_dir, "quick"),
+        cfg = replace(cfg, **unset(QUICK), out_dir=os.path.join(cfg.out_dir, "quick"),
                       results=os.path.splitext(cfg.results)[0] + "_quick.json")
     return cfg
 

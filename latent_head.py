@@ -92,10 +92,12 @@ def gaussian_entropy(log_sigma):
     return (log_sigma + HALF_LOG_2PI + 0.5).mean(-1)
 
 
-def soft_mse_loss(mu, log_sigma, target, mask, alpha=0.0, generator=None):
-    """MSE of one reparameterised sample against the target, minus alpha times the entropy."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    z = mu + log_sigma.exp() * eps
+def soft_mse_loss(mu, log_sigma, target, mask, alpha=0.0, generator=None, eps=None):
+    """MSE of one reparameterised sample against the target, minus alpha times the entropy. The sample's standard
+    normal noise is drawn with `generator`, or given as eps (same shape as mu)."""
+    if eps is None:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    z = mu + log_sigma.exp() * eps.to(mu.dtype)
     per = (z - target).pow(2).mean(-1) - alpha * gaussian_entropy(log_sigma)
     return masked_mean(per, mask)
 
@@ -109,9 +111,10 @@ def mse_loss(mu, target, mask):
     return masked_mean((mu - target).pow(2).mean(-1), mask)
 
 
-def latent_loss(head, h, target, mask, kind="soft_mse", alpha=0.0, generator=None):
+def latent_loss(head, h, target, mask, kind="soft_mse", alpha=0.0, generator=None, eps=None):
     """The latent loss of `kind` (soft_mse, nll) for hidden states h (B, T, C) and unnormalised targets (B, T, C);
-    a deterministic head always uses plain MSE. Returns (loss, mu, log_sigma)."""
+    a deterministic head always uses plain MSE. soft_mse's noise: drawn with generator, or given as eps.
+    Returns (loss, mu, log_sigma)."""
     mu, log_sigma = head(h)
     target = head.normalise(target.detach())  # no gradient into the embedding table through the target
     if head.deterministic:
@@ -119,5 +122,5 @@ def latent_loss(head, h, target, mask, kind="soft_mse", alpha=0.0, generator=Non
     if kind == "nll":
         return nll_loss(mu, log_sigma, target, mask), mu, log_sigma
     if kind == "soft_mse":
-        return soft_mse_loss(mu, log_sigma, target, mask, alpha, generator), mu, log_sigma
+        return soft_mse_loss(mu, log_sigma, target, mask, alpha, generator, eps), mu, log_sigma
     raise ValueError(f"latent loss must be soft_mse or nll, got {kind!r}")

@@ -21,8 +21,9 @@ Each step:
     logp_old), the log-ratio clamped to +-LOG_RATIO_MAX so exp() stays finite. The loss of a rollout is the mean of l
     over its latents plus the mean over its answer actions (each over the rollout's *own* count), and the loss of a
     minibatch the mean over its rollouts: a correct short chain gets a larger push per latent than a correct long one,
-    which shortens chains. --length_average false is the paper's "w/o average" ablation: one mean over every action
-    of the minibatch, so a rollout weighs in proportion to its length.
+    which shortens chains. --length_average false is the paper's "w/o average" ablation: a rollout's loss is the
+    sum of l over its actions, so a rollout weighs in proportion to its length (the minibatch's: the mean over its
+    rollouts, as before).
  5. The kept rollouts are shuffled into minibatches of `minibatch` rollouts; one AdamW step each (gradient clipped),
     for `epochs` passes. The first minibatch has rho = 1; clipping acts from the second on.
 

@@ -44,7 +44,7 @@ from common import (UserError, autocast, barrier, cleanup_distributed, load_chec
 from compress import compress, sample_chunk_labels
 from data.format import chain_text, read_split
 from evaluate import score
-from latent_head import LatentHead, gaussian_entropy, latent_loss, masked_mean
+from latent_head import LatentHead, latent_loss
 from model import GPT, GPTConfig
 from tokenizer import KINDS, Tokenizer
 
@@ -62,7 +62,8 @@ class TrainConfig:
     n_embd: int = 128              # model width
     dropout: float = 0.0           # dropout rate
     pos_emb: str = "rope"          # rope or learned
-    block_size: int = 0            # context length; 0: the longest example in the data plus 32
+    block_size: int = 0            # context length; 0: room for the longest example and for the longest question
+                                   # with max_latents latents and an answer (as RL samples them), plus 32
     # CoLaR (mode colar)
     init_from: str = ""            # CoT run or checkpoint, or gpt2[-medium|-large|-xl]; its tokenizer and size win
     c_max: int = 5                 # compression factors 1..c_max are trained
@@ -183,50 +184,50 @@ def make_colar_batch(tok, encoded, c):
 
 
 def latent_targets(model, b, c, pool, eot_id):
-    """Compress the chains of a CoLaR batch and lay out the latent head's targets: the next compressed embedding at
-    each slot, the <|eot|> embedding after the last chunk. Returns z (B, K, C), zmask (B, K), chunk_ids (B, K, c),
-    target (B, T, C), detached, and lmask (B, T), the positions the latent loss covers."""
-    z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, pool)
-    B, T = b["idx"].shape
-    rows = torch.arange(B, device=z.device)
-    target = z.new_zeros(B, T, z.size(-1)).masked_scatter(b["slot"][..., None], z.detach()[zmask])
-    target[rows, b["eot_at"]] = model.wte.weight[eot_id].detach()
+    """The latent head's targets in a CoLaR batch: the next compressed embedding at each slot, the <|eot|> embedding
+    after the last chunk. Returns target (B, T, C), detached, lmask (B, T), the positions the latent loss covers,
+    and chunk_ids (B, K, c), the token ids of each chunk."""
+    with torch.no_grad():
+        z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, pool)
+        B, T = b["idx"].shape
+        rows = torch.arange(B, device=z.device)
+        target = z.new_zeros(B, T, z.size(-1)).masked_scatter(b["slot"][..., None], z[zmask])
+        target[rows, b["eot_at"]] = model.wte.weight[eot_id]
     lmask = b["slot"].clone()
     lmask[rows, b["eot_at"]] = True
-    return z, zmask, chunk_ids, target, lmask
+    return target, lmask, chunk_ids
 
 
-def prepare_colar_batch(model, head, b, c, eot_id, cfg, generator, latent_noise=True):
+def prepare_colar_batch(model, head, b, c, eot_id, cfg, generator):
     """What a CoLaR step does once for its whole batch, before the batch is split over processes and micro-steps:
-    the latent head's running scale takes in the batch's targets, and the step's random draws are made, in the order
-    and shapes colar_loss has always drawn them: self-feed choices b["feed"] (B, T), chunk labels b["labels"] (B, K),
+    lay out the latent targets (b["target"], b["lmask"]), let the latent head's running scale take them in, and make
+    the step's random draws: self-feed choices b["feed"] (B, T), chunk labels b["labels"] (B, K), the soft-MSE's
     latent noise b["eps"] (B, T, C). Stored by row, they travel with the rows (take_rows), so any split of the batch
     trains on the numbers one process with the whole batch would draw. Returns a new dict."""
     b = dict(b)
-    with torch.no_grad():
-        _, _, chunk_ids, target, lmask = latent_targets(model, b, c, cfg.pool, eot_id)
+    b["target"], b["lmask"], chunk_ids = latent_targets(model, b, c, cfg.pool, eot_id)
     if head.training:
-        head.update_scale(target, lmask)
+        head.update_scale(b["target"], b["lmask"])
         if cfg.self_feed > 0:
             n = int(b["latent_in"].sum())
-            pick = torch.rand(n, 1, generator=generator, device=target.device)[:, 0] < cfg.self_feed
+            pick = torch.rand(n, 1, generator=generator, device=b["target"].device)[:, 0] < cfg.self_feed
             b["feed"] = torch.zeros_like(b["latent_in"]).masked_scatter(b["latent_in"], pick)
     if cfg.chunk_labels:
         b["labels"] = sample_chunk_labels(chunk_ids, generator)
-    if latent_noise and cfg.latent_loss == "soft_mse" and not head.deterministic:
-        b["eps"] = torch.randn(target.shape, generator=generator, device=target.device)
+    if cfg.latent_loss == "soft_mse" and not head.deterministic:
+        b["eps"] = torch.randn(b["target"].shape, generator=generator, device=b["target"].device)
     return b
 
 
 def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
     """CE and latent loss of a CoLaR batch from make_colar_batch (tensors on the model's device). Either b went
-    through prepare_colar_batch (then it may be any rows of it, from take_rows) and brings the step's random draws,
-    or a generator is given and b is a whole batch, prepared here (the latent noise then drawn by latent_loss: the
-    same numbers). Returns (ce, latent, stats) where stats holds the mean latent-target norm and the head's mean
-    sigma."""
+    through prepare_colar_batch (then it may be any rows of it, from take_rows) and brings its targets and the
+    step's random draws, or a generator is given and b is a whole batch, prepared here. The latent head runs only
+    where the latent loss looks (b["lmask"]). Returns (ce, latent, stats) where stats holds the mean latent-target
+    norm and the head's mean sigma."""
     if generator is not None:
-        b = prepare_colar_batch(model, head, b, c, eot_id, cfg, generator, latent_noise=False)
-    z, zmask, _, target, lmask = latent_targets(model, b, c, cfg.pool, eot_id)
+        b = prepare_colar_batch(model, head, b, c, eot_id, cfg, generator)
+    z, zmask, _ = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, cfg.pool)  # (B, K, C)
     x = model.wte(b["idx"]).masked_scatter(b["latent_in"][..., None], z[zmask])  # compressed embeddings in the slots
     if head.training and cfg.self_feed > 0:
         x = self_feed(model, head, x, b, cfg.self_feed)
@@ -234,14 +235,11 @@ def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
     if cfg.chunk_labels:  # one token drawn uniformly from the next chunk, redrawn every step
         targets = targets.masked_scatter(b["slot"], b["labels"][:, :zmask.size(1)][zmask])
     _, ce, h = model(embeds=x, mask=b["mask"], targets=targets, return_hidden=True)
-    if "eps" in b:  # latent_loss's soft-MSE, with the noise drawn for the whole batch
-        mu, log_sigma = head(h)
-        sample = mu + log_sigma.exp() * b["eps"].to(mu.dtype)
-        per = (sample - head.normalise(target)).pow(2).mean(-1) - cfg.latent_alpha * gaussian_entropy(log_sigma)
-        lat = masked_mean(per, lmask)
-    else:
-        lat, mu, log_sigma = latent_loss(head, h, target, lmask, cfg.latent_loss, cfg.latent_alpha, generator)
-    stats = {"norm": target[lmask].norm(dim=-1).mean().item(), "sigma": log_sigma[lmask].exp().mean().item()}
+    lmask = b["lmask"]
+    target, eps = b["target"][lmask], b["eps"][lmask] if "eps" in b else None  # (N, C): the supervised positions
+    every = torch.ones(len(target), dtype=torch.bool, device=target.device)
+    lat, _, log_sigma = latent_loss(head, h[lmask], target, every, cfg.latent_loss, cfg.latent_alpha, eps=eps)
+    stats = {"norm": target.norm(dim=-1).mean().item(), "sigma": log_sigma.exp().mean().item()}
     return ce, lat, stats
 
 
@@ -262,7 +260,7 @@ def self_feed(model, head, x, b, p, generator=None):
     return x.masked_scatter(b["latent_in"][..., None], fed)
 
 
-SEQ_KEYS = ("idx", "targets", "mask", "latent_in", "slot", "feed", "eps")  # batch entries laid out (B, T, ...)
+SEQ_KEYS = ("idx", "targets", "mask", "latent_in", "slot", "feed", "eps", "target", "lmask")  # laid out (B, T, ...)
 
 
 def take_rows(b, rows):
@@ -364,6 +362,9 @@ def pretrained_start(cfg):
         model = GPT.from_pretrained(cfg.init_from, vocab_size=tok.n_vocab)
     except ImportError as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # no network and nothing in Hugging Face's cache
+        raise UserError(f"cannot load {cfg.init_from}'s weights from Hugging Face (offline, and not cached?): "
+                        f"{str(e).splitlines()[0]}") from None
     m = replace(model.cfg, dropout=cfg.dropout)
     shape = {"tokenizer": "gpt2", "number_digits": cfg.number_digits, "n_layer": m.n_layer, "n_head": m.n_head,
              "n_embd": m.n_embd, "pos_emb": m.pos_emb}
@@ -374,6 +375,9 @@ def pretrained_start(cfg):
 def restore_training_state(ckpt, optimizer, sampler, gen):
     """Put the optimizer, the data position and both random generators back as the checkpoint saved them, so a
     resumed run continues exactly. Returns (step, best_val)."""
+    if ckpt["rng"]["train"].numel() != gen.get_state().numel():  # a CPU generator's state is not a CUDA one's
+        raise UserError(f"{ckpt['path']} was saved on another kind of device than {gen.device}: resume it on the "
+                        f"kind it was trained on (--device)")
     optimizer.load_state_dict(ckpt["optimizer"])
     sampler.load_state_dict(ckpt["sampler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -443,7 +447,9 @@ def main(cfg):
     if base:
         model_cfg = GPTConfig(**base["model_config"])
     else:
-        longest = max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded + encode_examples(tok, val, cfg.mode))
+        every = encoded + encode_examples(tok, val, cfg.mode)
+        longest = max(max(len(q) + len(ch) + len(a) + 8 for q, ch, a in every),
+                      max(len(q) for q, _, _ in every) + cfg.max_latents + 8)
         model_cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size or longest + 32,
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                               pos_emb=cfg.pos_emb)

@@ -119,21 +119,32 @@ def capture_forward(monkeypatch, model):
 
     def spy(*args, **kw):
         seen.update(kw)
-        return orig(*args, **kw)
+        out = orig(*args, **kw)
+        if kw.get("return_hidden"):
+            seen["hidden"] = out[-1].detach()
+        return out
 
     monkeypatch.setattr(model, "forward", spy)
     return seen
 
 
 def capture_latent_loss(monkeypatch):
+    """What colar_loss lays out (target (B, T, C) and mask (B, T) from latent_targets) and what it hands to
+    latent_loss (the hidden states and targets at the masked positions, (N, C), the kind and alpha)."""
     seen = {}
-    orig = train_sft.latent_loss
+    orig_loss, orig_targets = train_sft.latent_loss, train_sft.latent_targets
 
-    def spy(head, h, target, mask, kind="soft_mse", alpha=0.0, generator=None):
-        seen.update(h=h, target=target, mask=mask, kind=kind, alpha=alpha)
-        return orig(head, h, target, mask, kind, alpha, generator)
+    def spy_targets(*args):
+        target, lmask, chunk_ids = orig_targets(*args)
+        seen.update(target=target, mask=lmask)
+        return target, lmask, chunk_ids
 
-    monkeypatch.setattr(train_sft, "latent_loss", spy)
+    def spy_loss(head, h, target, mask, kind="soft_mse", alpha=0.0, generator=None, eps=None):
+        seen.update(h_n=h, target_n=target, mask_n=mask, kind=kind, alpha=alpha)
+        return orig_loss(head, h, target, mask, kind, alpha, generator, eps)
+
+    monkeypatch.setattr(train_sft, "latent_targets", spy_targets)
+    monkeypatch.setattr(train_sft, "latent_loss", spy_loss)
     return seen
 
 
@@ -200,6 +211,9 @@ def test_colar_loss_latent_inputs_and_targets(monkeypatch, pool):
         torch.testing.assert_close(x[i, others], W[b["idx"][i, others]])  # token positions hold token embeddings
     assert torch.equal(lmask, expected_mask)
     assert (target[~lmask] == 0).all()
+    # the latent loss sees the hidden states and targets of exactly those positions, in order
+    assert torch.equal(lat_args["target_n"], target[lmask]) and bool(lat_args["mask_n"].all())
+    torch.testing.assert_close(lat_args["h_n"], fwd["hidden"][lmask])
     # the head's scale became the RMS entry of those targets (first update)
     rms = target[lmask].pow(2).mean().sqrt().item()
     assert head.scale.item() == pytest.approx(rms, rel=1e-5)

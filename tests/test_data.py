@@ -244,6 +244,9 @@ def test_synthetic_check_steps():
             assert steps == ref_steps + [f"{answer}={answer}"], q
             n_checked += 1
     assert 80 <= n_checked <= 160  # about half of 240 (binomial sd 7.7)
-    assert generate(small(check_p=0.0)) == plain  # no check steps at 0
+    # at check_p 0 nothing more is drawn: seed 3 gives the examples it gave before check_p existed
+    assert plain["test"][0] == ("3*3-8*2*1-5*4+8*9", ["3*3=9", "9-8=1", "1*2=2", "2*1=2", "2-5=7", "7*4=8", "8+8=6",
+                                                      "6*9=4"], "4")
+    assert plain["train"][-1] == ("7+3+5+7-9+3*9", ["7+3=0", "0+5=5", "5+7=2", "2-9=3", "3+3=6", "6*9=4"], "4")
     always = generate(small(check_p=1.0))
     assert all(s[-1] == f"{a}={a}" for v in always.values() for _, s, a in v)

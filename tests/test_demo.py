@@ -1,6 +1,7 @@
 """The demo pipeline end to end at toy size: every stage runs once, and a second run skips every one of them."""
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -36,6 +37,12 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
     with open(results) as f:
         assert json.load(f) == records
 
+    demo.main(replace(cfg, n_test=4))  # other settings of the evaluation: evaluated again, training skipped
+    out = capsys.readouterr().out
+    assert out.count("already trained") == 4 and "evaluation of cot (" in out
+    with open(results) as f:
+        assert {r["n"] for r in json.load(f)} == {4}
+
 
 def test_demo_presets():
     quick = demo.resolve(demo.DemoConfig(quick=True))
@@ -44,6 +51,9 @@ def test_demo_presets():
     g = demo.resolve(demo.DemoConfig(task="gsm8k", quick=True))
     assert (g.data_dir, g.tokenizer, g.out_dir, g.results) == ("data/gsm8k", "gpt2", "out/gsm8k/quick",
                                                                "results/gsm8k_demo_quick.json")
+    mine = demo.resolve(demo.DemoConfig(task="gsm8k", quick=True, batch_size=16, n_test=50))  # flags given win
+    assert (mine.batch_size, mine.n_test, mine.max_steps) == (16, 50, demo.QUICK["max_steps"])
+    assert mine.tokenizer == "gpt2" and mine.rl_eval_n == demo.QUICK["rl_eval_n"]  # --quick over --task gsm8k
     for bad in (dict(task="mnist"), dict(rl_c=6)):
         with pytest.raises(UserError):
             demo.resolve(demo.DemoConfig(**bad))

@@ -167,3 +167,10 @@ def test_init_from_gpt2_errors(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(UserError, match="pip install transformers"):
         train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "c")))
+
+    def offline(name, vocab_size=None):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nmore detail")
+    monkeypatch.setattr(GPT, "from_pretrained", staticmethod(offline))
+    with pytest.raises(UserError, match="offline, and not cached.*couldn't connect") as e:
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "d")))
+    assert "more detail" not in str(e.value)  # one line

@@ -9,6 +9,7 @@ import evaluate
 import train_sft
 from common import UserError, load_checkpoint, load_model
 from data import synthetic
+from data.format import read_split
 from tokenizer import Tokenizer
 
 
@@ -89,6 +90,27 @@ def test_resume_is_exact(tiny_data, tmp_path):
     assert not torch.equal(fresh.state_dict()["wte.weight"], a["wte.weight"])
 
 
+def test_default_block_size_leaves_room_for_latents(tiny_data, tmp_path):
+    # 2-3 step chains are short: the longest question with 64 latents, <|eot|>, answer and <|eos|> decides
+    res = train_sft.main(tiny_cfg(tiny_data, str(tmp_path / "run"), max_steps=1))
+    tok = res["tokenizer"]
+    examples = [ex for split in ("train", "val") for ex in read_split(f"{tiny_data}/{split}.txt")]
+    longest_q = max(len(tok.encode(q)) for q, _, _ in examples)
+    assert res["model"].cfg.block_size == longest_q + 64 + 8 + 32
+    assert res["model"].cfg.block_size >= max(len(tok.prompt(q, 5)) for q, _, _ in examples) + 64 + 1 + 16  # RL's need
+
+
+def test_resume_on_another_kind_of_device_is_a_clear_error(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    train_sft.main(tiny_cfg(tiny_data, out, max_steps=4, stop_at=2))
+    path = load_checkpoint(out, "latest")["path"]
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"]["train"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match="another kind of device"):
+        train_sft.main(tiny_cfg(tiny_data, out, max_steps=4, resume=True))
+
+
 def test_refuses_to_overwrite_and_checks_resume(tiny_data, tmp_path):
     out = str(tmp_path / "run")
     train_sft.main(tiny_cfg(tiny_data, out, max_steps=4))
@@ -144,7 +166,8 @@ def test_train_evaluate_end_to_end(tiny_data, tmp_path):
         assert [r["decode"] for r in recs] == ["greedy", "sampled"]
     recs = json.load(open(out_json))
     assert {(r["method"], r["decode"]) for r in recs} == {(m, d) for m in ("cot", "nocot") for d in ("greedy", "sampled")}
-    keys = {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "seeds", "checkpoint", "seconds"}
+    keys = {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
+            "seconds"}
     for r in recs:
         assert set(r) == keys and r["n"] == 16 and 0 <= r["accuracy"] <= 1
         assert (r["ci95"] is None) == (r["decode"] == "greedy")
