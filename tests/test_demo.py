@@ -46,14 +46,12 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
 
 def test_demo_presets():
     quick = demo.resolve(demo.DemoConfig(quick=True))
-    assert (quick.out_dir, quick.results) == ("out/quick", "results/demo_quick.json")
-    assert quick.colar_steps < demo.DemoConfig.colar_steps and quick.data_dir == "data/synth"
-    g = demo.resolve(demo.DemoConfig(task="gsm8k", quick=True))
-    assert (g.data_dir, g.tokenizer, g.out_dir, g.results) == ("data/gsm8k", "gpt2", "out/gsm8k/quick",
-                                                               "results/gsm8k_demo_quick.json")
-    mine = demo.resolve(demo.DemoConfig(task="gsm8k", quick=True, batch_size=16, n_test=50))  # flags given win
-    assert (mine.batch_size, mine.n_test, mine.max_steps) == (16, 50, demo.QUICK["max_steps"])
-    assert mine.tokenizer == "gpt2" and mine.rl_eval_n == demo.QUICK["rl_eval_n"]  # --quick over --task gsm8k
-    for bad in (dict(task="mnist"), dict(rl_c=6)):
+    assert (quick.out_dir, quick.results, quick.data_dir) == ("out/quick", "results/demo_quick.json", "data/synth_quick")
+    assert quick.colar_steps < demo.DemoConfig.colar_steps and quick.steps_max < demo.DemoConfig.steps_max
+    g = demo.resolve(demo.DemoConfig(task="gsm8k"))
+    assert (g.data_dir, g.tokenizer, g.out_dir, g.results) == ("data/gsm8k", "gpt2", "out/gsm8k", "results/gsm8k_demo.json")
+    mine = demo.resolve(demo.DemoConfig(task="gsm8k", batch_size=16, results="r.json"))  # flags given win
+    assert (mine.batch_size, mine.results, mine.max_steps) == (16, "r.json", demo.GSM8K["max_steps"])
+    for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True)):
         with pytest.raises(UserError):
             demo.resolve(demo.DemoConfig(**bad))
