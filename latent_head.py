@@ -44,8 +44,9 @@ class LatentHead(nn.Module):
         self.register_buffer("scale", torch.zeros(()))  # 0 until the first update_scale()
 
     def forward(self, h):
-        """h (..., C) -> mu (..., C), log_sigma (..., C), in the normalised space."""
-        a = self.net(h)
+        """h (..., C) -> mu (..., C), log_sigma (..., C), in the normalised space. h is first cast to the head's own
+        dtype (a bf16 hidden state from an autocast model pass gives fp32 outputs, unless autocast is on here too)."""
+        a = self.net(h.to(self.mu.weight.dtype))
         log_sigma = self.log_sigma(a).clamp(self.log_sigma_min, LOG_SIGMA_MAX)
         if self.deterministic:
             log_sigma = torch.full_like(log_sigma, LOG_SIGMA_MIN)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import UserError, load_model, parse_config, pick_device, run_cli, trained_speeds
+from common import UserError, autocast, load_model, parse_config, pick_device, run_cli, trained_speeds
 from model import KVCache
 
 
@@ -52,7 +52,8 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
     if max_new_tokens <= 0:
         return out
     cache = KVCache(model.cfg.n_layer)
-    logits = model(idx, pos=pos, mask=mask, cache=cache)[:, -1]  # (B, V)
+    with autocast(device):  # bf16 on CUDA, fp32 elsewhere
+        logits = model(idx, pos=pos, mask=mask, cache=cache)[:, -1]  # (B, V)
     rows = torch.arange(len(prompts), device=device)  # which prompt each batch row answers
     next_pos = mask.sum(1)  # (B,) position of the next token of each row
     for step in range(max_new_tokens):
@@ -66,7 +67,8 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
             keep = alive.nonzero().squeeze(1)
             cache.keep(keep)
             rows, tok, next_pos = rows[keep], tok[keep], next_pos[keep]
-        logits = model(tok[:, None], pos=next_pos[:, None], cache=cache)[:, -1]
+        with autocast(device):
+            logits = model(tok[:, None], pos=next_pos[:, None], cache=cache)[:, -1]
         next_pos = next_pos + 1
     return out
 
@@ -135,7 +137,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
     out = [{"n_latents": 0, "answer": [], "finished": False, "hit_cap": False, "latents": [], "lm_top": []}
            for _ in range(B)]
     cache = KVCache(model.cfg.n_layer)
-    logits, h = model(idx, pos=pos, mask=mask, cache=cache, return_hidden=True)
+    with autocast(device):  # the model in bf16 on CUDA (fp32 elsewhere); the latent head outside, in its own dtype
+        logits, h = model(idx, pos=pos, mask=mask, cache=cache, return_hidden=True)
     logits, h = logits[:, -1], h[:, -1]  # (B, V), (B, C)
     rows = torch.arange(B, device=device)  # which prompt each batch row answers
     next_pos = mask.sum(1)
@@ -173,7 +176,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
                 break
             cache.keep(keep)
             rows, x, next_pos, thinking, n_lat = rows[keep], x[keep], next_pos[keep], thinking[keep], n_lat[keep]
-        logits, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache, return_hidden=True)
+        with autocast(device):
+            logits, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache, return_hidden=True)
         logits, h = logits[:, -1], h[:, -1]
         next_pos = next_pos + 1
     return out

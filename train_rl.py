@@ -58,8 +58,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (UserError, barrier, cleanup_distributed, load_checkpoint, parse_config, print0, print_config,
-                    read_pointer, run_cli, save_checkpoint, setup_distributed, trained_speeds)
+from common import (UserError, autocast, barrier, cleanup_distributed, load_checkpoint, parse_config, print0,
+                    print_config, read_pointer, run_cli, save_checkpoint, setup_distributed, trained_speeds)
 from data.format import answers_match, read_split
 from evaluate import score
 from latent_head import LatentHead, gaussian_log_prob
@@ -179,8 +179,9 @@ def action_log_probs(model, head, b, go_on_id=None):
     With go_on_id (the <|eot|> id), a latent's action also holds the decision to go on thinking made at the same
     position: its log-prob gains log(1 - p(<|eot|>))."""
     x = torch.where(b["latent_in"][..., None], b["lat_x"].to(model.wte.weight.dtype), model.wte(b["idx"]))
-    logits, h = model(embeds=x, mask=b["mask"], return_hidden=True)
-    mu, log_sigma = head(h[b["lat_at"]])  # (M, C)
+    with autocast(x.device):  # the model in bf16 on CUDA (fp32 elsewhere); the head and log-densities in fp32
+        logits, h = model(embeds=x, mask=b["mask"], return_hidden=True)
+    mu, log_sigma = head(h[b["lat_at"]])  # (M, C), in the head's own dtype
     z = head.normalise(b["lat_x"][b["latent_in"]])  # (M, C) the latents, in the same row-major order as lat_at
     logp = torch.zeros(b["idx"].shape, device=x.device, dtype=mu.dtype)
     lat_logp = gaussian_log_prob(z, mu, log_sigma)

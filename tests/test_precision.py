@@ -47,3 +47,35 @@ def test_training_step_runs_under_bf16_autocast(tmp_path, monkeypatch, mode):
                                                eval_n=2, log_every=1, device="cpu", **kw))
     assert len(entered) == 2
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in run["model"].parameters())
+
+
+def test_decoding_and_rl_log_probs_under_bf16_autocast(monkeypatch):
+    """Decoding and RL's teacher-forced pass run the model under autocast (CPU bf16 standing in for CUDA's) and the
+    latent head outside it, in fp32: the latents fed back and the log-probs stay fp32, close to the fp32 values."""
+    import sample
+    import train_rl
+    from latent_head import LatentHead
+    from model import GPT, GPTConfig
+    from types import SimpleNamespace
+    tok = SimpleNamespace(pad=23, eot=1, eos=16)
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10, 11], [12, 13, 14]]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=24, block_size=48, n_layer=1, n_head=2, n_embd=16)).eval()
+    head = LatentHead(16, sigma_min=0.3).eval()
+    head.update_scale(torch.ones(1, 1, 16), torch.ones(1, 1, dtype=torch.bool))
+    outs = sample.generate_latent(model, head, tok, prompts, 3, 5, keep_latents=True)  # fp32 reference rollouts
+    b = train_rl.rollout_batch(tok, prompts, outs, "cpu")
+    assert b["lat_at"].any() and b["tok_at"].any()
+    ref, _ = train_rl.action_log_probs(model, head, b, tok.eot)
+
+    def bf16(device):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    monkeypatch.setattr(sample, "autocast", bf16)
+    monkeypatch.setattr(train_rl, "autocast", bf16)
+    outs16 = sample.generate_latent(model, head, tok, prompts, 3, 5, keep_latents=True)
+    assert all(z.dtype == torch.float32 for o in outs16 for z in o["latents"])
+    logp, sigma = train_rl.action_log_probs(model, head, b, tok.eot)
+    assert logp.dtype == torch.float32 and sigma.dtype == torch.float32
+    acts = b["lat_at"] | b["tok_at"]
+    torch.testing.assert_close(logp[acts], ref[acts], rtol=0.05, atol=0.05)  # bf16 keeps ~3 significant digits
+    assert not torch.equal(logp[acts], ref[acts])  # the model pass did run in bf16
