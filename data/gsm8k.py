@@ -63,8 +63,9 @@ def read_gsm8k_jsonl(path):
     return out
 
 
-def fetch(source, rel, out_dir, url):
-    """The path of source/rel, downloading it from `url` into out_dir/raw/rel when it is missing."""
+def fetch(source, rel, out_dir, url, fix=None):
+    """The path of source/rel, downloading it from `url` into out_dir/raw/rel when it is missing. `fix`: what the
+    error tells the user to do when the download fails (default: give --source a folder that holds rel)."""
     path = os.path.join(source, rel)
     if os.path.exists(path):
         return path
@@ -77,7 +78,7 @@ def fetch(source, rel, out_dir, url):
         urllib.request.urlretrieve(url, local + ".tmp")
     except OSError as e:
         raise UserError(f"{path} is missing and downloading {url} failed ({e}); "
-                        f"give --source a folder that holds {rel}") from None
+                        + (fix or f"give --source a folder that holds {rel}")) from None
     os.replace(local + ".tmp", local)
     return local
 
@@ -94,7 +95,8 @@ def main(cfg):
     val = read_split(paths["gsm8k_aug/valid.txt"])
     test = read_split(paths["gsm8k_aug/test.txt"])
     if cfg.aug_train:
-        src = cfg.aug_train if cfg.aug_train != "download" else fetch("", "gsm8k_aug/train.txt", cfg.out, AUG_TRAIN_URL)
+        src = cfg.aug_train if cfg.aug_train != "download" else fetch(
+            "", "gsm8k_aug/train.txt", cfg.out, AUG_TRAIN_URL, fix="give --aug_train the path of GSM8K-Aug's train.txt")
         train = read_split(src)
     else:
         held_out = {" ".join(q.split()) for q, _, _ in val}

@@ -250,3 +250,19 @@ def test_synthetic_check_steps():
     assert plain["train"][-1] == ("7+3+5+7-9+3*9", ["7+3=0", "0+5=5", "5+7=2", "2-9=3", "3+3=6", "6*9=4"], "4")
     always = generate(small(check_p=1.0))
     assert all(s[-1] == f"{a}={a}" for v in always.values() for _, s, a in v)
+
+
+def test_failed_download_names_the_flag_that_gives_the_file(tmp_path, monkeypatch):
+    """Offline, a missing source file points at --source, and a failed --aug_train download at --aug_train (it
+    once pointed at --source, where the 385k-line file is never looked for)."""
+    def offline(url, path):
+        raise OSError("no network")
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    with pytest.raises(UserError, match=r"give --source a folder that holds gsm8k/train.jsonl"):
+        gsm8k_main(GSM8KConfig(source=str(tmp_path / "empty"), out=str(tmp_path / "out")))
+    assert not (tmp_path / "out" / "train.txt").exists()
+    if not os.path.isdir(SHARED):
+        pytest.skip(f"shared data folder {SHARED} is missing")
+    with pytest.raises(UserError, match=r"give --aug_train the path of GSM8K-Aug's train.txt") as e:
+        gsm8k_main(GSM8KConfig(source=SHARED, aug_train="download", out=str(tmp_path / "out")))
+    assert "--source" not in str(e.value)
