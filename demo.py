@@ -8,7 +8,7 @@ A stage whose result exists is skipped: a finished training run, or an evaluatio
 the same checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up
 where it stopped when run again with the same flags.
 
-    python demo.py                      # the whole pipeline, about 40 minutes on 2 CPU cores
+    python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
     python demo.py --quick true         # the same pipeline, smaller, in about 5 minutes (out/quick, results/demo_quick.*)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --task gsm8k         # the same pipeline on GSM8K (../shared/data), from scratch, with GPT-2's BPE
