@@ -44,7 +44,7 @@ def test_pareto_front_hand_worked():
 RECORDS = [rec("colar_rl", 5, "sampled", 0.405, 11.3, 0.007), rec("colar_rl", 5, "greedy", 0.405, 11.3),
            rec("colar_unseen", 6, "greedy", 0.2, 9.4),
            rec("colar", 5, "sampled", 0.37, 11.32, 0.006), rec("colar", 5, "greedy", 0.373, 11.34),
-           rec("colar_text", 1, "greedy", 1.0, 54.8),
+           rec("colar_text", 1, "greedy", 1.0, 54.8), rec("colar_135", 4, "greedy", 0.5, 14.0),
            rec("colar", 2, "greedy", 1.0, 27.9),
            rec("colar_dl", 5, "greedy", 0.3, 11.0), rec("colar_dl", 2, "greedy", 0.9, 28.0),
            rec("colar_oc", 2, "greedy", 0.8, 28.0), rec("colar_mp", 2, "greedy", 0.7, 28.0),
@@ -57,8 +57,8 @@ def test_table_row_order_and_labels():
     rows = [(r[0], r[1]) for r in body(table(RECORDS))]
     assert rows == [("No-CoT", "0"), ("CoT", "1"), ("CoLaR", "2"), ("CoLaR", "5"),
                     ("CoLaR-DL", "2"), ("CoLaR-DL", "5"), ("CoLaR-MP", "2"), ("CoLaR-NLL", "2"), ("CoLaR-OC", "2"),
-                    ("CoLaR + RL", "5"),
-                    ("colar_unseen", "6"), ("colar_text", "1")]  # unknown methods: in order of appearance
+                    ("CoLaR + RL", "5"), ("CoLaR writing text", "1"), ("CoLaR trained on c in {1, 3, 5}", "4"),
+                    ("colar_unseen", "6")]  # a method without a label comes last, by its own name
 
 
 def test_table_cells():
