@@ -171,8 +171,12 @@ def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
     os.makedirs(out_dir, exist_ok=True)
     name = f"ckpt_{step:06d}.pt"
     path = os.path.join(out_dir, name)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "wb") as f:  # opened here: torch.save's own open reports errors as RuntimeError
+            torch.save(state, f)
+        os.replace(path + ".tmp", path)
+    except OSError as e:  # a full disk, a read-only folder: the checkpoints already written stay as they were
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
     _atomic_write_text(os.path.join(out_dir, "latest"), name + "\n")
     if best:
         _atomic_write_text(os.path.join(out_dir, "best"), name + "\n")

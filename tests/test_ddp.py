@@ -121,3 +121,19 @@ def test_two_processes_match_one(tiny_data, tmp_path, capsys, mode):
         f.write("ckpt_000002.pt\n")
     train_sft.main(tiny_cfg(tiny_data, resumed, mode, batch_size=4, total_batch_size=8, resume=True))
     assert_close(weights(load_checkpoint(resumed, "latest")), weights(load_checkpoint(one, "latest")))
+
+
+def test_a_failure_in_process_0_stops_every_process(tiny_data, tmp_path):
+    """Process 0 cannot write its step-2 checkpoint (a folder stands where the file goes): it stops with a one-line
+    error (it was a traceback from inside torch.save), and torchrun stops process 1, which waits at the barrier."""
+    out = tmp_path / "ddp"
+    (out / "ckpt_000002.pt.tmp").mkdir(parents=True)
+    cfg = tiny_cfg(tiny_data, str(out), "cot", batch_size=4, total_batch_size=8)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train_sft.py")] + flags(cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode != 0
+    assert f"error: cannot write checkpoint {out / 'ckpt_000002.pt'}: Is a directory" in run.stderr, run.stderr[-3000:]
+    assert "[rank0]: Traceback" not in run.stderr
+    assert not os.path.exists(out / "latest")
