@@ -19,7 +19,8 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-
           "colar_nll": "CoLaR-NLL", "colar_oc": "CoLaR-OC", "colar_rl": "CoLaR + RL", "colar_text": "CoLaR writing text",
           "colar_135": "CoLaR trained on c in {1, 3, 5}"}
 ABLATIONS = {"colar_dl": "DL = deterministic latents", "colar_mp": "MP = mean pooling",
-             "colar_nll": "NLL = NLL latent loss", "colar_oc": "OC = original-chunk labels (--chunk_labels false)"}
+             "colar_nll": "NLL = NLL latent loss",
+             "colar_oc": "OC = no CE labels at the compressed positions (--chunk_labels false)"}
 FIELDS = ("method", "c", "decode", "split", "accuracy", "mean_len")
 DASH = "–"
 

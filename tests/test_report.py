@@ -124,7 +124,7 @@ def test_cli_writes_markdown_and_skips_the_plot_without_matplotlib(tmp_path, mon
     assert "plot skipped" in out and "pip install matplotlib" in out and not png.exists()
     text = md.read_text()
     assert table(RECORDS) in text and f"From {a}, {b}." in text
-    assert "DL = deterministic latents" in text and "OC = original-chunk labels" in text
+    assert "DL = deterministic latents" in text and "OC = no CE labels at the compressed positions" in text
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
