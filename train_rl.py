@@ -405,6 +405,7 @@ def main(cfg):
     barrier()
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     first, t_start = step, time.time()
+    history = []
     sigma = torch.tensor(float("nan"))  # the latent head's mean sigma at the last rollouts trained on
     while step < last:
         batch = [train[i] for i in sampler.next()]
@@ -429,6 +430,7 @@ def main(cfg):
                                 + (f"the last good checkpoint {os.path.join(cfg.out_dir, kept)} is kept"
                                    if kept else "no checkpoint was written yet")
                                 + ": lower --lr or raise --sigma_min")
+        history.append((step, float(rewards.mean()), n_lat, loss.item(), norm.item()))
         step += 1
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
@@ -449,7 +451,8 @@ def main(cfg):
     minutes = (time.time() - t_start) / 60
     cleanup_distributed()
     print0(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%")
-    return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step}
+    return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
+            "history": history}
 
 
 if __name__ == "__main__":

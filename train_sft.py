@@ -502,6 +502,7 @@ def main(cfg):
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
+    history = []  # (step, c, ce, latent) of every step, for the regression test
     first, t_start, t_train, tokens_seen = step, time.time(), 0.0, 0  # t_train: seconds in training steps (no eval)
     while step < last:
         t0 = time.time()
@@ -539,6 +540,7 @@ def main(cfg):
         loss = ce + cfg.latent_weight * lat
         if not math.isfinite(loss):  # the same in every process, so all of them stop
             raise UserError(f"loss became {loss} at step {step}: lower --lr; the last good checkpoint is kept")
+        history.append((step, c, ce, lat))
         extra = f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head else ""
         n_tokens = int(b["mask"].sum())
         if cfg.grad_clip > 0:
@@ -569,7 +571,7 @@ def main(cfg):
     print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
            f"best val accuracy {100 * best_val:.1f}%")
     return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
-            "tokens_per_s": tps}
+            "tokens_per_s": tps, "history": history}
 
 
 if __name__ == "__main__":
