@@ -18,4 +18,4 @@ test: $(VENV)/installed
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf out runs/*.log data/synth
+	rm -rf out runs/*.log data/synth build *.egg-info

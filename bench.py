@@ -14,7 +14,7 @@ Every figure is the median over --repeats timed runs after --warmup untimed ones
   as CoT's: this isolates the cost of compression and the latent head) and CoLaR's training mix (c = 1..c_max, one
   batch each: training draws c uniformly from these). Tokens are counted as train_sft.py's progress line counts
   them: the real positions of the batch, latent slots included. CoLaR's overhead is its time per training example
-  over CoT's, minus 1, at c = 1 and over the mix, against --target (at most 15%, the issue's aim). Its tokens/s
+  over CoT's, minus 1, at c = 1 and over the mix, against --target (at most 15% by default). Its tokens/s
   tells another story: CoLaR packs a chain into fewer positions, so per example it does less work at c > 1.
 - inference: greedy decoding of --questions questions, --batch_size at a time, with sample.answer_questions: the
   text chain (c = 1, LM head, as evaluate.py --text_cot) and CoLaR latents at c = 1..c_max.
@@ -36,14 +36,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from common import UserError, autocast, parse_config, pick_device, print_config, run_cli
+import colar
+from common import UserError, autocast, make_optimizer, parse_config, pick_device, print_config, run_cli
 from data.format import read_split
 from data.synthetic import SynthConfig, generate as make_synthetic
 from latent_head import LatentHead
 from model import GPT, GPTConfig
 from sample import answer_questions, generate, left_pad
 from tokenizer import Tokenizer
-from train_sft import TrainConfig, colar_loss, encode_examples, make_batch, make_colar_batch, make_optimizer
 
 
 @dataclass
@@ -58,6 +58,10 @@ class BenchConfig:
     repeats: int = 5          # timed runs per figure (the median is reported)
     warmup: int = 1           # untimed runs before them
     target: float = 0.15      # the training overhead CoLaR may have over CoT (time per example)
+    lr: float = 2e-3          # training steps as train_sft.py takes them by default: AdamW's learning rate,
+    weight_decay: float = 0.1 # its weight decay on matrices,
+    latent_weight: float = 10.0  # the latent loss's weight beside the CE
+    grad_clip: float = 1.0    # and the gradient clipping
     seed: int = 1337          # the model's weights and the synthetic examples
     device: str = "auto"      # auto, cpu, cuda, mps
     out: str = ""             # write the figures to this JSON file (empty: print only)
@@ -107,35 +111,25 @@ def mem_fields(m):
 def bench_train(model, head, tok, groups, cs, cfg, device):
     """Time one training step per group of examples, at speed cs[i] (head None: CoT, c = 1). Trains copies of the
     model and head with a fresh AdamW, so every method starts from the same weights."""
-    tcfg = TrainConfig()  # train_sft.py's defaults: the loss weights, AdamW, clipping
     model = copy.deepcopy(model).train()
     head = copy.deepcopy(head).train() if head is not None else None
-    optimizer = make_optimizer([model] + ([head] if head else []), tcfg.lr, tcfg.weight_decay)
+    optimizer = make_optimizer([model] + ([head] if head else []), cfg.lr, cfg.weight_decay)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # chunk labels, latent noise
-    batches = []
-    for examples, c in zip(groups, cs):
-        if head is None:
-            b = dict(zip(("idx", "targets", "mask"), make_batch(tok, examples, c)))
-        else:
-            b = make_colar_batch(tok, examples, c)
-        batches.append({k: v.to(device) for k, v in b.items()})
+    batches = [colar.layout(tok, examples, c, latent=head is not None).to(device) for examples, c in zip(groups, cs)]
 
     def run():
         for b, c in zip(batches, cs):
             with autocast(device):  # the backward pass runs outside it, as in train_sft.py
-                if head is None:
-                    _, loss = model(b["idx"], mask=b["mask"], targets=b["targets"])
-                else:
-                    ce, lat, _ = colar_loss(model, head, b, c, tok.eot, tcfg, gen)
-                    loss = ce + tcfg.latent_weight * lat
+                ce, lat, _ = colar.sft_loss(model, head, b, c, tok.eot, gen)
+                loss = ce + cfg.latent_weight * lat
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
 
     m = measure(run, cfg, device)
-    n, tokens = len(batches), sum(int(b["mask"].sum()) for b in batches)
+    n, tokens = len(batches), sum(int(b.mask.sum()) for b in batches)
     return {"s_per_step": m["s"] / n, "s_per_example": m["s"] / (n * cfg.batch_size), "tokens_per_step": tokens / n,
             "tokens_per_s": tokens / m["s"], **mem_fields(m)}
 
@@ -151,7 +145,7 @@ def generate_nocache(model, prompts, max_new_tokens, stop_id, pad_id):
     out = [[] for _ in prompts]
     rows = torch.arange(len(prompts), device=device)  # which prompt each batch row answers
     for _ in range(max_new_tokens):
-        tok = model(idx, pos=pos, mask=mask)[:, -1].argmax(-1)  # (B,)
+        tok = model(idx, pos=pos, mask=mask)[0][:, -1].argmax(-1)  # (B,)
         for r, t in zip(rows.tolist(), tok.tolist()):
             out[r].append(t)
         alive = tok != stop_id
@@ -188,14 +182,14 @@ def main(cfg):
     cs = list(range(1, cfg.c_max + 1))
     examples, source = load_examples(cfg, cfg.c_max * cfg.batch_size + cfg.questions)
     tok = Tokenizer("char")
-    encoded = encode_examples(tok, examples, "cot")
+    encoded = colar.encode(tok, examples, "cot")
     groups = [encoded[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(len(cs))]  # a batch per c
     questions = [q for q, _, _ in examples[-cfg.questions:]]
     L = round(statistics.mean(len(ch) for _, ch, _ in encoded[-cfg.questions:]))  # chain tokens
     A = round(statistics.mean(len(a) for _, _, a in encoded[-cfg.questions:]))  # answer tokens
     text_new = L + 1 + A + 1  # chain, <|eot|>, answer, <|eos|>
     longest = max(max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded),
-                  max(len(tok.prompt(q)) for q in questions) + text_new)  # a training row, or a prompt and its caps
+                  max(len(colar.prompt(tok, q, 1)) for q in questions) + text_new)  # a training row, or a prompt and its caps
 
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=longest + 32, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -203,8 +197,8 @@ def main(cfg):
     head = LatentHead(cfg.n_embd).to(device)
     with torch.no_grad():
         model.wte.weight[[tok.eot, tok.eos]] = 0.0  # never the argmax: no chain or answer stops early (docstring)
-        b = {k: v.to(device) for k, v in make_colar_batch(tok, groups[0], 1).items()}
-        colar_loss(model, head.train(), b, 1, tok.eot, TrainConfig(), torch.Generator(device=device).manual_seed(0))
+        b = colar.layout(tok, groups[0], 1, latent=True).to(device)
+        colar.colar_loss(model, head.train(), b, 1, tok.eot, torch.Generator(device=device).manual_seed(0))
     model.eval()
     head.eval()  # the CoLaR loss above set the latent head's scale, as training's first step does
     n_params = model.num_params() / 1e6, sum(p.numel() for p in head.parameters()) / 1e6
@@ -275,7 +269,7 @@ def main(cfg):
         print(f"{name:<24}{r['chain_length']:6d}{1e3 * r['s_per_question']:13.3f}{r['ratio']:8.2f} {mem(r)}")
 
     # 3. KV cache on and off, text decoding
-    prompts = [tok.prompt(q, 1) for q in questions]
+    prompts = [colar.prompt(tok, q, 1) for q in questions]
 
     def text(gen_fn):
         def run():

@@ -1,11 +1,13 @@
 """
-Small pieces every script shares: the --flags parser built from a config dataclass, the CLI error wrapper,
-device and precision choice, several processes under torchrun, and checkpoints (atomic, step-stamped, with `latest`
-and `best` pointers).
+The plumbing every script shares, and nothing of the method: the --flags parser built from a config dataclass, the
+one-line CLI errors, device and precision choice, several processes under torchrun, the optimizer and the data order,
+and run folders (a new run never overwrites one; a resumed run continues exactly) with atomic, step-stamped
+checkpoints and `latest` and `best` pointers. Imports nothing from the project.
 """
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -14,6 +16,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 class UserError(Exception):
@@ -21,11 +24,10 @@ class UserError(Exception):
 
 
 def run_cli(main, cfg):
-    """Run main(cfg); a UserError (or a data error) becomes `error: ...` on stderr and exit status 2."""
-    from data.format import DataError
+    """Run main(cfg); a UserError becomes `error: ...` on stderr and exit status 2."""
     try:
         return main(cfg)
-    except (UserError, DataError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -119,7 +121,7 @@ def autocast(device):
 def setup_distributed(device_name="auto"):
     """Join the process group when torchrun started this process (it sets RANK, WORLD_SIZE and LOCAL_RANK): backend
     nccl with each process on cuda:LOCAL_RANK, or gloo on the CPU. Without torchrun, one process on
-    pick_device(device_name), exactly as before. Returns (rank, world_size, local_rank, device)."""
+    pick_device(device_name). Returns (rank, world_size, local_rank, device)."""
     device = pick_device(device_name)
     if "RANK" not in os.environ:
         return 0, 1, 0, device
@@ -155,6 +157,72 @@ def barrier():
 def cleanup_distributed():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_mean(values, device):
+    """The mean over processes of a list of floats (the list itself in a single process)."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+class Trainee(torch.nn.Module):
+    """A model and its latent head (or None) as one module whose forward is a loss function of the two: the one
+    module DistributedDataParallel wraps, so that the gradients of both are averaged over the processes."""
+
+    def __init__(self, model, head, loss_fn):
+        super().__init__()
+        self.model, self.head, self.loss_fn = model, head, loss_fn
+
+    def forward(self, *args, **kwargs):
+        return self.loss_fn(self.model, self.head, *args, **kwargs)
+
+
+def wrap_ddp(trainee, device, world_size, find_unused=False):
+    """trainee in DistributedDataParallel under torchrun, else itself."""
+    if world_size == 1:
+        return trainee
+    return DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused)
+
+
+# --- optimisation ----------------------------------------------------------------------------------------------
+def make_optimizer(modules, lr, weight_decay, betas=(0.9, 0.95)):
+    """AdamW with weight decay on matrices only (not on biases and LayerNorms), over the modules' parameters."""
+    params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+class EpochSampler:
+    """Batches of example indices: a fresh seeded permutation each epoch, the incomplete tail dropped.
+    Its state (epoch, cursor) goes into checkpoints, so a resumed run sees exactly the batches it would have."""
+
+    def __init__(self, n, batch_size, seed):
+        if n < batch_size:
+            raise UserError(f"the training split has {n} examples, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.cursor = 0, 0
+        self._perm_epoch, self._perm = None, None
+
+    def next(self):
+        if self.cursor + self.batch_size > self.n:
+            self.epoch, self.cursor = self.epoch + 1, 0
+        if self._perm_epoch != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), self.epoch
+        batch = self._perm[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return batch
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, d):
+        self.epoch, self.cursor = d["epoch"], d["cursor"]
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------
@@ -210,6 +278,15 @@ def resolve_checkpoint(path, which="best"):
     return path
 
 
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, in hex: what ties an evaluation record to the very weights it measured."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_checkpoint(path, which="best"):
     """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code)."""
     path = resolve_checkpoint(path, which)
@@ -223,20 +300,61 @@ def load_checkpoint(path, which="best"):
     return ckpt
 
 
-def load_model(path, device="cpu", which="best"):
-    """Rebuild (model, latent head or None, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
-    from latent_head import LatentHead
-    from model import GPT, GPTConfig
-    from tokenizer import Tokenizer
-    ckpt = load_checkpoint(path, which)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    head = None
-    try:
-        model.load_state_dict(ckpt["model"])
-        if ckpt.get("latent_head") is not None:
-            head = LatentHead(model.cfg.n_embd, **ckpt["latent_config"])
-            head.load_state_dict(ckpt["latent_head"])
-            head = head.to(device).eval()
-    except (RuntimeError, TypeError, KeyError) as e:
-        raise UserError(f"checkpoint {ckpt['path']} does not match its own model config: {str(e)[:200]}") from None
-    return model.to(device).eval(), head, Tokenizer.from_spec(ckpt["tokenizer"]), ckpt
+def open_run(out_dir, resume, script):
+    """The checkpoint a run continues from, or None for a new run. A folder that holds a run is never written into
+    unless resume is set, and then only by the script that made it (train_sft, train_rl)."""
+    if not read_pointer(out_dir, "latest"):
+        if resume:
+            raise UserError(f"--resume true, but {out_dir} holds no checkpoint to resume from")
+        return None
+    if not resume:
+        raise UserError(f"{out_dir} already holds checkpoints: pass --resume true to continue that run, "
+                        f"or choose another --out_dir")
+    ckpt = load_checkpoint(out_dir, which="latest")
+    if ckpt.get("script") != script:
+        raise UserError(f"{out_dir} holds a run of {ckpt.get('script') or 'another script'}, not of {script}: "
+                        f"choose another --out_dir")
+    return ckpt
+
+
+def check_same(saved, cfg, keys):
+    """A resumed run must keep the settings `keys` of its saved config (a dict)."""
+    for key in keys:
+        if saved[key] != getattr(cfg, key):
+            raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed ({saved[key]}): "
+                            f"resume with the run's own settings")
+
+
+def generator_states(gen):
+    """The state of `gen` in every process (a list by rank; every process must call this)."""
+    if not dist.is_initialized():
+        return [gen.get_state()]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, gen.get_state().cpu())
+    return states
+
+
+def training_state(optimizer, sampler, gen_states):
+    """What a checkpoint needs, beside the weights and configs, for a resumed run to continue exactly."""
+    return {"optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "train": gen_states}}
+
+
+def restore_training_state(ckpt, optimizer, sampler, gen):
+    """Put the optimizer, the data position and the random generators (this process's own) back as the checkpoint
+    saved them. Returns (step, best_val)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    states = ckpt["rng"]["train"]
+    if len(states) != world:
+        print0(f"warning: {ckpt['path']} was saved by {len(states)} process(es) and resumes in {world}: the random "
+               f"draws do not continue exactly as they would have")
+    if states[0].numel() != gen.get_state().numel():  # a CPU generator's state is not a CUDA one's
+        raise UserError(f"{ckpt['path']} was saved on another kind of device than {gen.device}: resume it on the "
+                        f"kind it was trained on (--device)")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    sampler.load_state_dict(ckpt["sampler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if rank < len(states):  # (a process beyond the saved ones keeps its fresh seed)
+        gen.set_state(states[rank])
+    print0(f"resumed {ckpt['path']} at step {ckpt['step']}")
+    return ckpt["step"], ckpt["best_val"]

@@ -4,34 +4,33 @@ RL of the CoLaR model at one speed, and the evaluation of everything on the test
 sampled over 5 seeds). Prints the results table and writes it (results/demo.json records, results/demo.md) with the
 accuracy-versus-#L plot (results/demo.png, when matplotlib is installed).
 
-A stage whose result exists is skipped: a finished training run, or an evaluation already in the results file for
+Each stage is one command of this repository, printed before it runs (so the demo doubles as its own recipe). A
+stage whose result exists is skipped: a finished training run, or an evaluation already in the results file for
 the same checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up
 where it stopped when run again with the same flags.
 
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
     python demo.py --quick true         # the same pipeline, smaller, in about 5 minutes (out/quick, results/demo_quick.*)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
-    python demo.py --task gsm8k         # the same pipeline on GSM8K (../shared/data), from scratch, with GPT-2's BPE
+    python demo.py --task gsm8k         # the same pipeline on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
 """
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from common import UserError, load_checkpoint, parse_config, print_config, read_pointer, resolve_checkpoint, run_cli
-from data import gsm8k, synthetic
+from common import (UserError, file_sha256, load_checkpoint, parse_config, print_config, read_pointer,
+                    resolve_checkpoint, run_cli)
 from data.format import read_split
-import evaluate
-import report
-import train_rl
-import train_sft
 
 
 @dataclass
 class DemoConfig:
     task: str = "synth"               # synth (the synthetic task) or gsm8k (sets the GSM8K values below)
     data_dir: str = "data/synth"      # where the task's train/val/test files are written
-    gsm8k_source: str = "../shared/data"  # gsm8k: the folder data/gsm8k.py reads GSM8K from
+    gsm8k_source: str = ""            # gsm8k: data.gsm8k's --source (empty: $COLAR_DATA, else downloaded)
     steps_min: int = 6                # synth: fewest operations per question (data/synthetic.py)
     steps_max: int = 8                # synth: most operations per question
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
@@ -70,35 +69,56 @@ ABLATIONS = {"colar_dl": dict(deterministic=True), "colar_mp": dict(pool="mean")
 UNSEEN = {"colar_135": dict(c_values="1,3,5")}
 
 
-def train_stage(name, run, trainer):
-    """Train run.out_dir with trainer (train_sft or train_rl) unless it is finished; resume it when interrupted."""
-    if read_pointer(run.out_dir, "latest"):
-        if load_checkpoint(run.out_dir, "latest")["step"] >= run.max_steps:
-            print(f"== {name}: already trained ({run.out_dir}), skipped")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(args):
+    """Run one of this repository's commands (`python <args>`), printed first; a failure stops the demo."""
+    print("$ python " + " ".join(args), flush=True)
+    script = [os.path.join(HERE, args[0])] if args[0].endswith(".py") else args[:1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))}
+    rc = subprocess.run([sys.executable] + script + args[1:], env=env).returncode
+    if rc:
+        raise UserError(f"the command above failed (exit status {rc}); run the demo again to resume where it stopped")
+
+
+def flags(d):
+    return [f"--{k}={v}" for k, v in d.items()]
+
+
+def train_stage(name, script, run_flags):
+    """Train run_flags["out_dir"] with script (train_sft.py or train_rl.py) unless it is finished; resume it when
+    interrupted."""
+    out_dir = run_flags["out_dir"]
+    if read_pointer(out_dir, "latest"):
+        if load_checkpoint(out_dir, "latest")["step"] >= run_flags["max_steps"]:
+            print(f"== {name}: already trained ({out_dir}), skipped")
             return
-        run = replace(run, resume=True)
-    print(f"== {name}: training ({run.out_dir})")
-    trainer.main(run)
+        run_flags = {**run_flags, "resume": "true"}
+    print(f"== {name}: training ({out_dir})")
+    run([script] + flags(run_flags))
 
 
 def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
     """Evaluate run_dir's best checkpoint on the test split under the method name `name`, unless the results file
-    already holds that method's records for this checkpoint, question count and seeds."""
+    already holds that method's records for this very checkpoint (its bytes' hash, not its name: another run's
+    records are never taken for this one's), question count and seeds."""
     ckpt = resolve_checkpoint(run_dir)
+    sha = file_sha256(ckpt)
     old = []
     if os.path.exists(cfg.results):
         with open(cfg.results) as f:
             old = json.load(f)
     n = len(read_split(os.path.join(cfg.data_dir, "test.txt")))
     n, seeds = min(n, cfg.n_test or n), [int(s) for s in cfg.seeds.split(",") if s.strip()]
-    mine = [r for r in old if r["method"] == name and r["checkpoint"] == ckpt and r["split"] == "test"]
+    mine = [r for r in old if r["method"] == name and r.get("checkpoint_sha256") == sha and r["split"] == "test"]
     if mine and all(r["n"] == n and r["seeds"] in ([], seeds) for r in mine):
         print(f"== evaluation of {name}: already in {cfg.results} for {ckpt}, skipped")
         return
     print(f"== evaluation of {name} ({ckpt})")
-    evaluate.main(evaluate.EvalConfig(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
-                                      c=",".join(map(str, cs or [])), seeds=cfg.seeds, out=cfg.results,
-                                      device=cfg.device, text_cot=text_cot))
+    run(["evaluate.py"] + flags(dict(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
+                                     seeds=cfg.seeds, out=cfg.results, device=cfg.device, text_cot=text_cot))
+        + ([f"--c={','.join(map(str, cs))}"] if cs else []))
 
 
 def resolve(cfg):
@@ -127,42 +147,44 @@ def main(cfg):
     if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):
         print(f"== data: {cfg.data_dir} exists, skipped")
     elif cfg.task == "gsm8k":
-        print(f"== data: GSM8K from {cfg.gsm8k_source}")
-        gsm8k.main(gsm8k.GSM8KConfig(source=cfg.gsm8k_source, out=cfg.data_dir))
+        print("== data: GSM8K")
+        run(["-m", "data.gsm8k", f"--out={cfg.data_dir}"] + ([f"--source={cfg.gsm8k_source}"] if cfg.gsm8k_source else []))
     else:
         print("== data: generating the synthetic task")
-        synthetic.main(synthetic.SynthConfig(out=cfg.data_dir, steps_min=cfg.steps_min, steps_max=cfg.steps_max))
+        run(["-m", "data.synthetic", f"--out={cfg.data_dir}", f"--steps_min={cfg.steps_min}",
+             f"--steps_max={cfg.steps_max}"])
     times = {"data": time.time() - t0}
     out = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
-    base = train_sft.TrainConfig(data_dir=cfg.data_dir, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size,
-                                 max_steps=cfg.max_steps, device=cfg.device)
-    colar = replace(base, mode="colar", out_dir=out("colar"), init_from=out("cot"), max_steps=cfg.colar_steps,
-                    lr=cfg.colar_lr, eval_n=200, eval_every=max(1, cfg.colar_steps // 6))
-    stages = [("cot", train_sft, replace(base, mode="cot", out_dir=out("cot"))),
-              ("nocot", train_sft, replace(base, mode="nocot", out_dir=out("nocot"))),
-              ("colar", train_sft, colar),
-              ("colar_rl", train_rl, train_rl.RLConfig(init_from=out("colar"), data_dir=cfg.data_dir, c=cfg.rl_c,
-                                                       max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
-                                                       eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
-                                                       length_penalty=cfg.rl_length_penalty, device=cfg.device))]
+    base = dict(data_dir=cfg.data_dir, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                device=cfg.device)
+    colar = {**base, "mode": "colar", "out_dir": out("colar"), "init_from": out("cot"), "max_steps": cfg.colar_steps,
+             "lr": cfg.colar_lr, "eval_n": 200, "eval_every": max(1, cfg.colar_steps // 6)}
+    stages = [("cot", "train_sft.py", {**base, "mode": "cot", "out_dir": out("cot")}),
+              ("nocot", "train_sft.py", {**base, "mode": "nocot", "out_dir": out("nocot")}),
+              ("colar", "train_sft.py", colar),
+              ("colar_rl", "train_rl.py", dict(init_from=out("colar"), data_dir=cfg.data_dir, c=cfg.rl_c,
+                                                max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
+                                                eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
+                                                length_penalty=cfg.rl_length_penalty, device=cfg.device))]
     evals = [("cot", None), ("nocot", None), ("colar", None), ("colar_rl", [1, 2, 3, 4, 5])]
     if cfg.ablations:
         for name, switch in {**ABLATIONS, **UNSEEN}.items():
-            stages.append((name, train_sft, replace(colar, out_dir=out(name), **switch)))
+            stages.append((name, "train_sft.py", {**colar, "out_dir": out(name), **switch}))
             evals.append((name, [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
-    for name, trainer, run in stages:
+    for name, script, run_flags in stages:
         t = time.time()
-        train_stage(name, run, trainer)
+        train_stage(name, script, run_flags)
         times[f"train {name}"] = time.time() - t
     t = time.time()
     for name, cs in evals:
         eval_stage(cfg, name, out(name), cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
     stem = os.path.splitext(cfg.results)[0]
-    text = report.main(report.ReportConfig(results=cfg.results, md=stem + ".md", png=stem + ".png"))
+    run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"])
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
           + f"; total {(time.time() - t0) / 60:.1f} min")
-    return text
+    with open(stem + ".md") as f:
+        return f.read().rstrip("\n")
 
 
 if __name__ == "__main__":

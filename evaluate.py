@@ -3,7 +3,7 @@ Evaluate a checkpoint on a data split: accuracy and mean reasoning length, greed
 Writes JSON records (merged into --out when it exists), one per (method, c, decode):
 
     {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
-     "seconds"}
+     "checkpoint_sha256", "seconds"}
 
 `mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT), or latents fed (CoLaR,
 whose records add `hit_cap`, the fraction of questions that reached --max_latents). With several seeds,
@@ -15,13 +15,16 @@ accuracy and mean_len are means over seeds, and ci95 and len_ci95 the half-width
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
-from common import UserError, load_model, parse_config, pick_device, run_cli, trained_speeds
-from data.format import answers_match, read_split
+from tqdm import tqdm
+
+from common import UserError, file_sha256, parse_config, pick_device, run_cli, trained_speeds
+from data.format import read_split
 from latent_head import log_sigma_floor
-from sample import answer_questions
+from sample import load_model, score
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -43,16 +46,6 @@ def ci95(values):
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return t975(n - 1) * sd / math.sqrt(n)
-
-
-def score(model, tok, examples, c=1, temperature=0.0, top_p=1.0, seed=0, batch_size=256, head=None, **latent):
-    """(accuracy, mean reasoning length, fraction that hit the latent cap) of one decoding pass over `examples`
-    (a list of (question, steps, answer)); with a latent head and c >= 1, CoLaR latent decoding (see sample.py)."""
-    results = answer_questions(model, tok, [q for q, _, _ in examples], c, temperature, top_p, seed,
-                               batch_size=batch_size, head=head, **latent)
-    n = max(1, len(examples))
-    correct = sum(answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples))
-    return correct / n, sum(r["length"] for r in results) / n, sum(r["hit_cap"] for r in results) / n
 
 
 def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", checkpoint="",
@@ -153,20 +146,18 @@ def main(cfg):
     data_dir = cfg.data_dir or run["data_dir"]
     examples = read_split(os.path.join(data_dir, f"{cfg.split}.txt"))
     examples = examples[:cfg.n] if cfg.n > 0 else examples
-    records = []
-    for c in cs:
-        for d in decodes:
-            r = evaluate(model, tok, examples, cfg.method or mode, c, d, seeds, cfg.split, ckpt["path"],
-                         cfg.temperature, cfg.top_p, cfg.batch_size, head=head, max_latents=cfg.max_latents,
-                         latent_temperature=cfg.latent_temperature)
-            print(format_record(r))
-            records.append(r)
+    runs = [(cfg.method or mode, c, d, head) for c in cs for d in decodes]
     if head is not None and cfg.text_cot:  # the same model, thinking in text tokens instead of latents
-        for d in decodes:
-            r = evaluate(model, tok, examples, (cfg.method or mode) + "_text", 1, d, seeds, cfg.split, ckpt["path"],
-                         cfg.temperature, cfg.top_p, cfg.batch_size)
-            print(format_record(r))
-            records.append(r)
+        runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
+    records, sha = [], file_sha256(ckpt["path"])
+    bar = tqdm(runs, desc="evaluating", unit="run", disable=not sys.stderr.isatty())
+    for method, c, d, with_head in bar:
+        bar.set_postfix_str(f"{method} c={c} {d}")
+        r = evaluate(model, tok, examples, method, c, d, seeds, cfg.split, ckpt["path"], cfg.temperature, cfg.top_p,
+                     cfg.batch_size, head=with_head, max_latents=cfg.max_latents,
+                     latent_temperature=cfg.latent_temperature)
+        tqdm.write(format_record(r))
+        records.append({**r, "checkpoint_sha256": sha})
     if cfg.out:
         merge_records(cfg.out, records)
         print(f"records merged into {cfg.out}")

@@ -10,7 +10,7 @@ sums of embedding-table rows, so it follows the table as training changes it and
 (The authors hard-code a constant per base model; a plain std of the whole table would be dominated by rows of
 tokens the data never uses.)
 
-Losses (each a mean over the C dimensions, then a masked mean over the supervised positions):
+Losses (each a mean over the C dimensions, then a mean over the supervised positions):
 - soft-MSE: MSE(mu + sigma * eps, target) - alpha * entropy, one reparameterised sample; its expectation is
   (mu - target)^2 + sigma^2, so with alpha = 0 sigma is pushed towards 0;
 - NLL: the negative Gaussian log-density of the target;
@@ -67,20 +67,14 @@ class LatentHead(nn.Module):
         return e / self.scale.clamp(min=1e-8)
 
     def sample(self, h, temperature=1.0, generator=None):
-        """Draw the next latent from N(mu, (sigma * temperature)^2); temperature 0 gives mu.
-        Returns (the latent in embedding space, to feed back; z in the normalised space; mu; log_sigma)."""
+        """The next latent, in embedding space (to feed back): z ~ N(mu, (sigma * temperature)^2), times the scale;
+        temperature 0 gives mu."""
         mu, log_sigma = self(h)
         z = mu
         if temperature > 0 and not self.deterministic:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + log_sigma.exp() * temperature * eps
-        return z * self.scale, z, mu, log_sigma
-
-
-def masked_mean(per_position, mask):
-    """Mean over positions where mask is True; 0 (not NaN) when there are none."""
-    mask = mask.to(per_position.dtype)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+        return z * self.scale
 
 
 def gaussian_log_prob(z, mu, log_sigma):
@@ -93,35 +87,30 @@ def gaussian_entropy(log_sigma):
     return (log_sigma + HALF_LOG_2PI + 0.5).mean(-1)
 
 
-def soft_mse_loss(mu, log_sigma, target, mask, alpha=0.0, generator=None, eps=None):
-    """MSE of one reparameterised sample against the target, minus alpha times the entropy. The sample's standard
-    normal noise is drawn with `generator`, or given as eps (same shape as mu)."""
-    if eps is None:
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+def soft_mse_loss(mu, log_sigma, target, eps, alpha=0.0):
+    """MSE of one reparameterised sample mu + sigma * eps (eps: standard normal noise, shaped like mu) against the
+    target, minus alpha times the entropy."""
     z = mu + log_sigma.exp() * eps.to(mu.dtype)
-    per = (z - target).pow(2).mean(-1) - alpha * gaussian_entropy(log_sigma)
-    return masked_mean(per, mask)
+    return ((z - target).pow(2).mean(-1) - alpha * gaussian_entropy(log_sigma)).mean()
 
 
-def nll_loss(mu, log_sigma, target, mask):
-    return masked_mean(-gaussian_log_prob(target, mu, log_sigma), mask)
+def nll_loss(mu, log_sigma, target):
+    return -gaussian_log_prob(target, mu, log_sigma).mean()
 
 
-def mse_loss(mu, target, mask):
+def mse_loss(mu, target):
     """The deterministic head's loss (DL ablation)."""
-    return masked_mean((mu - target).pow(2).mean(-1), mask)
+    return (mu - target).pow(2).mean(-1).mean()
 
 
-def latent_loss(head, h, target, mask, kind="soft_mse", alpha=0.0, generator=None, eps=None):
-    """The latent loss of `kind` (soft_mse, nll) for hidden states h (B, T, C) and unnormalised targets (B, T, C);
-    a deterministic head always uses plain MSE. soft_mse's noise: drawn with generator, or given as eps.
+def latent_loss(head, h, target, kind="soft_mse", alpha=0.0, eps=None):
+    """The latent loss of `kind` (soft_mse, nll) for hidden states h (N, C) and unnormalised targets (N, C), a mean
+    over the N positions; a deterministic head always uses plain MSE. soft_mse needs its noise eps (N, C).
     Returns (loss, mu, log_sigma)."""
     mu, log_sigma = head(h)
     target = head.normalise(target.detach())  # no gradient into the embedding table through the target
     if head.deterministic:
-        return mse_loss(mu, target, mask), mu, log_sigma
+        return mse_loss(mu, target), mu, log_sigma
     if kind == "nll":
-        return nll_loss(mu, log_sigma, target, mask), mu, log_sigma
-    if kind == "soft_mse":
-        return soft_mse_loss(mu, log_sigma, target, mask, alpha, generator, eps), mu, log_sigma
-    raise ValueError(f"latent loss must be soft_mse or nll, got {kind!r}")
+        return nll_loss(mu, log_sigma, target), mu, log_sigma
+    return soft_mse_loss(mu, log_sigma, target, eps, alpha), mu, log_sigma

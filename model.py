@@ -5,7 +5,7 @@ What it adds to a plain nanoGPT-style model, because latent reasoning needs it:
 - forward() takes token ids, input embeddings, or both (token ids first, then embeddings: "prompt tokens, then latents");
 - explicit position ids, so left-padded rows and rows of different lengths get the positions of their real tokens;
 - a padding mask (True = real position) for left- or right-padded batches;
-- it can return the final hidden states (after the final LayerNorm) beside the logits: the latent head reads them;
+- it returns the final hidden states (after the final LayerNorm) beside the logits: the latent head reads them;
 - a KV cache (KVCache) for batched incremental decoding, whose rows can be dropped when they finish.
 Positions are rotary (RoPE, the default for from-scratch training) or learned (as pretrained GPT-2 has).
 GPT.from_pretrained("gpt2") loads GPT-2's weights from Hugging Face (needs the optional transformers package).
@@ -208,7 +208,7 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx=None, embeds=None, pos=None, mask=None, cache=None, targets=None, return_hidden=False):
+    def forward(self, idx=None, embeds=None, pos=None, mask=None, cache=None, targets=None):
         """
         idx:    (B, Ti) token ids, or None
         embeds: (B, Te, C) input embeddings placed after the tokens (latents), or None
@@ -216,8 +216,8 @@ class GPT(nn.Module):
         mask:   (B, T) bool, True where the position is real (not padding); default: all real
         cache:  a KVCache; the new keys/values are appended to it
         targets:(B, T) token ids to predict at each position, -1 where nothing is predicted
-        Returns logits (B, T, vocab), plus loss (mean cross-entropy over targets != -1) when targets are given,
-        plus the final hidden states (B, T, C) when return_hidden.
+        Returns (logits (B, T, vocab), loss, h): loss is the mean cross-entropy over targets != -1 (None without
+        targets), h the final hidden states (B, T, C), after the final LayerNorm, which the latent head reads.
         """
         parts = []
         if idx is not None:
@@ -254,10 +254,8 @@ class GPT(nn.Module):
             x = block(x, pos, attn_mask, cache, i)
         h = self.ln_f(x)  # (B, T, C) final hidden states
         logits = self.lm_head(h)
-        out = (logits,)
+        loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction="sum")
-            out += (loss / (targets != -1).sum().clamp(min=1),)  # a fully masked batch gives 0, not NaN
-        if return_hidden:
-            out += (h,)
-        return out[0] if len(out) == 1 else out
+            loss = loss / (targets != -1).sum().clamp(min=1)  # a fully masked batch gives 0, not NaN
+        return logits, loss, h

@@ -1,6 +1,7 @@
 """
 Answer questions with a trained model: batched decoding with the KV cache (text CoT, No-CoT, or CoLaR latents at a
-prompted speed c), and the chain printed: text, or each latent as the tokens it is nearest to.
+prompted speed c), accuracy over a data split, and, from the command line, the chain printed: text, or each latent
+as the tokens it is nearest to.
 
     python sample.py --ckpt out/cot --question "3+4*2-5+7*3-1"
     python sample.py --ckpt out/cot --question "3+4*2-5+7*3-1" --decode sampled --seed 1
@@ -11,8 +12,28 @@ from dataclasses import dataclass
 
 import torch
 
-from common import UserError, autocast, load_model, parse_config, pick_device, run_cli, trained_speeds
-from model import KVCache
+from colar import prompt
+from common import UserError, autocast, load_checkpoint, parse_config, pick_device, run_cli, trained_speeds
+from data.format import answers_match
+from latent_head import LatentHead
+from model import GPT, GPTConfig, KVCache
+from tokenizer import Tokenizer
+
+
+def load_model(path, device="cpu", which="best"):
+    """Rebuild (model, latent head or None, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
+    ckpt = load_checkpoint(path, which)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    head = None
+    try:
+        model.load_state_dict(ckpt["model"])
+        if ckpt.get("latent_head") is not None:
+            head = LatentHead(model.cfg.n_embd, **ckpt["latent_config"])
+            head.load_state_dict(ckpt["latent_head"])
+            head = head.to(device).eval()
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise UserError(f"checkpoint {ckpt['path']} does not match its own model config: {str(e)[:200]}") from None
+    return model.to(device).eval(), head, Tokenizer.from_spec(ckpt["tokenizer"]), ckpt
 
 
 def left_pad(seqs, pad_id, device="cpu"):
@@ -53,7 +74,7 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
         return out
     cache = KVCache(model.cfg.n_layer)
     with autocast(device):  # bf16 on CUDA, fp32 elsewhere
-        logits = model(idx, pos=pos, mask=mask, cache=cache)[:, -1]  # (B, V)
+        logits = model(idx, pos=pos, mask=mask, cache=cache)[0][:, -1]  # (B, V)
     rows = torch.arange(len(prompts), device=device)  # which prompt each batch row answers
     next_pos = mask.sum(1)  # (B,) position of the next token of each row
     for step in range(max_new_tokens):
@@ -68,7 +89,7 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
             cache.keep(keep)
             rows, tok, next_pos = rows[keep], tok[keep], next_pos[keep]
         with autocast(device):
-            logits = model(tok[:, None], pos=next_pos[:, None], cache=cache)[:, -1]
+            logits = model(tok[:, None], pos=next_pos[:, None], cache=cache)[0][:, -1]
         next_pos = next_pos + 1
     return out
 
@@ -100,7 +121,7 @@ def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, see
     for i in range(0, len(questions), batch_size):
         prompts = []
         for q in questions[i:i + batch_size]:
-            p = tok.prompt(q, c) + ([tok.eot] if c == 0 else [])
+            p = prompt(tok, q, c) + ([tok.eot] if c == 0 else [])
             if len(p) >= model.cfg.block_size:
                 raise UserError(f"the prompt is {len(p)} tokens but the model's context is {model.cfg.block_size}: "
                                 f"{q[:60]!r}")
@@ -138,7 +159,7 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
            for _ in range(B)]
     cache = KVCache(model.cfg.n_layer)
     with autocast(device):  # the model in bf16 on CUDA (fp32 elsewhere); the latent head outside, in its own dtype
-        logits, h = model(idx, pos=pos, mask=mask, cache=cache, return_hidden=True)
+        logits, _, h = model(idx, pos=pos, mask=mask, cache=cache)
     logits, h = logits[:, -1], h[:, -1]  # (B, V), (B, C)
     rows = torch.arange(B, device=device)  # which prompt each batch row answers
     next_pos = mask.sum(1)
@@ -150,7 +171,7 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
         stop_tok = pick_tokens(logits, temperature if stop == "sampled" else 0.0, top_p, generator)
         cap = n_lat >= max_latents
         stops = thinking & ((stop_tok == tok.eot) | cap)
-        latent, _, _, _ = head.sample(h, latent_temperature, generator)  # (b, C)
+        latent = head.sample(h, latent_temperature, generator)  # (b, C)
         ans_tok = pick_tokens(logits, temperature, top_p, generator)  # answering rows: the next answer token
         alive = torch.ones_like(thinking)
         for i, (r, th, st, cp, s_tok, a_tok) in enumerate(zip(rows.tolist(), thinking.tolist(), stops.tolist(),
@@ -177,10 +198,20 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
             cache.keep(keep)
             rows, x, next_pos, thinking, n_lat = rows[keep], x[keep], next_pos[keep], thinking[keep], n_lat[keep]
         with autocast(device):
-            logits, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache, return_hidden=True)
+            logits, _, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache)
         logits, h = logits[:, -1], h[:, -1]
         next_pos = next_pos + 1
     return out
+
+
+def score(model, tok, examples, c=1, temperature=0.0, top_p=1.0, seed=0, batch_size=256, head=None, **latent):
+    """(accuracy, mean reasoning length, fraction that hit the latent cap) of one decoding pass over `examples`
+    (a list of (question, steps, answer)); with a latent head and c >= 1, CoLaR latent decoding."""
+    results = answer_questions(model, tok, [q for q, _, _ in examples], c, temperature, top_p, seed,
+                               batch_size=batch_size, head=head, **latent)
+    n = max(1, len(examples))
+    correct = sum(answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples))
+    return correct / n, sum(r["length"] for r in results) / n, sum(r["hit_cap"] for r in results) / n
 
 
 def nearest_tokens(model, latent, k=3):

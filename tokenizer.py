@@ -1,5 +1,5 @@
 """
-Tokenizers, all built on tiktoken, and the special tokens of the sequence layout.
+Tokenizers, all built on tiktoken, and the special tokens of the sequence layout (colar.py):
 
     [question] <|speed|> c <|bot|> [reasoning chain] <|eot|> [answer] <|eos|>
 
@@ -84,7 +84,7 @@ class Tokenizer:
 
     @classmethod
     def from_spec(cls, spec):
-        return cls(spec["kind"], spec.get("number_digits", 3), spec.get("keep_ids"))
+        return cls(spec["kind"], spec["number_digits"], spec["keep_ids"])
 
     @classmethod
     def build(cls, kind, texts=(), number_digits=3):
@@ -123,8 +123,3 @@ class Tokenizer:
         if self.kind == "gpt2" and self.keep_ids is not None:
             ids = [self.keep_ids[i] for i in ids]
         return self.enc.decode(ids, errors="replace")
-
-    # --- the sequence layout -----------------------------------------------------------------------------------
-    def prompt(self, question, c=1):
-        """[question] <|speed|> c <|bot|>: what the model is given at inference."""
-        return self.encode(question) + [self.speed] + self.encode(str(c)) + [self.bot]

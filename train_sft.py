@@ -1,7 +1,7 @@
 """
 Supervised training of the small GPT on GSM8K-Aug-format data: explicit CoT, No-CoT, or CoLaR's compressed latents.
 
-Modes (the sequence each example becomes):
+Modes (the sequence each example becomes; colar.py lays them out and holds the loss):
 - cot:   [question] <|speed|> 1 <|bot|> [chain] <|eot|> [answer] <|eos|>        (explicit chain of thought)
 - nocot: [question] <|speed|> 0 <|bot|> <|eot|> [answer] <|eos|>                (answer at once)
 - colar: [question] <|speed|> c <|bot|> [ceil(L/c) compressed embeddings] <|eot|> [answer] <|eos|>
@@ -22,14 +22,12 @@ Modes (the sequence each example becomes):
     torchrun --standalone --nproc_per_node=8 train_sft.py --batch_size 8   # 8 GPUs, 8 x 8 = 64 sequences per step
 
 Several processes (torchrun, DistributedDataParallel): each optimizer step takes --total_batch_size sequences (0: one
---batch_size per process), as --batch_size sequences per process per micro-step over total / (batch_size x processes)
-micro-steps. Every process draws the same whole batch, the same c and the same random numbers (prepare_colar_batch),
-then trains on its own rows; each slice's losses are weighted by its share of the batch's positions, so the gradient
-is the whole batch's, and the run follows the one-process run with batch_size = total_batch_size (dropout aside: its
-masks come from each process's own generator). Process 0 prints, validates and writes the checkpoints.
+--batch_size per process). Every process draws the same whole batch and takes its rows rank, rank + processes, ...,
+in micro-batches of --batch_size; the loss is divided by the number of micro-steps and DDP averages the gradients over
+the processes. c is process 0's draw; chunk labels and latent noise come from each process's own generator (seeded
+by rank). Process 0 prints, validates and writes the checkpoints.
 """
 import contextlib
-import json
 import math
 import os
 import time
@@ -39,13 +37,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (UserError, autocast, barrier, cleanup_distributed, load_checkpoint, parse_config, print0,
-                    print_config, read_pointer, run_cli, save_checkpoint, setup_distributed)
-from compress import compress, sample_chunk_labels
-from data.format import chain_text, read_split
-from evaluate import score
-from latent_head import LatentHead, latent_loss
+import colar
+from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, check_same, cleanup_distributed,
+                    generator_states, load_checkpoint, make_optimizer, open_run, parse_config, print0, print_config,
+                    restore_training_state, run_cli, save_checkpoint, setup_distributed, training_state, wrap_ddp)
+from data.format import read_split
+from latent_head import LatentHead
 from model import GPT, GPTConfig
+from sample import score
 from tokenizer import KINDS, Tokenizer
 
 
@@ -99,6 +98,8 @@ class TrainConfig:
 
 
 SHAPE_KEYS = ("tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb")  # fixed by --init_from
+RESUME_KEYS = ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_from", "latent_hidden", "deterministic",
+               "pool", "latent_loss", "chunk_labels") + SHAPE_KEYS  # a resumed run keeps these
 
 
 def get_lr(step, cfg):
@@ -109,174 +110,17 @@ def get_lr(step, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def example_texts(question, steps, answer, mode):
-    """The three pieces of text of an example that are encoded separately; the chain is empty in nocot mode."""
-    return question, "" if mode == "nocot" else chain_text(steps), " " + answer
-
-
-def encode_examples(tok, examples, mode):
-    """(question, steps, answer) -> (question ids, chain ids, answer ids)."""
-    return [tuple(tok.encode(t) for t in example_texts(*ex, mode)) for ex in examples]
-
-
-def build_tokenizer(cfg, examples):
-    """The tokenizer of cfg; a reduced GPT-2 vocabulary keeps exactly the ids of the pieces encode_examples encodes
-    (BPE gives `<<` at the start of a piece and ` <<` inside a text different ids) and of the speed prompt."""
-    texts = [t for ex in examples for t in example_texts(*ex, cfg.mode)] + [str(c) for c in range(10)]
-    return Tokenizer.build(cfg.tokenizer, texts, cfg.number_digits)
-
-
-def make_batch(tok, encoded, c):
-    """Right-padded training batch. Returns idx (B, T), targets (B, T) with -1 where nothing is predicted, mask (B, T)."""
-    c_ids = tok.encode(str(c))
-    seqs, firsts = [], []
-    for q, chain, ans in encoded:
-        prompt = q + [tok.speed] + c_ids + [tok.bot]
-        seqs.append(prompt + chain + [tok.eot] + ans + [tok.eos])
-        firsts.append(len(prompt) - 2)  # the last speed token predicts <|bot|>; everything after is supervised
-    T = max(len(s) for s in seqs) - 1
-    idx = torch.full((len(seqs), T), tok.pad, dtype=torch.long)
-    targets = torch.full((len(seqs), T), -1, dtype=torch.long)
-    for i, (s, f) in enumerate(zip(seqs, firsts)):
-        s = torch.tensor(s, dtype=torch.long)
-        idx[i, :len(s) - 1] = s[:-1]
-        targets[i, f:len(s) - 1] = s[f + 1:]
-    mask = idx != tok.pad
-    return idx, targets, mask
-
-
-def make_colar_batch(tok, encoded, c):
-    """A right-padded CoLaR batch, before compression: each row is
-    prompt (P tokens, ending in <|bot|>) | K = ceil(L / c) latent slots | <|eot|> answer <|eos|>.
-    Returns a dict of tensors:
-      idx (B, T) token ids (pad at the latent slots), mask (B, T) real positions (latent slots included),
-      targets (B, T) CE labels, -1 where none (yet): the chunk labels are drawn per step in colar_loss,
-      latent_in (B, T) the latent slots, slot (B, T) <|bot|> and every latent slot but the last (they predict the next
-      chunk), eot_at (B,) the position that predicts <|eot|> (the last latent slot, or <|bot|> for an empty chain),
-      chain (B, L) the chain's token ids, right-padded, and chain_mask (B, L)."""
-    c_ids = tok.encode(str(c))
-    rows = []
-    for q, chain, ans in encoded:
-        prompt, post = q + [tok.speed] + c_ids + [tok.bot], [tok.eot] + ans + [tok.eos]
-        rows.append((prompt, -(-len(chain) // c), post, chain))
-    B = len(rows)
-    T = max(len(p) + K + len(post) for p, K, post, _ in rows) - 1
-    L = max(1, max(len(ch) for *_, ch in rows))
-    b = {"idx": torch.full((B, T), tok.pad), "targets": torch.full((B, T), -1),
-         "latent_in": torch.zeros(B, T, dtype=torch.bool), "slot": torch.zeros(B, T, dtype=torch.bool),
-         "eot_at": torch.zeros(B, dtype=torch.long), "chain": torch.full((B, L), tok.pad),
-         "chain_mask": torch.zeros(B, L, dtype=torch.bool)}
-    for i, (prompt, K, post, chain) in enumerate(rows):
-        P = len(prompt)
-        seq = prompt + [tok.pad] * K + post
-        n = len(seq) - 1
-        b["idx"][i, :n] = torch.tensor(seq[:-1])
-        b["targets"][i, P - 2] = tok.bot                    # the speed prompt predicts <|bot|>
-        b["targets"][i, P + K - 1] = tok.eot                # the last latent (or <|bot|>) predicts <|eot|>
-        b["targets"][i, P + K:n] = torch.tensor(post[1:])   # <|eot|> and the answer predict the answer and <|eos|>
-        b["latent_in"][i, P:P + K] = True
-        b["slot"][i, P - 1:P + K - 1] = True
-        b["eot_at"][i] = P + K - 1
-        b["chain"][i, :len(chain)] = torch.tensor(chain, dtype=torch.long)
-        b["chain_mask"][i, :len(chain)] = True
-    b["mask"] = (b["idx"] != tok.pad) | b["latent_in"]
-    return b
-
-
-def latent_targets(model, b, c, pool, eot_id):
-    """The latent head's targets in a CoLaR batch: the next compressed embedding at each slot, the <|eot|> embedding
-    after the last chunk. Returns target (B, T, C), detached, lmask (B, T), the positions the latent loss covers,
-    and chunk_ids (B, K, c), the token ids of each chunk."""
-    with torch.no_grad():
-        z, zmask, chunk_ids = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, pool)
-        B, T = b["idx"].shape
-        rows = torch.arange(B, device=z.device)
-        target = z.new_zeros(B, T, z.size(-1)).masked_scatter(b["slot"][..., None], z[zmask])
-        target[rows, b["eot_at"]] = model.wte.weight[eot_id]
-    lmask = b["slot"].clone()
-    lmask[rows, b["eot_at"]] = True
-    return target, lmask, chunk_ids
-
-
-def prepare_colar_batch(model, head, b, c, eot_id, cfg, generator):
-    """What a CoLaR step does once for its whole batch, before the batch is split over processes and micro-steps:
-    lay out the latent targets (b["target"], b["lmask"]), let the latent head's running scale take them in, and make
-    the step's random draws: self-feed choices b["feed"] (B, T), chunk labels b["labels"] (B, K), the soft-MSE's
-    latent noise b["eps"] (B, T, C). Stored by row, they travel with the rows (take_rows), so any split of the batch
-    trains on the numbers one process with the whole batch would draw. Returns a new dict."""
-    b = dict(b)
-    b["target"], b["lmask"], chunk_ids = latent_targets(model, b, c, cfg.pool, eot_id)
-    if head.training:
-        head.update_scale(b["target"], b["lmask"])
-        if cfg.self_feed > 0:
-            n = int(b["latent_in"].sum())
-            pick = torch.rand(n, 1, generator=generator, device=b["target"].device)[:, 0] < cfg.self_feed
-            b["feed"] = torch.zeros_like(b["latent_in"]).masked_scatter(b["latent_in"], pick)
-    if cfg.chunk_labels:
-        b["labels"] = sample_chunk_labels(chunk_ids, generator)
-    if cfg.latent_loss == "soft_mse" and not head.deterministic:
-        b["eps"] = torch.randn(b["target"].shape, generator=generator, device=b["target"].device)
-    return b
-
-
-def colar_loss(model, head, b, c, eot_id, cfg, generator=None):
-    """CE and latent loss of a CoLaR batch from make_colar_batch (tensors on the model's device). Either b went
-    through prepare_colar_batch (then it may be any rows of it, from take_rows) and brings its targets and the
-    step's random draws, or a generator is given and b is a whole batch, prepared here. The latent head runs only
-    where the latent loss looks (b["lmask"]). Returns (ce, latent, stats) where stats holds the mean latent-target
-    norm and the head's mean sigma."""
-    if generator is not None:
-        b = prepare_colar_batch(model, head, b, c, eot_id, cfg, generator)
-    z, zmask, _ = compress(model.wte(b["chain"]), b["chain"], b["chain_mask"], c, cfg.pool)  # (B, K, C)
-    x = model.wte(b["idx"]).masked_scatter(b["latent_in"][..., None], z[zmask])  # compressed embeddings in the slots
-    if head.training and cfg.self_feed > 0:
-        x = self_feed(model, head, x, b, cfg.self_feed)
-    targets = b["targets"]
-    if cfg.chunk_labels:  # one token drawn uniformly from the next chunk, redrawn every step
-        targets = targets.masked_scatter(b["slot"], b["labels"][:, :zmask.size(1)][zmask])
-    _, ce, h = model(embeds=x, mask=b["mask"], targets=targets, return_hidden=True)
-    lmask = b["lmask"]
-    target, eps = b["target"][lmask], b["eps"][lmask] if "eps" in b else None  # (N, C): the supervised positions
-    every = torch.ones(len(target), dtype=torch.bool, device=target.device)
-    lat, _, log_sigma = latent_loss(head, h[lmask], target, every, cfg.latent_loss, cfg.latent_alpha, eps=eps)
-    stats = {"norm": target.norm(dim=-1).mean().item(), "sigma": log_sigma.exp().mean().item()}
-    return ce, lat, stats
-
-
-def self_feed(model, head, x, b, p, generator=None):
-    """Exposure to the model's own latents: a teacher-forced pass without gradient gives the head's prediction of
-    every compressed embedding; each latent input is replaced by that prediction (detached) with probability p (where
-    b["feed"] says, when prepare_colar_batch drew the choices). The targets stay the true next chunks, so the model
-    learns to continue from its own, imperfect latents."""
-    with torch.no_grad():
-        _, h = model(embeds=x, mask=b["mask"], return_hidden=True)
-        mu, _ = head(h)
-        pred = (mu * head.scale)[b["slot"]]  # (N, C): the prediction made at the slot before each latent input
-    if "feed" in b:
-        pick = b["feed"][b["latent_in"]][:, None]
-    else:
-        pick = torch.rand(pred.size(0), 1, generator=generator, device=x.device) < p
-    fed = torch.where(pick, pred, x[b["latent_in"]])
-    return x.masked_scatter(b["latent_in"][..., None], fed)
-
-
-SEQ_KEYS = ("idx", "targets", "mask", "latent_in", "slot", "feed", "eps", "target", "lmask")  # laid out (B, T, ...)
-
-
-def take_rows(b, rows):
-    """The rows `rows` (a slice) of a batch dict, cut to their own longest sequence: one micro-batch of a process."""
-    T = int(b["mask"][rows].sum(1).max())  # mask is a prefix of each row
-    return {k: v[rows, :T] if k in SEQ_KEYS else v[rows] for k, v in b.items()}
-
-
-def loss_counts(b, cfg):
-    """(positions the CE averages over, positions the latent loss averages over) in a prepared batch dict. A slice's
-    mean losses times its counts over the whole batch's add up, over the slices, to the whole batch's mean losses."""
-    n_ce = int((b["targets"] != -1).sum())
+def parse_c_values(cfg):
+    """The speeds a step draws from: 1..c_max or --c_values for colar; 1 for cot, 0 for nocot."""
     if cfg.mode != "colar":
-        return n_ce, 1
-    n_slots = int(b["slot"].sum())  # every slot predicts a chunk label, and the latent head predicts there
-    return n_ce + (n_slots if cfg.chunk_labels else 0), n_slots + len(b["slot"])  # + the <|eot|> positions
+        return [1 if cfg.mode == "cot" else 0]
+    try:
+        values = [int(v) for v in cfg.c_values.split(",") if v.strip()] if cfg.c_values else list(range(1, cfg.c_max + 1))
+    except ValueError:
+        raise UserError(f"--c_values must be comma-separated integers, got {cfg.c_values!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"compression factors must be >= 1, got {values}")
+    return values
 
 
 def grad_accum_steps(total_batch_size, batch_size, world_size):
@@ -290,68 +134,20 @@ def grad_accum_steps(total_batch_size, batch_size, world_size):
     return total // per_pass
 
 
-class SFTLoss(torch.nn.Module):
-    """The model and (colar) the latent head as one module whose forward is the loss of a micro-batch: the one
-    module DistributedDataParallel wraps, so the gradients of both are averaged over the processes.
-    Returns (ce, latent loss, stats); the latent loss is 0 and stats empty outside colar mode."""
-
-    def __init__(self, model, head, eot_id, cfg):
-        super().__init__()
-        self.model, self.head, self.eot_id, self.cfg = model, head, eot_id, cfg
-
-    def forward(self, b, c):
-        if self.head is None:
-            _, loss = self.model(b["idx"], mask=b["mask"], targets=b["targets"])
-            return loss, torch.zeros((), device=loss.device), {}
-        return colar_loss(self.model, self.head, b, c, self.eot_id, self.cfg)
+def build_tokenizer(cfg, examples):
+    """The tokenizer of cfg; a reduced GPT-2 vocabulary keeps exactly the ids of the pieces colar.encode encodes
+    (BPE gives `<<` at the start of a piece and ` <<` inside a text different ids) and of the speed prompt."""
+    texts = [t for ex in examples for t in colar.example_texts(*ex, cfg.mode)] + [str(c) for c in range(10)]
+    return Tokenizer.build(cfg.tokenizer, texts, cfg.number_digits)
 
 
-def parse_c_values(cfg):
-    if cfg.mode != "colar":
-        return [1 if cfg.mode == "cot" else 0]
-    try:
-        values = [int(v) for v in cfg.c_values.split(",") if v.strip()] if cfg.c_values else list(range(1, cfg.c_max + 1))
-    except ValueError:
-        raise UserError(f"--c_values must be comma-separated integers, got {cfg.c_values!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"compression factors must be >= 1, got {values}")
-    return values
-
-
-def make_optimizer(modules, lr, weight_decay, betas=(0.9, 0.95)):
-    """AdamW with weight decay on matrices only (not on biases and LayerNorms), over the modules' parameters."""
-    params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
-
-
-class EpochSampler:
-    """Batches of example indices: a fresh seeded permutation each epoch, the incomplete tail dropped.
-    Its state (epoch, cursor) goes into checkpoints, so a resumed run sees exactly the batches it would have."""
-
-    def __init__(self, n, batch_size, seed):
-        if n < batch_size:
-            raise UserError(f"the training split has {n} examples, fewer than one batch of {batch_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.cursor = 0, 0
-        self._perm_epoch, self._perm = None, None
-
-    def next(self):
-        if self.cursor + self.batch_size > self.n:
-            self.epoch, self.cursor = self.epoch + 1, 0
-        if self._perm_epoch != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), self.epoch
-        batch = self._perm[self.cursor:self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return batch
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, d):
-        self.epoch, self.cursor = d["epoch"], d["cursor"]
+def new_model_config(cfg, tok, encoded):
+    """A from-scratch model's config; block_size 0 leaves room for the longest example and for the longest question
+    with max_latents latents and an answer (as RL samples them), plus 32."""
+    longest = max(max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded),
+                  max(len(q) for q, _, _ in encoded) + cfg.max_latents + 8)
+    return GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size or longest + 32, n_layer=cfg.n_layer,
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_emb=cfg.pos_emb)
 
 
 def pretrained_start(cfg):
@@ -372,18 +168,19 @@ def pretrained_start(cfg):
             "path": f"pretrained {cfg.init_from}"}
 
 
-def restore_training_state(ckpt, optimizer, sampler, gen):
-    """Put the optimizer, the data position and both random generators back as the checkpoint saved them, so a
-    resumed run continues exactly. Returns (step, best_val)."""
-    if ckpt["rng"]["train"].numel() != gen.get_state().numel():  # a CPU generator's state is not a CUDA one's
-        raise UserError(f"{ckpt['path']} was saved on another kind of device than {gen.device}: resume it on the "
-                        f"kind it was trained on (--device)")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    sampler.load_state_dict(ckpt["sampler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    gen.set_state(ckpt["rng"]["train"])
-    print0(f"resumed {ckpt['path']} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["best_val"]
+def starting_point(cfg):
+    """(cfg, checkpoint to resume or None, starting model to initialise from or None). Resuming or starting from
+    another model, that model's tokenizer and shape win over the flags."""
+    ckpt = open_run(cfg.out_dir, cfg.resume, "train_sft")
+    if ckpt:
+        if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:
+            cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
+        check_same(ckpt["config"], cfg, RESUME_KEYS)
+        return cfg, ckpt, None
+    if not cfg.init_from:
+        return cfg, None, None
+    init = pretrained_start(cfg) if cfg.init_from in GPT.PRETRAINED else load_checkpoint(cfg.init_from)
+    return replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS}), None, init
 
 
 def check_config(cfg):
@@ -412,161 +209,143 @@ def check_config(cfg):
         raise UserError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={cfg.lr}, min_lr={cfg.min_lr}")
 
 
+def draw_c(c_values, gen, device):
+    """This step's speed, drawn by process 0 for every process."""
+    c = torch.tensor(c_values[int(torch.randint(len(c_values), (1,), generator=gen, device=device))], device=device)
+    if dist.is_initialized():
+        dist.broadcast(c, 0)
+    return int(c)
+
+
+def train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, step):
+    """One optimizer step over this process's examples, in micro-batches of cfg.batch_size (the loss divided by their
+    number; under DDP the gradients are averaged over processes at the last one). Stops, before the weights change,
+    when the loss is not finite. Returns the step's mean CE, latent loss, target norm and sigma over every process,
+    and the tokens of every process."""
+    trainee.train()
+    optimizer.zero_grad(set_to_none=True)
+    accum = len(examples) // cfg.batch_size
+    figures = torch.zeros(5, dtype=torch.float64)
+    for micro in range(accum):
+        b = colar.layout(tok, examples[micro * cfg.batch_size:(micro + 1) * cfg.batch_size], c, latent=bool(opts))
+        b = b.to(device)
+        sync = micro == accum - 1 or not isinstance(trainee, DDP)
+        with contextlib.nullcontext() if sync else trainee.no_sync():
+            with autocast(device):  # bf16 on CUDA, fp32 elsewhere; the backward pass runs outside it
+                ce, lat, stats = trainee(b, c, tok.eot, gen, **opts)
+                loss = ce + cfg.latent_weight * lat
+            (loss / accum).backward()
+        figures += torch.tensor([ce.item(), lat.item(), stats.get("norm", 0), stats.get("sigma", 0),
+                                 accum * int(b.mask.sum())], dtype=torch.float64) / accum
+    ce, lat, norm, sigma, n_tokens = all_mean(figures.tolist(), device)
+    if not math.isfinite(ce + lat):  # the same in every process, so all of them stop
+        raise UserError(f"loss became {ce + cfg.latent_weight * lat} at step {step}: lower --lr; the last good "
+                        f"checkpoint is kept")
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+    optimizer.step()
+    return ce, lat, norm, sigma, round(n_tokens * (dist.get_world_size() if dist.is_initialized() else 1))
+
+
+def validate(model, head, tok, val, c_values, max_latents):
+    """Greedy accuracy on the validation examples, averaged over the trained c (latent decoding for colar), and
+    the per-c figures as text."""
+    model.eval()
+    if head:
+        head.eval()
+    runs = {c: score(model, tok, val, c, head=head, max_latents=max_latents) for c in sorted(set(c_values))}
+    return (sum(r[0] for r in runs.values()) / len(runs),
+            " | ".join(f"c={c}: {100 * a:.1f}% len {n:.1f}" for c, (a, n, _) in runs.items()))
+
+
+def build_model(cfg, model_cfg, init, device):
+    """The model (seeded, or the starting model's weights) and, for colar, a new latent head."""
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    latent_config = {"hidden": cfg.latent_hidden, "deterministic": cfg.deterministic}
+    head = LatentHead(model_cfg.n_embd, **latent_config).to(device) if cfg.mode == "colar" else None
+    if init:
+        model.load_state_dict(init["model"])
+        print0(f"initialised from {init['path']}")
+    return model, head, latent_config
+
+
+def setup_data(cfg, base):
+    """The tokenizer (the starting model's, or a new one), the encoded training examples, the validation examples
+    used for selection and the model config (the starting model's, or a new one sized for the data)."""
+    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
+    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
+    tok = Tokenizer.from_spec(base["tokenizer"]) if base else build_tokenizer(cfg, train + val)
+    encoded = colar.encode(tok, train, cfg.mode)
+    model_cfg = (GPTConfig(**base["model_config"]) if base
+                 else new_model_config(cfg, tok, encoded + colar.encode(tok, val, cfg.mode)))
+    return tok, encoded, val[:cfg.eval_n] if cfg.eval_n > 0 else val, model_cfg  # the tokenizer saw all of val
+
+
 def main(cfg):
     check_config(cfg)
     c_values = parse_c_values(cfg)
     rank, world, _, device = setup_distributed(cfg.device)  # one process, unless started by torchrun
     accum = grad_accum_steps(cfg.total_batch_size, cfg.batch_size, world)
     cfg = replace(cfg, total_batch_size=accum * world * cfg.batch_size)  # the effective batch, saved and checked
-    ckpt = init = None
-    if read_pointer(cfg.out_dir, "latest"):
-        if not cfg.resume:
-            raise UserError(f"{cfg.out_dir} already holds checkpoints: pass --resume true to continue that run, "
-                            f"or choose another --out_dir")
-        ckpt = load_checkpoint(cfg.out_dir, which="latest")
-        if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:  # the shape came from the starting model
-            cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
-        ckpt["config"].setdefault("total_batch_size", ckpt["config"]["batch_size"])  # saved before the flag existed
-        for key in ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_from", "latent_hidden",
-                    "deterministic", "pool", "latent_loss", "chunk_labels") + SHAPE_KEYS:
-            if ckpt["config"][key] != getattr(cfg, key):
-                raise UserError(f"--{key}={getattr(cfg, key)} does not match the checkpoint being resumed "
-                                f"({ckpt['config'][key]}): resume with the run's own settings")
-    elif cfg.resume:
-        raise UserError(f"--resume true, but {cfg.out_dir} holds no checkpoint to resume from")
-    elif cfg.init_from:  # the starting model decides the tokenizer and the model's shape
-        init = pretrained_start(cfg) if cfg.init_from in GPT.PRETRAINED else load_checkpoint(cfg.init_from)
-        cfg = replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS})
+    cfg, ckpt, init = starting_point(cfg)
     print_config(cfg)
-    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
-    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
-    base = ckpt or init
-    tok = Tokenizer.from_spec(base["tokenizer"]) if base else build_tokenizer(cfg, train + val)
-    encoded = encode_examples(tok, train, cfg.mode)
-    val = val[:cfg.eval_n] if cfg.eval_n > 0 else val  # the tokenizer saw all of val; selection uses eval_n of it
-    if base:
-        model_cfg = GPTConfig(**base["model_config"])
-    else:
-        every = encoded + encode_examples(tok, val, cfg.mode)
-        longest = max(max(len(q) + len(ch) + len(a) + 8 for q, ch, a in every),
-                      max(len(q) for q, _, _ in every) + cfg.max_latents + 8)
-        model_cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size or longest + 32,
-                              n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                              pos_emb=cfg.pos_emb)
-
-    torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(device)
-    latent_config = {"hidden": cfg.latent_hidden, "deterministic": cfg.deterministic}
-    head = LatentHead(model_cfg.n_embd, **latent_config).to(device) if cfg.mode == "colar" else None
+    tok, encoded, val, model_cfg = setup_data(cfg, ckpt or init)
+    model, head, latent_config = build_model(cfg, model_cfg, init, device)
     optimizer = make_optimizer([model] + ([head] if head else []), cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(encoded), cfg.total_batch_size, cfg.seed)  # whole batches, the same in every process
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # draws c, chunk labels, latent noise
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)  # c, chunk labels, latent noise
     step, best_val = 0, -1.0
-    if init:
-        model.load_state_dict(init["model"])
-        print0(f"initialised from {init['path']}")
     if ckpt:
         model.load_state_dict(ckpt["model"])
         if head:
             head.load_state_dict(ckpt["latent_head"])
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
-    if rank == 0:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "tokenizer.json"), "w") as f:  # also inside every checkpoint
-            json.dump(tok.spec(), f)
     n_params = model.num_params() + (sum(p.numel() for p in head.parameters()) if head else 0)
-    print0(f"{len(train):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
-           f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}")
-    print0(f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
+    print0(f"{len(encoded):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
+           f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}\n"
+           f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
            f"{accum} micro-step(s)")
-    trainee = SFTLoss(model, head, tok.eot, cfg)  # checkpoints and validation use model and head themselves
-    if world > 1:  # a deterministic head never uses its log_sigma layer: tell DDP to expect unused parameters
-        trainee = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=bool(head and head.deterministic))
+    # a deterministic head never uses its log_sigma layer: DDP must expect unused parameters
+    trainee = wrap_ddp(Trainee(model, head, colar.sft_loss), device, world, bool(head and head.deterministic))
+    opts = dict(pool=cfg.pool, kind=cfg.latent_loss, alpha=cfg.latent_alpha, chunk_labels=cfg.chunk_labels,
+                self_feed=cfg.self_feed) if head else {}
 
-    def checkpoint(step, val_acc, best):
-        return save_checkpoint(cfg.out_dir, step, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_config": asdict(model_cfg),
-            "latent_head": head.state_dict() if head else None, "latent_config": latent_config,
-            "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "sampler": sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "train": gen.get_state()}, "best_val": best_val,
-            "val_acc": val_acc}, cfg.keep_last, best)
-
-    def validate():
-        """Greedy accuracy on the validation examples, averaged over the trained c (latent decoding for colar)."""
-        model.eval()
-        if head:
-            head.eval()
-        runs = {c: score(model, tok, val, c, head=head, max_latents=cfg.max_latents) for c in sorted(set(c_values))}
-        return sum(r[0] for r in runs.values()) / len(runs), runs
-
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
-    history = []  # (step, c, ce, latent) of every step, for the regression test
+    history = []  # (step, c, ce, latent loss) of every step
     first, t_start, t_train, tokens_seen = step, time.time(), 0.0, 0  # t_train: seconds in training steps (no eval)
     while step < last:
         t0 = time.time()
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        c = c_values[int(torch.randint(len(c_values), (1,), generator=gen, device=device))]
-        examples = [encoded[i] for i in sampler.next()]  # the step's whole batch, the same in every process
-        trainee.train()
-        if head:
-            b = {k: v.to(device) for k, v in make_colar_batch(tok, examples, c).items()}
-            b = prepare_colar_batch(model, head, b, c, tok.eot, cfg, gen)  # the scale update and the step's draws
-        else:
-            b = dict(zip(("idx", "targets", "mask"), (t.to(device) for t in make_batch(tok, examples, c))))
-        n_all, parts = loss_counts(b, cfg), torch.zeros(4, dtype=torch.float64)  # ce, latent, norm, sigma
-        optimizer.zero_grad(set_to_none=True)
-        for micro in range(accum):  # process `rank` takes the rank-th share of the batch, in `accum` micro-batches
-            start = (rank * accum + micro) * cfg.batch_size
-            mb = take_rows(b, slice(start, start + cfg.batch_size))
-            n = loss_counts(mb, cfg)
-            w_ce, w_lat = n[0] / n_all[0], n[1] / n_all[1]  # this slice's shares of the whole batch's means
-            sync = world == 1 or micro == accum - 1  # DDP averages the gradients over processes at the last one
-            with contextlib.nullcontext() if sync else trainee.no_sync():
-                with autocast(device):  # bf16 on CUDA, fp32 elsewhere; the backward pass runs outside it
-                    ce, lat, stats = trainee(mb, c)
-                    ce, lat = ce * w_ce, lat * w_lat
-                    loss = ce + cfg.latent_weight * lat
-                (loss * world).backward()  # times world: DDP's average over processes becomes their sum
-            parts += torch.tensor([ce.item(), lat.item(), w_lat * stats.get("norm", 0), w_lat * stats.get("sigma", 0)],
-                                  dtype=torch.float64)
-        if world > 1:  # the whole batch's figures, in every process
-            parts = parts.to(device)
-            dist.all_reduce(parts)
-        ce, lat, norm, sigma = parts.tolist()
-        loss = ce + cfg.latent_weight * lat
-        if not math.isfinite(loss):  # the same in every process, so all of them stop
-            raise UserError(f"loss became {loss} at step {step}: lower --lr; the last good checkpoint is kept")
+        c = draw_c(c_values, gen, device)
+        examples = [encoded[i] for i in sampler.next()[rank::world]]  # this process's share of the step's batch
+        ce, lat, norm, sigma, n_tokens = train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, step)
         history.append((step, c, ce, lat))
-        extra = f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head else ""
-        n_tokens = int(b["mask"].sum())
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        tokens_seen += n_tokens
-        t_train += time.time() - t0
+        step, tokens_seen, t_train = step + 1, tokens_seen + n_tokens, t_train + time.time() - t0
 
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
-            eta = (last - step) * elapsed / (step - first)
-            print0(f"step {step}/{cfg.max_steps} | loss {loss:.4f}{extra} | lr {lr:.2e} | "
-                   f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
+            extra = f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head else ""
+            print0(f"step {step}/{cfg.max_steps} | loss {ce + cfg.latent_weight * lat:.4f}{extra} | lr {lr:.2e} | "
+                   f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | "
+                   f"eta {(last - step) * elapsed / (step - first) / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
+            gen_states = generator_states(gen)  # every process's, for an exact resume
             if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier
-                acc, runs = validate()
+                acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents)
                 is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
                 best_val = max(best_val, acc)
-                path = checkpoint(step, acc, is_best)
-                per_c = " | ".join(f"c={c}: {100 * a:.1f}% len {n:.1f}" for c, (a, n, _) in runs.items())
+                path = save_checkpoint(cfg.out_dir, step, {
+                    "script": "train_sft", "model": model.state_dict(), "model_config": asdict(model_cfg),
+                    "latent_head": head.state_dict() if head else None, "latent_config": latent_config,
+                    "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
+                    "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
                 print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {100 * best_val:.1f}% | "
                       f"saved {path}", flush=True)
             barrier()
-    minutes = (time.time() - t_start) / 60
-    tps = tokens_seen / max(1e-9, t_train)
+    minutes, tps = (time.time() - t_start) / 60, tokens_seen / max(1e-9, t_train)
     cleanup_distributed()
     print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
            f"best val accuracy {100 * best_val:.1f}%")

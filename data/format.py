@@ -8,10 +8,12 @@ The chain (the steps between `||` and `####`) may be empty. Answers are compared
 import math
 import re
 
+from common import UserError
+
 STEP = re.compile(r"<<([^<>]*)>>")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A malformed data file or line; the message names the file and line."""
 
 

@@ -2,14 +2,16 @@
 GSM8K in the GSM8K-Aug format: question||<<eq>> <<eq>> ... #### answer (the chain keeps only the calculator equations).
 
 Reads the original GSM8K jsonl files (question + natural-language answer with <<...>> annotations and `#### answer`) and
-GSM8K-Aug txt files from --source, and writes data/gsm8k/{train,val,test}.txt:
+GSM8K-Aug txt files, and writes data/gsm8k/{train,val,test}.txt:
 - train: GSM8K train (7,473) converted, minus the 500 validation questions (6,973); or the ~385k GSM8K-Aug train file
   given with --aug_train;
 - val:   GSM8K-Aug valid.txt (500 questions taken from GSM8K train, hence held out of train above);
 - test:  GSM8K-Aug test.txt (= the 1,319 GSM8K test problems).
-Where a source file is missing and the network is reachable, it is downloaded into --out/raw first.
+The source files are read from --source if given, else from the folder in the environment variable COLAR_DATA if set;
+a file missing there (or everywhere, with neither) is downloaded from its public URL into --out/raw, once.
 
-    python -m data.gsm8k                                   # from ../shared/data
+    python -m data.gsm8k                                   # downloads the four files into data/gsm8k/raw
+    COLAR_DATA=/path/to/folder python -m data.gsm8k        # offline: a folder with gsm8k/ and gsm8k_aug/ in it
     python -m data.gsm8k --source /path/to/folder --aug_train /path/to/gsm8k_aug_train.txt
 """
 import json
@@ -64,34 +66,40 @@ def read_gsm8k_jsonl(path):
 
 
 def fetch(source, rel, out_dir, url, fix=None):
-    """The path of source/rel, downloading it from `url` into out_dir/raw/rel when it is missing. `fix`: what the
-    error tells the user to do when the download fails (default: give --source a folder that holds rel)."""
-    path = os.path.join(source, rel)
-    if os.path.exists(path):
+    """The path of source/rel, or (source empty or the file missing there) of out_dir/raw/rel, downloaded from `url`
+    when it is not there yet. `fix`: what the error tells the user to do when the download fails (default: give
+    --source or COLAR_DATA a folder that holds rel)."""
+    path = os.path.join(source, rel) if source else ""
+    if path and os.path.exists(path):
         return path
     local = os.path.join(out_dir, "raw", rel)
     if os.path.exists(local):
         return local
     os.makedirs(os.path.dirname(local), exist_ok=True)
-    print(f"{path} is missing: downloading {url}")
+    missing = f"{path} is missing" if path else f"{rel} is not in {os.path.join(out_dir, 'raw')}"
+    print(f"{missing}: downloading {url}")
     try:
         urllib.request.urlretrieve(url, local + ".tmp")
     except OSError as e:
-        raise UserError(f"{path} is missing and downloading {url} failed ({e}); "
-                        + (fix or f"give --source a folder that holds {rel}")) from None
+        raise UserError(f"{missing} and downloading {url} failed ({e}); "
+                        + (fix or f"give --source (or COLAR_DATA) a folder that holds {rel}")) from None
     os.replace(local + ".tmp", local)
     return local
 
 
 @dataclass
 class GSM8KConfig:
-    source: str = "../shared/data"  # folder holding gsm8k/{train,test}.jsonl and gsm8k_aug/{valid,test}.txt
-    aug_train: str = ""             # optional: the ~385k-line GSM8K-Aug train.txt ("download" fetches it)
-    out: str = "data/gsm8k"         # where train.txt, val.txt and test.txt are written
+    source: str = ""         # folder holding gsm8k/{train,test}.jsonl and gsm8k_aug/{valid,test}.txt; "": $COLAR_DATA,
+                             # and where that is unset too, each file is downloaded into --out/raw
+    aug_train: str = ""      # optional: the ~385k-line GSM8K-Aug train.txt ("download" fetches it)
+    out: str = "data/gsm8k"  # where train.txt, val.txt and test.txt are written
 
 
 def main(cfg):
-    paths = {rel: fetch(cfg.source, rel, cfg.out, url) for rel, url in FILES.items()}
+    source = cfg.source or os.environ.get("COLAR_DATA", "")
+    if source and not cfg.source:
+        print(f"reading the source files from COLAR_DATA={source}")
+    paths = {rel: fetch(source, rel, cfg.out, url) for rel, url in FILES.items()}
     val = read_split(paths["gsm8k_aug/valid.txt"])
     test = read_split(paths["gsm8k_aug/test.txt"])
     if cfg.aug_train:

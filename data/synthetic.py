@@ -22,6 +22,8 @@ import random
 import sys
 from dataclasses import asdict, dataclass
 
+from tqdm import tqdm
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import UserError, parse_config, run_cli  # noqa: E402
 from data.format import chain_text, format_line, write_split  # noqa: E402
@@ -86,17 +88,22 @@ def generate(cfg):
     check(cfg)
     rng = random.Random(cfg.seed)
     seen, splits = set(), {}
+    # a progress bar on a terminal only (a few seconds for the default 101,500 examples); none in logs and tests
+    bar = tqdm(total=cfg.n_test + cfg.n_val + cfg.n_train, desc="examples", unit="ex", disable=not sys.stderr.isatty())
     for name, n in (("test", cfg.n_test), ("val", cfg.n_val), ("train", cfg.n_train)):
         out, tries = [], 0
         while len(out) < n:
             tries += 1
             if tries > 20 * n + 1000:
+                bar.close()
                 raise UserError(f"the task has too few distinct questions for {n} {name} examples: make it larger")
             ex = make_example(rng, cfg)
             if ex[0] not in seen:
                 seen.add(ex[0])
                 out.append(ex)
+                bar.update()
         splits[name] = out
+    bar.close()
     return splits
 
 

@@ -4,25 +4,17 @@ Run: .venv/bin/python -m pytest tests/test_bench.py
 """
 import json
 
-import pytest
-import torch
+from conftest import tiny_gpt
 
 from bench import BenchConfig, generate_nocache, main
-from model import GPT, GPTConfig
 from sample import generate
 
 PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9], [7, 9, 3], [23, 0]]
 
 
 def tiny(block_size=40, seed=0):
-    """A tiny random GPT with large weights, so greedy decoding does not just repeat one token."""
-    torch.manual_seed(seed)
-    m = GPT(GPTConfig(vocab_size=24, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, p.size(-1) ** -0.5)
-    return m.eval()
+    """A 2-layer GPT with large random weights, so greedy decoding does not just repeat one token."""
+    return tiny_gpt(24, block_size, n_layer=2, n_embd=32, seed=seed, init="sharp")
 
 
 def test_nocache_decoding_equals_cached_with_early_stops():
@@ -47,18 +39,12 @@ def test_bench_end_to_end(tmp_path):
     assert set(train) == {"cot", "colar_c1", "colar_mix"}
     assert set(decode) == {"text"} | {f"colar_c{c}" for c in range(1, 6)}
     assert set(kv) == {"on", "off"}
-    for rows, base, keys in ((train, "cot", ("s_per_step", "tokens_per_s", "s_per_example")),
-                             (decode, "text", ("s_per_question",)), (kv, "on", ("s_per_question",))):
+    for rows, keys in ((train, ("s_per_step", "tokens_per_s", "s_per_example")), (decode, ("s_per_question",)),
+                       (kv, ("s_per_question",))):
         for r in rows.values():
             assert r["peak_mem_mb"] > 0 and r["rss_before_mb"] > 0
-            for key in keys:
-                assert r[key] > 0
-                ratio = r[f"ratio_{key}"] if rows is train else r["ratio"]
-                assert ratio == pytest.approx(r[key] / rows[base][key], rel=1e-12)
+            assert all(r[key] > 0 for key in keys)
     assert train["colar_c1"]["tokens_per_step"] == train["cot"]["tokens_per_step"]  # c=1: the same sequence lengths
     assert train["colar_mix"]["tokens_per_step"] < train["cot"]["tokens_per_step"]
     assert [decode[f"colar_c{c}"]["chain_length"] for c in range(1, 6)] == \
         [res["lengths"]["latents"][str(c)] for c in range(1, 6)]
-    for k in ("c1", "mix"):
-        assert res["overhead"][k] == pytest.approx(train[f"colar_{k}"]["ratio_s_per_example"] - 1)
-        assert res["overhead"][f"{k}_within"] == (res["overhead"][k] <= 0.15)

@@ -1,11 +1,22 @@
-"""The --flags parser, the one-line CLI errors and the device helper. Run: .venv/bin/python -m pytest tests"""
+"""common.py (the --flags parser, one-line CLI errors, devices, the optimizer, the data order, run folders) and the
+project's import rules: common imports nothing from the project, and no script imports another script.
+
+Run: .venv/bin/python -m pytest tests/test_common.py
+"""
+import ast
 import json
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import ROOT, tiny_gpt
 
-from common import UserError, parse_config, pick_device, run_cli
+from common import (EpochSampler, UserError, make_optimizer, open_run, parse_config, pick_device, run_cli,
+                    save_checkpoint, trained_speeds)
+from latent_head import LatentHead
+
+SCRIPTS = ("train_sft", "train_rl", "evaluate", "demo", "bench", "report", "latents")  # each run as python X.py
 
 
 @dataclass
@@ -70,8 +81,93 @@ def test_pick_device():
 
 
 def test_trained_speeds():
-    from common import trained_speeds
     assert trained_speeds({"mode": "cot"}) == [1]
     assert trained_speeds({"mode": "nocot"}) == [0]
     assert trained_speeds({"mode": "colar", "c_values": "", "c_max": 3}) == [1, 2, 3]
     assert trained_speeds({"mode": "colar", "c_values": "5,1,3,3", "c_max": 5}) == [1, 3, 5]  # repeats only weight
+
+
+def test_make_optimizer_groups_and_deduplicates():
+    model = tiny_gpt(vocab_size=20, block_size=8, n_embd=8)
+    head = LatentHead(8)
+    head.mu.bias.requires_grad_(False)  # a frozen parameter is left out
+    opt = make_optimizer([model, head, model], lr=1e-3, weight_decay=0.1)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids))  # the tied wte / lm_head and the repeated model are in once
+    expected = {id(p) for m in (model, head) for p in m.parameters() if p.requires_grad}
+    assert set(ids) == expected and id(head.mu.bias) not in ids and id(model.wte.weight) in ids
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert any(p is head.net[3].weight for p in no_decay["params"])  # the head's LayerNorm is not decayed
+
+
+def test_epoch_sampler_covers_each_epoch_and_restores():
+    s = EpochSampler(10, 3, seed=5)
+    epoch0 = s.next() + s.next() + s.next()
+    assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 9    # no repeats within an epoch
+    state = s.state_dict()
+    ahead = [s.next() for _ in range(4)]
+    assert len(set(ahead[0] + ahead[1] + ahead[2])) == 9 and s.epoch == 2  # epoch 1, then the tail dropped again
+    t = EpochSampler(10, 3, seed=5)
+    t.load_state_dict(state)
+    assert [t.next() for _ in range(4)] == ahead
+    assert EpochSampler(10, 3, seed=6).next() != EpochSampler(10, 3, seed=5).next()
+    with pytest.raises(UserError, match="fewer than one batch"):
+        EpochSampler(2, 3, seed=0)
+
+
+def test_open_run(tmp_path):
+    out = str(tmp_path / "run")
+    assert open_run(out, False, "train_sft") is None  # a new run
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        open_run(out, True, "train_sft")
+    save_checkpoint(out, 2, {"script": "train_sft", "model": {}, "model_config": {}, "step": 2})
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        open_run(out, False, "train_sft")
+    assert open_run(out, True, "train_sft")["step"] == 2
+    with pytest.raises(UserError, match="holds a run of train_sft, not of train_rl"):
+        open_run(out, True, "train_rl")
+    old = str(tmp_path / "unmarked")
+    save_checkpoint(old, 1, {"model": {}, "model_config": {}})  # no "script": not resumable by either
+    with pytest.raises(UserError, match="holds a run of another script, not of train_sft"):
+        open_run(old, True, "train_sft")
+
+
+# --- import rules ------------------------------------------------------------------------------------------------
+def imported_modules(path):
+    """The top-level names of every module a file imports (`import a.b` and `from a.b import c` give `a`); relative
+    imports give ".". Imports inside functions count too."""
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." if node.level else node.module.split(".")[0])
+    return names
+
+
+def project_modules():
+    """The project's own importable names: the top-level .py files and packages of the repository root."""
+    names = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    names |= {d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, "__init__.py"))}
+    return names
+
+
+def test_import_rules_see_imports():
+    """Control: the parser finds the imports the rules below look for."""
+    assert {"colar", "common", "sample", "model", "torch"} <= imported_modules(os.path.join(ROOT, "train_sft.py"))
+    assert {"common", "data"} <= imported_modules(os.path.join(ROOT, "evaluate.py"))
+    assert {"common", "colar", "model", "data", "tests"} <= project_modules() | {"tests"}
+    assert set(SCRIPTS) <= project_modules()
+
+
+def test_common_imports_nothing_from_the_project():
+    mine = imported_modules(os.path.join(ROOT, "common.py")) & (project_modules() | {"."})
+    assert not mine, f"common.py imports project modules: {sorted(mine)}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_script_imports_another_script(script):
+    others = imported_modules(os.path.join(ROOT, script + ".py")) & set(SCRIPTS) - {script}
+    assert not others, f"{script}.py imports the script(s) {sorted(others)}: move what they share into a library"

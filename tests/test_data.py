@@ -1,21 +1,25 @@
-"""Tests of the data code: the GSM8K-Aug line format (data/format.py), the GSM8K conversion (data/gsm8k.py) on the
-shared offline files, and the synthetic arithmetic task (data/synthetic.py).
+"""Tests of the data code: the GSM8K-Aug line format (data/format.py), the GSM8K conversion (data/gsm8k.py) on tiny
+hand-made files and on the offline copies of GSM8K (the folder in COLAR_DATA, else ../shared/data beside the
+repository; those tests are skipped without it), and the synthetic arithmetic task (data/synthetic.py).
 
 Run: .venv/bin/python -m pytest tests
 """
+import json
 import os
 import re
+import shutil
 
 import pytest
 
-from common import UserError
+import data.gsm8k
+from common import UserError, run_cli
 from data.format import DataError, answers_match, format_line, parse_line, read_split, write_split
-from data.gsm8k import GSM8KConfig, read_gsm8k_jsonl
+from data.gsm8k import FILES, GSM8KConfig, read_gsm8k_jsonl
 from data.gsm8k import main as gsm8k_main
 from data.synthetic import SynthConfig, generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("COLAR_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+SHARED = os.environ.get("COLAR_DATA") or os.path.join(ROOT, "..", "shared", "data")
 
 
 # --- the line format -------------------------------------------------------------------------------------------
@@ -46,7 +50,7 @@ def test_parse_line_malformed(line, what):
     msg = str(e.value)
     assert msg.startswith("train.txt:17:")
     assert what in msg
-    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, UserError)  # so that run_cli prints it as one line
 
 
 def test_format_line_round_trips():
@@ -89,7 +93,7 @@ def test_answers_match(p, r, same):
 # --- the real shared files -------------------------------------------------------------------------------------
 def shared(rel):
     if not os.path.isdir(SHARED):
-        pytest.skip(f"shared data folder {SHARED} is missing (set COLAR_SHARED_DATA to where it is)")
+        pytest.skip(f"offline GSM8K folder {SHARED} is missing (set COLAR_DATA to where it is)")
     return os.path.join(SHARED, rel)
 
 
@@ -252,17 +256,78 @@ def test_synthetic_check_steps():
     assert all(s[-1] == f"{a}={a}" for v in always.values() for _, s, a in v)
 
 
+# --- where data/gsm8k.py finds its files: --source, COLAR_DATA, or a download into --out/raw ---------------------
+def fake_source(root):
+    """A folder shaped like the GSM8K source folder, two examples a file; the second train question is val's."""
+    def jsonl(rows):
+        return "".join(json.dumps({"question": q, "answer": f"Add: <<{e}>>{a}.\n#### {a}"}) + "\n" for q, e, a in rows)
+    files = {"gsm8k/train.jsonl": jsonl([("One plus one?", "1+1=2", "2"), ("Two plus two?", "2+2=4", "4")]),
+             "gsm8k/test.jsonl": jsonl([("Three plus three?", "3+3=6", "6"), ("Four times two?", "4*2=8", "8")]),
+             "gsm8k_aug/valid.txt": "Two plus two?||<<2+2=4>> #### 4\n",
+             "gsm8k_aug/test.txt": "Three plus three?||<<3+3=6>> #### 6\nFour times two?||<<4*2=8>> #### 8\n"}
+    assert set(files) == set(FILES)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return root
+
+
+def offline(url, path):
+    raise OSError("no network")
+
+
+def test_gsm8k_reads_the_folder_in_colar_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)  # nothing may be downloaded
+    monkeypatch.setenv("COLAR_DATA", str(fake_source(tmp_path / "src")))
+    counts = gsm8k_main(GSM8KConfig(out=str(tmp_path / "out")))
+    assert counts == {"train": 1, "val": 1, "test": 2}
+    assert read_split(str(tmp_path / "out" / "train.txt")) == [("One plus one?", ["1+1=2"], "2")]
+    assert not (tmp_path / "out" / "raw").exists()
+    # --source wins over COLAR_DATA
+    monkeypatch.setenv("COLAR_DATA", str(tmp_path / "nowhere"))
+    assert gsm8k_main(GSM8KConfig(source=str(tmp_path / "src"), out=str(tmp_path / "out2"))) == counts
+
+
+def test_gsm8k_downloads_missing_files_into_out_raw(tmp_path, monkeypatch):
+    src = fake_source(tmp_path / "src")
+    by_url = {url: src / rel for rel, url in FILES.items()}
+    fetched = []
+
+    def download(url, path):
+        fetched.append(url)
+        shutil.copy(by_url[url], path)
+    monkeypatch.setattr("urllib.request.urlretrieve", download)
+    monkeypatch.delenv("COLAR_DATA", raising=False)
+    out = tmp_path / "out"
+    assert gsm8k_main(GSM8KConfig(out=str(out))) == {"train": 1, "val": 1, "test": 2}
+    assert sorted(fetched) == sorted(FILES.values())
+    assert all((out / "raw" / rel).read_text() == (src / rel).read_text() for rel in FILES)
+    gsm8k_main(GSM8KConfig(out=str(out)))  # a second run finds them there
+    assert len(fetched) == len(FILES)
+
+
+def test_gsm8k_offline_without_a_source_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    monkeypatch.delenv("COLAR_DATA", raising=False)
+    with pytest.raises(SystemExit) as e:
+        run_cli(data.gsm8k.main, GSM8KConfig(out=str(tmp_path / "out")))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: gsm8k/train.jsonl is not in ")
+    assert "downloading https://" in err and "(no network)" in err
+    assert "give --source (or COLAR_DATA) a folder that holds gsm8k/train.jsonl" in err
+    assert not (tmp_path / "out" / "train.txt").exists()
+
+
 def test_failed_download_names_the_flag_that_gives_the_file(tmp_path, monkeypatch):
     """Offline, a missing source file points at --source, and a failed --aug_train download at --aug_train (it
     once pointed at --source, where the 385k-line file is never looked for)."""
-    def offline(url, path):
-        raise OSError("no network")
     monkeypatch.setattr("urllib.request.urlretrieve", offline)
-    with pytest.raises(UserError, match=r"give --source a folder that holds gsm8k/train.jsonl"):
+    with pytest.raises(UserError, match=r"empty.gsm8k.train\.jsonl is missing .*give --source \(or COLAR_DATA\) a "
+                                        r"folder that holds gsm8k/train\.jsonl$"):
         gsm8k_main(GSM8KConfig(source=str(tmp_path / "empty"), out=str(tmp_path / "out")))
     assert not (tmp_path / "out" / "train.txt").exists()
-    if not os.path.isdir(SHARED):
-        pytest.skip(f"shared data folder {SHARED} is missing")
     with pytest.raises(UserError, match=r"give --aug_train the path of GSM8K-Aug's train.txt") as e:
-        gsm8k_main(GSM8KConfig(source=SHARED, aug_train="download", out=str(tmp_path / "out")))
+        gsm8k_main(GSM8KConfig(source=str(fake_source(tmp_path / "src")), aug_train="download",
+                               out=str(tmp_path / "out")))
     assert "--source" not in str(e.value)

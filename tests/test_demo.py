@@ -1,4 +1,8 @@
-"""The demo pipeline end to end at toy size: every stage runs once, and a second run skips every one of them."""
+"""The demo pipeline end to end at toy size: every stage runs once (each a `python ...` subprocess), a second run
+skips every one of them, and other evaluation settings evaluate again without training again; and the presets.
+
+Run: .venv/bin/python -m pytest tests/test_demo.py
+"""
 import json
 import os
 from dataclasses import replace
@@ -7,41 +11,59 @@ import pytest
 
 import demo
 from common import UserError
-from data import synthetic
+from conftest import make_tiny_data
 
 
-def test_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
-    data = str(tmp_path / "data")
-    synthetic.main(synthetic.SynthConfig(out=data, n_train=300, n_val=20, n_test=10))
+def stage_lines(out, word):
+    """The demo's own `== stage: ...` lines that end in `word` (a subprocess's lines never start with `==`; report's
+    `plot skipped` line, printed without matplotlib, is not one of them)."""
+    return [s for s in out.splitlines() if s.startswith("== ") and s.endswith(word)]
+
+
+def commands(out):
+    """The scripts of the `$ python <script> ...` lines the demo printed before running each."""
+    return [s.split()[2] for s in out.splitlines() if s.startswith("$ python ")]
+
+
+def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
+    data = make_tiny_data(str(tmp_path / "data"), n_train=300, n_val=4, n_test=10)
     results = str(tmp_path / "results" / "demo.json")
     cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), results=results, max_steps=2, colar_steps=2,
-                          rl_steps=1, rl_eval_n=4, n_test=6, seeds="0,1", device="cpu")
+                          rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu")
     text = demo.main(cfg)
+    out = capfd.readouterr().out  # the demo's lines and its subprocesses' (written to the real stdout)
+    assert commands(out) == ["train_sft.py"] * 3 + ["train_rl.py"] + ["evaluate.py"] * 4 + ["report.py"]
+    assert out.count("done: 2 steps") == 3 and out.count("done: 1 steps") == 1  # the training subprocesses' logs
+    assert len(stage_lines(out, "skipped")) == 1  # only the data, made above
     with open(results) as f:
         records = json.load(f)
     got = {(r["method"], r["c"], r["decode"]) for r in records}
     speeds = [("cot", 1), ("nocot", 0), ("colar_text", 1)] + [(m, c) for m in ("colar", "colar_rl") for c in range(1, 6)]
     assert got == {(m, c, d) for m, c in speeds for d in ("greedy", "sampled")}
-    assert all(r["n"] == 6 and r["split"] == "test" for r in records)
+    assert all(r["n"] == 4 and r["split"] == "test" for r in records)
     assert all(r["seeds"] == ([0, 1] if r["decode"] == "sampled" else []) for r in records)
     rl = [r for r in records if r["method"] == "colar_rl"]
     assert {os.path.dirname(r["checkpoint"]) for r in rl} == {str(tmp_path / "out" / "colar_rl")}
     assert "| CoLaR + RL | 5 |" in text and "| No-CoT | 0 |" in text
     with open(str(tmp_path / "results" / "demo.md")) as f:
         assert f.read().startswith(text.splitlines()[0])
-    capsys.readouterr()
 
     assert demo.main(cfg) == text  # the second run: nothing trained or evaluated again, the same table
-    out = capsys.readouterr().out
-    assert out.count("already trained") == 4 and out.count("skipped") == 1 + 4 + 4  # data, training, evaluation
+    out = capfd.readouterr().out
+    assert len(stage_lines(out, "skipped")) == 1 + 4 + 4  # data, training, evaluation
+    assert sum("already trained" in s for s in stage_lines(out, "skipped")) == 4
+    assert commands(out) == ["report.py"]  # the table is written again, from the same records
     with open(results) as f:
         assert json.load(f) == records
 
-    demo.main(replace(cfg, n_test=4))  # other settings of the evaluation: evaluated again, training skipped
-    out = capsys.readouterr().out
+    # other settings of the evaluation: evaluated again, training skipped (the commands only recorded)
+    ran = []
+    monkeypatch.setattr(demo, "run", ran.append)
+    demo.main(replace(cfg, n_test=2))
+    out = capfd.readouterr().out
     assert out.count("already trained") == 4 and "evaluation of cot (" in out
-    with open(results) as f:
-        assert {r["n"] for r in json.load(f)} == {4}
+    assert [args[0] for args in ran] == ["evaluate.py"] * 4 + ["report.py"]
+    assert all("--n=2" in args for args in ran[:4])
 
 
 def test_demo_presets():
@@ -55,3 +77,22 @@ def test_demo_presets():
     for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True)):
         with pytest.raises(UserError):
             demo.resolve(demo.DemoConfig(**bad))
+
+
+def test_records_of_another_checkpoint_with_the_same_name_are_not_taken(tiny_runs, tmp_path, monkeypatch):
+    """Regression: the demo skipped an evaluation whose record named the same checkpoint *path*, so a fresh clone's
+    demo reported the committed records for its own, different models. Records are tied to the checkpoint's bytes."""
+    from common import file_sha256, resolve_checkpoint
+    ckpt = resolve_checkpoint(tiny_runs["cot"])
+    record = {"method": "cot", "c": 1, "decode": "greedy", "split": "test", "n": 8, "seeds": [], "checkpoint": ckpt,
+              "checkpoint_sha256": "0" * 64}  # the same path, other weights
+    results = tmp_path / "demo.json"
+    results.write_text(json.dumps([record]))
+    cfg = demo.DemoConfig(data_dir=tiny_runs["data"], results=str(results), n_test=0, seeds="0")
+    ran = []
+    monkeypatch.setattr(demo, "run", ran.append)
+    demo.eval_stage(cfg, "cot", tiny_runs["cot"])
+    assert len(ran) == 1 and ran[0][0] == "evaluate.py"  # evaluated again
+    results.write_text(json.dumps([{**record, "checkpoint_sha256": file_sha256(ckpt)}]))
+    demo.eval_stage(cfg, "cot", tiny_runs["cot"])
+    assert len(ran) == 1  # its own record: skipped

@@ -4,10 +4,14 @@ Run: .venv/bin/python -m pytest tests/test_precision.py
 """
 import pytest
 import torch
+from conftest import tiny_gpt, tiny_train_cfg
 
+import colar
+import sample
+import train_rl
 import train_sft
 from common import autocast
-from data import synthetic
+from latent_head import LatentHead
 
 
 def test_cpu_stays_fp32():
@@ -29,11 +33,9 @@ def test_cuda_uses_bf16_where_supported():
 
 
 @pytest.mark.parametrize("mode", ["cot", "colar"])
-def test_training_step_runs_under_bf16_autocast(tmp_path, monkeypatch, mode):
+def test_training_step_runs_under_bf16_autocast(tiny_data, tmp_path, monkeypatch, mode):
     """CPU's bf16 autocast stands in for CUDA's: the losses (CoLaR's latent loss too) run without dtype clashes and
     stay finite, and the weights stay fp32."""
-    data = str(tmp_path / "synth")
-    synthetic.main(synthetic.SynthConfig(out=data, n_train=32, n_val=4, n_test=4, steps_min=2, steps_max=2))
     entered = []
 
     def bf16(device):
@@ -42,31 +44,25 @@ def test_training_step_runs_under_bf16_autocast(tmp_path, monkeypatch, mode):
 
     monkeypatch.setattr(train_sft, "autocast", bf16)
     kw = dict(mode="colar", c_values="1,2", max_latents=4, self_feed=0.5) if mode == "colar" else {}
-    run = train_sft.main(train_sft.TrainConfig(data_dir=data, out_dir=str(tmp_path / "out"), n_layer=1, n_head=2,
-                                               n_embd=32, batch_size=8, max_steps=2, warmup_steps=1, eval_every=2,
-                                               eval_n=2, log_every=1, device="cpu", **kw))
+    run = train_sft.main(tiny_train_cfg(tiny_data, str(tmp_path / "out"), batch_size=8, max_steps=2, warmup_steps=1,
+                                        eval_every=2, eval_n=2, log_every=1, **kw))
     assert len(entered) == 2
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in run["model"].parameters())
 
 
-def test_decoding_and_rl_log_probs_under_bf16_autocast(monkeypatch):
+def test_decoding_and_rl_log_probs_under_bf16_autocast(monkeypatch, tok):
     """Decoding and RL's teacher-forced pass run the model under autocast (CPU bf16 standing in for CUDA's) and the
     latent head outside it, in fp32: the latents fed back and the log-probs stay fp32, close to the fp32 values."""
-    import sample
-    import train_rl
-    from latent_head import LatentHead
-    from model import GPT, GPTConfig
-    from types import SimpleNamespace
-    tok = SimpleNamespace(pad=23, eot=1, eos=16)
-    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10, 11], [12, 13, 14]]
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=24, block_size=48, n_layer=1, n_head=2, n_embd=16)).eval()
+    questions, c = ["1+2", "34*5", "6", "7-8+9"], 2
+    model = tiny_gpt(tok.n_vocab, block_size=48, seed=0)
     head = LatentHead(16, sigma_min=0.3).eval()
     head.update_scale(torch.ones(1, 1, 16), torch.ones(1, 1, dtype=torch.bool))
+    prompts = [colar.prompt(tok, q, c) for q in questions]
     outs = sample.generate_latent(model, head, tok, prompts, 3, 5, keep_latents=True)  # fp32 reference rollouts
-    b = train_rl.rollout_batch(tok, prompts, outs, "cpu")
-    assert b["lat_at"].any() and b["tok_at"].any()
-    ref, _ = train_rl.action_log_probs(model, head, b, tok.eot)
+    b, lat = train_rl.replay_batch(tok, questions, outs, c, "cpu")
+    acts = b.latent_out | (b.targets != -1)
+    assert b.latent_out.any() and (b.targets != -1).any()
+    ref, _ = train_rl.action_log_probs(model, head, b, lat, tok.eot)
 
     def bf16(device):
         return torch.autocast("cpu", dtype=torch.bfloat16)
@@ -74,8 +70,7 @@ def test_decoding_and_rl_log_probs_under_bf16_autocast(monkeypatch):
     monkeypatch.setattr(train_rl, "autocast", bf16)
     outs16 = sample.generate_latent(model, head, tok, prompts, 3, 5, keep_latents=True)
     assert all(z.dtype == torch.float32 for o in outs16 for z in o["latents"])
-    logp, sigma = train_rl.action_log_probs(model, head, b, tok.eot)
+    logp, sigma = train_rl.action_log_probs(model, head, b, lat, tok.eot)
     assert logp.dtype == torch.float32 and sigma.dtype == torch.float32
-    acts = b["lat_at"] | b["tok_at"]
     torch.testing.assert_close(logp[acts], ref[acts], rtol=0.05, atol=0.05)  # bf16 keeps ~3 significant digits
     assert not torch.equal(logp[acts], ref[acts])  # the model pass did run in bf16

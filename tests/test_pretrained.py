@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import tiny_train_cfg
 
 import train_sft
 from common import UserError, load_checkpoint
-from data import synthetic
 from model import GPT, GPTConfig
 
 V, C, BLOCK = 100, 32, 64
@@ -48,13 +48,13 @@ def test_converted_model_gives_the_same_logits():
     assert m.lm_head.weight is m.wte.weight
     x = ids(3, BLOCK)
     with torch.no_grad():
-        ours, theirs = m(x), hf(x).logits
+        ours, theirs = m(x)[0], hf(x).logits
         assert ours.dtype == theirs.dtype == torch.float32
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
         # control: the exact GELU in place of GPT-2's tanh approximation is caught at this tolerance
         exact = GPT(replace(m.cfg, gelu_approx="none")).eval()
         exact.load_state_dict(m.state_dict())
-        assert (exact(x) - theirs).abs().max() > 5e-4
+        assert (exact(x)[0] - theirs).abs().max() > 5e-4
 
 
 def test_converted_model_with_left_padding_and_position_ids():
@@ -65,7 +65,7 @@ def test_converted_model_with_left_padding_and_position_ids():
     mask[0, :5] = False  # row 0 is left-padded by 5
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
-        ours = m(x, pos=pos, mask=mask)
+        ours = m(x, pos=pos, mask=mask)[0]
         theirs = hf(x, attention_mask=mask.long(), position_ids=pos).logits
         torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-4, rtol=1e-4)
         # and the padded row's real tokens match that row alone, unpadded
@@ -78,7 +78,7 @@ def test_exact_gelu_gpt2_converts_too():
     assert m.cfg.gelu_approx == "none"
     x = ids(2, 16, seed=3)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), hf(x).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(m(x)[0], hf(x).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_new_token_rows_are_the_mean_and_old_rows_are_copied():
@@ -92,7 +92,7 @@ def test_new_token_rows_are_the_mean_and_old_rows_are_copied():
     assert torch.equal(m.wpe.weight, hf.transformer.wpe.weight)
     x = ids(2, 10, seed=4)
     with torch.no_grad():
-        logits = m(x)
+        logits = m(x)[0]
         # the pretrained tokens' logits are unchanged; each new token's logit is the mean of theirs (tied head)
         torch.testing.assert_close(logits[..., :V], hf(x).logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(logits[..., V], logits[..., :V].mean(-1), atol=1e-4, rtol=1e-4)
@@ -114,13 +114,6 @@ def test_missing_transformers_gives_a_clear_error(monkeypatch):
 
 
 # --- train_sft.py --init_from gpt2 -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("synth"))
-    synthetic.main(synthetic.SynthConfig(out=out, n_train=64, n_val=4, n_test=4, steps_min=2, steps_max=2))
-    return out
-
-
 def fake_gpt2(calls):
     """Stands in for GPT.from_pretrained: a tiny "GPT-2" with the full vocabulary, no download, no transformers."""
     def from_pretrained(name, vocab_size=None):
@@ -132,10 +125,10 @@ def fake_gpt2(calls):
 
 
 def gpt2_cfg(data_dir, out_dir, **kw):
-    base = dict(data_dir=data_dir, out_dir=out_dir, init_from="gpt2", tokenizer="gpt2", batch_size=4, max_steps=2,
-                warmup_steps=1, eval_every=2, eval_n=2, log_every=1, lr=1e-9, min_lr=1e-9, device="cpu")
+    base = dict(init_from="gpt2", tokenizer="gpt2", batch_size=4, max_steps=2, warmup_steps=1, eval_every=2, eval_n=2,
+                log_every=1, lr=1e-9, min_lr=1e-9)
     base.update(kw)
-    return train_sft.TrainConfig(**base)
+    return tiny_train_cfg(data_dir, out_dir, **base)
 
 
 def test_init_from_gpt2_starts_from_the_pretrained_weights(tiny_data, tmp_path, monkeypatch):

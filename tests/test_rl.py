@@ -1,28 +1,39 @@
 """Tests of train_rl.py: rewards, group advantages, the clipped surrogate, length averaging (each against numbers
-worked out by hand), the teacher-forced log-probs of rollouts against a slow one-rollout-at-a-time reference, the
-direction of one update, and RL end to end with exact resume and a NaN stop that keeps the checkpoint.
+worked out by hand), the replay layout of hand-made rollouts, the teacher-forced log-probs of sampled rollouts against
+a slow one-rollout-at-a-time reference, the direction of one update, and RL end to end with exact resume and a NaN
+stop that keeps the checkpoint.
 
-Run: .venv/bin/python -m pytest tests
+Run: .venv/bin/python -m pytest tests/test_rl.py
 """
 import math
 from dataclasses import replace
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import colar
 import evaluate
 import train_rl
-import train_sft
-from common import UserError, load_checkpoint, load_model, read_pointer
-from data import synthetic
+from common import Trainee, UserError, load_checkpoint, read_pointer
+from conftest import tiny_latent_model
 from latent_head import LOG_SIGMA_MIN, LatentHead, gaussian_log_prob
-from model import GPT, GPTConfig
-from sample import generate_latent
+from sample import generate_latent, load_model
 
-V = 24
-FAKE_TOK = SimpleNamespace(pad=23, eot=1, eos=16)  # rollout_batch and generate_latent only need these ids
-PROMPTS = [[2, 3, 4, 5], [6, 7], [8, 9, 10], [12, 13, 14, 15, 17]]
+
+class DigitTok:
+    """A 24-token stand-in for the tokenizer: digits are ids 2..11, and the special tokens replay_batch,
+    colar.layout and generate_latent use."""
+    eot, eos, speed, bot, pad = 1, 16, 21, 22, 23
+
+    @staticmethod
+    def encode(text):
+        return [2 + int(ch) for ch in text]
+
+
+TOK, C = DigitTok(), 2
+QUESTIONS = ["2345", "67", "890", "12345"]
 
 
 # --- pure pieces, by hand --------------------------------------------------------------------------------------
@@ -84,6 +95,12 @@ def test_aggregate_length_average_by_hand():
     assert train_rl.aggregate(per, lat0, tok, True).item() == pytest.approx((15 + 5) / 2)
 
 
+def test_rollout_seed_gives_every_process_and_step_its_own_stream():
+    seeds = [train_rl.rollout_seed(1337, step, rank) for step in range(50) for rank in range(8)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+    torch.Generator().manual_seed(train_rl.rollout_seed(2**62, 10**6, 63))  # large values stay within manual_seed
+
+
 def test_gaussian_log_prob_is_the_normal_density_averaged_over_dims():
     g = torch.Generator().manual_seed(0)
     z, mu = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
@@ -107,151 +124,168 @@ def test_latent_head_sigma_floor():
     assert (ls_a < math.log(0.5)).all()  # the case tests the floor
 
 
-# --- rollouts: layout and log-probs against a slow reference ---------------------------------------------------
+# --- replay: the layout of rollouts, and their log-probs against a slow reference ------------------------------
+def test_replay_batch_keeps_exactly_the_answer_actions():
+    """Hand-made rollouts at c = 2: the targets hold the <|eot|> decision unless the latent cap forced it, every
+    answer token (the pad id too) and <|eos|> only when the answer was closed; the latents sit in their slots."""
+    z = [torch.full((3,), float(k)) for k in range(1, 7)]  # (C,) = (3,) latents, told apart by value
+    outs = [dict(n_latents=2, latents=z[0:2], answer=[3, 4], finished=True, hit_cap=False),  # stopped, closed
+            dict(n_latents=3, latents=z[2:5], answer=[5], finished=False, hit_cap=True),  # cap, never closed
+            dict(n_latents=0, latents=[], answer=[], finished=True, hit_cap=False),  # <|eot|> at once, empty answer
+            dict(n_latents=1, latents=z[5:6], answer=[6, TOK.pad], finished=True, hit_cap=True)]  # cap, closed
+    questions = ["23", "4", "567", "8"]  # prompts of 5, 4, 6 and 4 ids: [q] <|speed|> '2' <|bot|>
+    b, lat = train_rl.replay_batch(TOK, questions, outs, C, "cpu")
+    _ = -1
+    # inputs: prompt | a slot per latent | <|eot|> | answer, then padding (23: <|pad|>, 1: <|eot|>); the last token
+    # is never an input, so T = 10
+    assert b.idx.tolist() == [[4, 5, 21, 4, 22, 23, 23, 1, 3, 4],
+                              [6, 21, 4, 22, 23, 23, 23, 1, 23, 23],
+                              [7, 8, 9, 21, 4, 22, 1, 23, 23, 23],
+                              [10, 21, 4, 22, 23, 1, 6, 23, 23, 23]]
+    assert b.mask.sum(1).tolist() == [10, 8, 7, 8]  # by length: row 3's answer pad at 7 is real
+    assert b.targets.tolist() == [[_, _, _, _, _, _, TOK.eot, 3, 4, TOK.eos],
+                                  [_, _, _, _, _, _, _, 5, _, _],  # no <|eot|> (forced), no <|eos|>
+                                  [_, _, _, _, _, TOK.eot, TOK.eos, _, _, _],
+                                  [_, _, _, _, _, 6, TOK.pad, TOK.eos, _, _]]  # no <|eot|> (forced)
+    assert b.latent_out.nonzero().tolist() == [[0, 4], [0, 5], [1, 3], [1, 4], [1, 5], [3, 3]]
+    assert b.latent_in.nonzero().tolist() == [[0, 5], [0, 6], [1, 4], [1, 5], [1, 6], [3, 4]]
+    assert b.eot_at.tolist() == [6, 6, 5, 4]
+    assert lat.shape == (4, 10, 3) and torch.equal(lat[b.latent_in], torch.stack(z))
+    assert not lat[~b.latent_in].any()
+    assert train_rl.replay_batch(TOK, [], [], C, "cpu") == (None, None)
+
+
 def latent_model(seed=1):
-    """A tiny random GPT with large weights (decoding varies) and a latent head of scale 1, in float64. The <|eot|>
-    row is doubled so that sampled rows stop after different numbers of latents, not only at the cap."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=V, block_size=48, n_layer=1, n_head=2, n_embd=16))
+    """conftest's sharp float64 GPT (vocabulary 24) and a latent head of scale 1 with sigma floored at 0.3. The
+    <|eot|> row is doubled so that sampled rows stop after different numbers of latents, not only at the cap."""
+    model, head = tiny_latent_model(seed=seed, sigma_min=0.3)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, p.size(-1) ** -0.5)
-        model.wte.weight[FAKE_TOK.eot] *= 2
-    head = LatentHead(16, sigma_min=0.3)
-    head.update_scale(torch.ones(1, 1, 16), torch.ones(1, 1, dtype=torch.bool))
-    return model.double().eval(), head.double().eval()
+        model.wte.weight[TOK.eot] *= 2
+    return model, head
 
 
 def sampled_rollouts(model, head, seed=0, max_latents=3):
-    prompts = PROMPTS * 3
-    outs = generate_latent(model, head, FAKE_TOK, prompts, max_latents, 5, latent_temperature=1.0, temperature=1.0,
+    questions = QUESTIONS * 3
+    prompts = [colar.prompt(TOK, q, C) for q in questions]
+    outs = generate_latent(model, head, TOK, prompts, max_latents, 5, latent_temperature=1.0, temperature=1.0,
                            top_p=1.0, stop="sampled", generator=torch.Generator().manual_seed(seed), keep_latents=True)
-    return prompts, outs
+    return questions, prompts, outs
 
 
 @torch.no_grad()
 def slow_log_probs(model, head, prompt, r, go_on=False):
     """Reference, one rollout without padding: the embeddings of prompt | latents | <|eot|> answer, one forward pass,
-    then the log-density of each latent where it was made (plus, with go_on, log(1 - p(<|eot|>)) there) and the
-    log-prob of each answer action."""
-    ans = r["answer"] + ([FAKE_TOK.eos] if r["finished"] else [])
+    then the log-density of each latent where it was made (plus, with go_on, log(1 - p(<|eot|>)) there), the
+    log-prob of each answer action and the answer actions' tokens."""
+    ans = r["answer"] + ([TOK.eos] if r["finished"] else [])
     x = torch.cat([model.wte(torch.tensor(prompt))] + [z[None] for z in r["latents"]]
-                  + [model.wte(torch.tensor([FAKE_TOK.eot] + ans))])
-    logits, h = model(embeds=x[None], return_hidden=True)
+                  + [model.wte(torch.tensor([TOK.eot] + ans))])
+    logits, _, h = model(embeds=x[None])
     P, L = len(prompt), r["n_latents"]
     logprobs = torch.log_softmax(logits[0], -1)
     lat = []
     for k in range(L):
         mu, log_sigma = head(h[0, P - 1 + k])
         normal = torch.distributions.Normal(mu, log_sigma.exp())
-        go = math.log(1 - logprobs[P - 1 + k, FAKE_TOK.eot].exp().item()) if go_on else 0.0
+        go = math.log(1 - logprobs[P - 1 + k, TOK.eot].exp().item()) if go_on else 0.0
         lat.append(normal.log_prob(r["latents"][k] / head.scale).mean().item() + go)
-    actions = ([] if r["hit_cap"] else [(P + L - 1, FAKE_TOK.eot)]) + [(P + L + j, t) for j, t in enumerate(ans)]
-    return lat, [logprobs[pos, t].item() for pos, t in actions]
+    actions = ([] if r["hit_cap"] else [(P + L - 1, TOK.eot)]) + [(P + L + j, t) for j, t in enumerate(ans)]
+    return lat, [logprobs[pos, t].item() for pos, t in actions], [t for _, t in actions]
 
 
 @pytest.mark.parametrize("go_on", [False, True])
 def test_action_log_probs_match_slow_reference(go_on):
     model, head = latent_model()
-    prompts, outs = sampled_rollouts(model, head)
+    questions, prompts, outs = sampled_rollouts(model, head)
     # a useful case: rows stop by <|eot|> at different lengths, some hit the cap, some close their answer
     assert len({o["n_latents"] for o in outs}) >= 3
     assert any(o["hit_cap"] for o in outs) and not all(o["hit_cap"] for o in outs)
     assert any(o["finished"] for o in outs) and any(o["answer"] for o in outs)
-    b = train_rl.rollout_batch(FAKE_TOK, prompts, outs, "cpu")
-    logp, sigma = train_rl.action_log_probs(model, head, b, FAKE_TOK.eot if go_on else None)
+    b, lat = train_rl.replay_batch(TOK, questions, outs, C, "cpu")
+    logp, sigma = train_rl.action_log_probs(model, head, b, lat, TOK.eot if go_on else None)
     assert sigma.item() >= 0.3 - 1e-9  # the floor
+    acts = b.targets != -1
     for i, (p, r) in enumerate(zip(prompts, outs)):
-        lat, toks = slow_log_probs(model, head, p, r, go_on)
-        assert int(b["lat_at"][i].sum()) == r["n_latents"] == len(lat)
-        assert logp[i][b["lat_at"][i]].tolist() == pytest.approx(lat, abs=1e-9)
-        assert logp[i][b["tok_at"][i]].tolist() == pytest.approx(toks, abs=1e-9)
-        closing = r["answer"] + [FAKE_TOK.eos] if r["finished"] else r["answer"]
-        assert b["tok_target"][i][b["tok_at"][i]].tolist() == ([] if r["hit_cap"] else [FAKE_TOK.eot]) + closing
-    assert not (b["lat_at"] & b["tok_at"]).any()
+        lats, toks, targets = slow_log_probs(model, head, p, r, go_on)
+        assert int(b.latent_out[i].sum()) == r["n_latents"] == len(lats)
+        assert logp[i][b.latent_out[i]].tolist() == pytest.approx(lats, abs=1e-9)
+        assert logp[i][acts[i]].tolist() == pytest.approx(toks, abs=1e-9)
+        assert b.targets[i][acts[i]].tolist() == targets
+        assert not logp[i][~(acts[i] | b.latent_out[i])].any()  # 0 where there is no action
+    assert not (b.latent_out & acts).any()
 
 
 def test_greedy_rollout_latents_are_the_head_means():
     """With latent temperature 0 each fed latent is mu * scale: its log-density is the density's peak."""
     model, head = latent_model()
-    outs = generate_latent(model, head, FAKE_TOK, PROMPTS, 3, 5, keep_latents=True)
-    b = train_rl.rollout_batch(FAKE_TOK, PROMPTS, outs, "cpu")
-    assert b["lat_at"].any()
-    logp, _ = train_rl.action_log_probs(model, head, b)
-    x = torch.where(b["latent_in"][..., None], b["lat_x"], model.wte(b["idx"]))
-    _, h = model(embeds=x, mask=b["mask"], return_hidden=True)
-    _, log_sigma = head(h[b["lat_at"]])
+    prompts = [colar.prompt(TOK, q, C) for q in QUESTIONS]
+    outs = generate_latent(model, head, TOK, prompts, 3, 5, keep_latents=True)
+    b, lat = train_rl.replay_batch(TOK, QUESTIONS, outs, C, "cpu")
+    assert b.latent_out.any()
+    logp, _ = train_rl.action_log_probs(model, head, b, lat)
+    x = torch.where(b.latent_in[..., None], lat, model.wte(b.idx))
+    _, _, h = model(embeds=x, mask=b.mask)
+    _, log_sigma = head(h[b.latent_out])
     peak = -log_sigma.mean(-1) - 0.5 * math.log(2 * math.pi)
-    assert torch.allclose(logp[b["lat_at"]], peak, atol=1e-9)
+    assert torch.allclose(logp[b.latent_out], peak, atol=1e-9)
 
 
-@pytest.mark.parametrize("sign,go_on_id", [(1.0, None), (-1.0, None), (1.0, FAKE_TOK.eot)])
+@pytest.mark.parametrize("sign,go_on_id", [(1.0, None), (-1.0, None), (1.0, TOK.eot)])
 def test_rl_step_moves_log_prob_with_the_advantage(sign, go_on_id):
     model, head = latent_model()
-    prompts, outs = sampled_rollouts(model, head, seed=1)
+    questions, _, outs = sampled_rollouts(model, head, seed=1)
     i = next(k for k, o in enumerate(outs) if o["n_latents"] >= 2 and not o["hit_cap"])
-    b = train_rl.rollout_batch(FAKE_TOK, [prompts[i]], [outs[i]], "cpu")
+    b, lat = train_rl.replay_batch(TOK, [questions[i]], [outs[i]], C, "cpu")
 
     def objective():  # what the update should raise (A > 0) or lower (A < 0): mean latent + mean answer log-prob
         with torch.no_grad():
-            logp, _ = train_rl.action_log_probs(model, head, b, go_on_id)
-        return (logp[b["lat_at"]].mean() + logp[b["tok_at"]].mean()).item()
+            logp, _ = train_rl.action_log_probs(model, head, b, lat, go_on_id)
+        return (logp[b.latent_out].mean() + logp[b.targets != -1].mean()).item()
 
     before = objective()
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=1e-3)
     cfg = SimpleNamespace(epochs=1, minibatch=8, clip_eps=0.2, length_average=True, grad_clip=0.0)
-    loss, norm, _ = train_rl.rl_step(model, head, optimizer, params, b, torch.tensor([sign]),
-                                     cfg, torch.Generator().manual_seed(0), go_on_id)
+    trainee = Trainee(model, head, partial(train_rl.rl_loss, cfg=cfg, go_on_id=go_on_id))
+    loss, norm, sigma = train_rl.rl_step(trainee, model, head, optimizer, params, b, lat, torch.tensor([sign]), cfg,
+                                         torch.Generator().manual_seed(0), go_on_id)
     after = objective()
-    assert norm.item() > 0 and loss.item() == pytest.approx(-2 * sign)  # rho = 1: loss = -A (1 + 1)
+    assert norm > 0 and sigma >= 0.3 - 1e-9 and loss == pytest.approx(-2 * sign)  # rho = 1: loss = -A (1 + 1)
     assert (after - before) * sign > 0
 
 
 # --- end to end -------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def rl_setup(tmp_path_factory):
-    """Tiny data, a tiny CoT run and a CoLaR run from it (c = 1, 2): the starting point of RL."""
-    root = tmp_path_factory.mktemp("rl")
-    data = str(root / "synth")
-    synthetic.main(synthetic.SynthConfig(out=data, n_train=128, n_val=8, n_test=8, steps_min=2, steps_max=3))
-    base = dict(data_dir=data, n_layer=1, n_head=2, n_embd=32, batch_size=16, warmup_steps=2, eval_n=4, log_every=4,
-                device="cpu")
-    cot = str(root / "cot")
-    train_sft.main(train_sft.TrainConfig(out_dir=cot, max_steps=4, eval_every=4, **base))
-    colar = str(root / "colar")
-    train_sft.main(train_sft.TrainConfig(out_dir=colar, mode="colar", init_from=cot, c_values="1,2", max_latents=4,
-                                         max_steps=8, eval_every=8, **base))
-    return {"data": data, "cot": cot, "colar": colar, "root": root}
-
-
-def rl_cfg(setup, out, **kw):
-    base = dict(init_from=setup["colar"], data_dir=setup["data"], out_dir=str(setup["root"] / out), c=2, group=4,
-                questions=8, minibatch=8, max_latents=4, max_answer_tokens=4, lr=1e-3, max_steps=4, eval_every=2,
-                eval_n=4, log_every=1, device="cpu")
+def rl_cfg(runs, out_dir, **kw):
+    """RL at c = 2 from tiny_runs' CoLaR run (trained on c = 1, 2): 8 questions x 4 rollouts, 4 steps."""
+    base = dict(init_from=runs["colar"], data_dir=runs["data"], out_dir=str(out_dir), c=2, group=4, questions=8,
+                minibatch=8, max_latents=4, max_answer_tokens=4, lr=1e-3, max_steps=4, eval_every=2, eval_n=4,
+                log_every=1, device="cpu")
     base.update(kw)
     return train_rl.RLConfig(**base)
 
 
-def test_train_rl_end_to_end_and_exact_resume(rl_setup, capsys, monkeypatch):
-    # the tiny model never answers right; a reward on the answer's length (still a pure function of strings) gives
-    # groups with mixed rewards, so the updates run
-    monkeypatch.setattr(train_rl, "reward", lambda answer, reference, *args: float(len(answer) % 2 == 0))
-    straight = train_rl.main(rl_cfg(rl_setup, "straight"))
+def parity_reward(answer, reference, *args):
+    """The tiny model never answers right; a reward on the answer's length (still a pure function of strings) gives
+    groups with mixed rewards, so the updates run."""
+    return float(len(answer) % 2 == 0)
+
+
+def test_train_rl_end_to_end_and_exact_resume(tiny_runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_rl, "reward", parity_reward)
+    straight = train_rl.main(rl_cfg(tiny_runs, tmp_path / "straight"))
     log = capsys.readouterr().out
     assert "eval step 4" in log and "groups with signal 0.00" not in log
-    start = load_checkpoint(rl_setup["colar"])
+    start = load_checkpoint(tiny_runs["colar"])
     sd = straight["model"].state_dict()
     assert any(not torch.equal(start["model"][k], sd[k]) for k in sd)  # RL moved the weights
-    ckpt = load_checkpoint(rl_cfg(rl_setup, "straight").out_dir, "latest")
+    ckpt = load_checkpoint(rl_cfg(tiny_runs, tmp_path / "straight").out_dir, "latest")
     assert ckpt["step"] == 4 and ckpt["rl_config"]["c"] == 2 and ckpt["config"]["mode"] == "colar"
     assert ckpt["latent_config"]["sigma_min"] == 0.1
     model, head, _, _ = load_model(ckpt["path"])
     assert head.log_sigma_min == pytest.approx(math.log(0.1))  # sampled evaluation draws from the RL policy
     # stop at step 2, resume: the same weights as the straight run
-    train_rl.main(rl_cfg(rl_setup, "resumed", stop_at=2))
-    resumed = train_rl.main(rl_cfg(rl_setup, "resumed", resume=True))
+    train_rl.main(rl_cfg(tiny_runs, tmp_path / "resumed", stop_at=2))
+    resumed = train_rl.main(rl_cfg(tiny_runs, tmp_path / "resumed", resume=True))
     for a, b in ((straight["model"], resumed["model"]), (straight["head"], resumed["head"])):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -260,8 +294,8 @@ def test_train_rl_end_to_end_and_exact_resume(rl_setup, capsys, monkeypatch):
     assert recs[0]["method"] == "colar_rl"
 
 
-def test_train_rl_nan_stops_and_keeps_the_checkpoint(rl_setup, monkeypatch):
-    cfg = rl_cfg(rl_setup, "nan", max_steps=6, stop_at=2)
+def test_train_rl_nan_stops_and_keeps_the_checkpoint(tiny_runs, tmp_path, monkeypatch):
+    cfg = rl_cfg(tiny_runs, tmp_path / "nan", max_steps=6, stop_at=2)
     train_rl.main(cfg)
     kept = read_pointer(cfg.out_dir, "latest")
     real = train_rl.group_advantages
@@ -274,27 +308,27 @@ def test_train_rl_nan_stops_and_keeps_the_checkpoint(rl_setup, monkeypatch):
     assert load_checkpoint(cfg.out_dir, "latest")["step"] == 2
 
 
-def test_train_rl_bad_input(rl_setup):
+def test_train_rl_bad_input(tiny_runs, tmp_path):
     with pytest.raises(UserError, match="--group must be at least 2"):
-        train_rl.main(rl_cfg(rl_setup, "bad", group=1))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "bad", group=1))
     with pytest.raises(UserError, match="exceeds the model's context"):  # no rollout may be cut short
-        train_rl.main(rl_cfg(rl_setup, "bad", max_latents=200))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "bad", max_latents=200))
     with pytest.raises(UserError, match="--stop_actions must be"):
-        train_rl.main(rl_cfg(rl_setup, "bad", stop_actions="some"))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "bad", stop_actions="some"))
     with pytest.raises(UserError, match="length_penalty"):
-        train_rl.main(rl_cfg(rl_setup, "bad", length_penalty=2.0))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "bad", length_penalty=2.0))
     with pytest.raises(UserError, match="no latent head"):
-        train_rl.main(rl_cfg(rl_setup, "bad", init_from=rl_setup["cot"]))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "bad", init_from=tiny_runs["cot"]))
     with pytest.raises(UserError, match="not found"):
-        train_rl.main(rl_cfg(rl_setup, "bad", init_from=str(rl_setup["root"] / "missing")))
-    train_rl.main(rl_cfg(rl_setup, "mismatch", max_steps=1, eval_every=1))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "bad", init_from=str(tmp_path / "missing")))
+    train_rl.main(rl_cfg(tiny_runs, tmp_path / "mismatch", max_steps=1, eval_every=1))
     with pytest.raises(UserError, match="--c=1 does not match"):
-        train_rl.main(rl_cfg(rl_setup, "mismatch", c=1, resume=True))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "mismatch", c=1, resume=True))
     with pytest.raises(UserError, match="already holds checkpoints"):
-        train_rl.main(rl_cfg(rl_setup, "mismatch"))
+        train_rl.main(rl_cfg(tiny_runs, tmp_path / "mismatch"))
 
 
-def test_evaluate_sigma_min_overrides_the_heads_floor(rl_setup, monkeypatch):
+def test_evaluate_sigma_min_overrides_the_heads_floor(tiny_runs, monkeypatch):
     floors = []
     real = evaluate.evaluate
 
@@ -304,15 +338,15 @@ def test_evaluate_sigma_min_overrides_the_heads_floor(rl_setup, monkeypatch):
 
     monkeypatch.setattr(evaluate, "evaluate", spy)
     for sigma_min in (-1.0, 0.25):
-        evaluate.main(evaluate.EvalConfig(ckpt=rl_setup["colar"], split="test", n=2, c="1", decode="greedy",
+        evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=2, c="1", decode="greedy",
                                           max_latents=2, sigma_min=sigma_min, device="cpu"))
     assert floors == [LOG_SIGMA_MIN, pytest.approx(math.log(0.25))]  # the SFT head has none; the flag sets one
 
 
-def test_train_rl_step_without_signal_changes_nothing(rl_setup, capsys, monkeypatch):
+def test_train_rl_step_without_signal_changes_nothing(tiny_runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_rl, "reward", lambda *args: 0.0)  # every group all wrong: no signal anywhere
-    run = train_rl.main(rl_cfg(rl_setup, "nosignal", max_steps=2))
-    start = load_checkpoint(rl_setup["colar"])
+    run = train_rl.main(rl_cfg(tiny_runs, tmp_path / "nosignal", max_steps=2))
+    start = load_checkpoint(tiny_runs["colar"])
     sd = run["model"].state_dict()
     assert all(torch.equal(start["model"][k], sd[k]) for k in sd)
     assert "groups with signal 0.00" in capsys.readouterr().out

@@ -1,8 +1,7 @@
-"""train_rl.py with several processes (torchrun, DistributedDataParallel on CPU with gloo): the rollouts of a shard do
-not depend on the other shards drawn, and 2 processes give the weights, the log and the checkpoints of one process
-with --rollout_shards 2; a NaN in one process stops them all. Run: .venv/bin/python -m pytest tests/test_rl_ddp.py"""
+"""train_rl.py with two processes (torchrun, DistributedDataParallel on CPU with gloo): the processes keep identical
+weights, only process 0 writes checkpoints and the log, a resumed two-process run continues (and should end where the
+straight one did), and a NaN in one process stops both. Run: .venv/bin/python -m pytest tests/test_rl_ddp.py"""
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -10,98 +9,90 @@ import sys
 import pytest
 import torch
 
-import train_rl
-from common import UserError, load_checkpoint, load_model, read_pointer
-from data.format import read_split
-from test_ddp import assert_close, flags, weights
-from test_rl import rl_cfg, rl_setup  # noqa: F401 (rl_setup: the tiny CoLaR checkpoint RL starts from)
+from common import load_checkpoint, read_pointer
+from test_ddp import ROOT, flags, weights
+from test_rl import rl_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def parity_reward(answer, reference, *args):  # as tests/rl_ddp_worker.py: mixed groups from a model never right
-    return float(len(answer) % 2 == 0)
-
-
-def step_lines(log):
-    """The progress and eval lines of a log, without the timings and the checkpoint path."""
-    lines = [re.sub(r" \| [\d.]+ min \| eta .*| \| saved .*", "", s) for s in log.splitlines()]
-    return [s for s in lines if s.startswith(("step ", "eval step "))]
+# 3 steps of 8 questions: each process rolls out its 4 questions x 4 rollouts with its own seed and trains on its
+# share in minibatches of 8 / 2 rollouts, 2 epochs (so the minibatch order matters); checkpoints at steps 2 and 3
+KW = dict(max_steps=3, eval_every=2, minibatch=8, epochs=2)
 
 
 def torchrun(cfg, ranks, **env):
+    """Run tests/rl_ddp_worker.py (train_rl.py) in 2 processes; each saves its final weights and the steps it wrote
+    checkpoints at under `ranks`. Returns the finished process (stdout, stderr, returncode) and the two rank files."""
+    os.makedirs(ranks, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "tests", "rl_ddp_worker.py")] + flags(cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DDP_WEIGHTS_DIR": str(ranks), **env}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    files = [os.path.join(ranks, f"rank{r}.pt") for r in (0, 1)]
+    return run, [torch.load(f, weights_only=True) if os.path.exists(f) else None for f in files]
 
 
-def test_a_shards_rollouts_do_not_depend_on_the_other_shards(rl_setup):
-    model, head, tok, _ = load_model(rl_setup["colar"])
-    questions = [q for q, _, _ in read_split(os.path.join(rl_setup["data"], "train.txt"))[:8]]
-    cfg = rl_cfg(rl_setup, "unused", rollout_shards=2)
-    prompts, outs = train_rl.step_rollouts(model, head, tok, questions, cfg, step=3)  # one process, both shards
-    alone = train_rl.shard_rollouts(model, head, tok, questions, cfg, 3, 2, [1])[1]
-    assert len(outs) == 32 and prompts[16] == tok.prompt(questions[4], cfg.c)
-    for a, b in zip(outs[16:], alone):
-        assert (a["n_latents"], a["answer"], a["finished"], a["hit_cap"]) == \
-               (b["n_latents"], b["answer"], b["finished"], b["hit_cap"])
-        assert all(torch.equal(x, y) for x, y in zip(a["latents"], b["latents"]))
-    assert any(o["latents"] for o in alone)  # the case tests the latents too
-    other = train_rl.shard_rollouts(model, head, tok, questions, cfg, 4, 2, [1])[1]  # another step: other draws
-    assert any(not torch.equal(x, y) for a, b in zip(alone, other) for x, y in zip(a["latents"], b["latents"]))
+def from_step_2(src, cfg):
+    """A copy of the run folder src as it was after step 2, for cfg (resume=True) to continue."""
+    shutil.copytree(src, cfg.out_dir)
+    os.remove(os.path.join(cfg.out_dir, "ckpt_000003.pt"))
+    with open(os.path.join(cfg.out_dir, "latest"), "w") as f:
+        f.write("ckpt_000002.pt\n")
+    return cfg
 
 
-def test_bad_rollout_shards(rl_setup):
-    with pytest.raises(UserError, match="--rollout_shards 3 does not divide --questions 8"):
-        train_rl.main(rl_cfg(rl_setup, "bad_shards", rollout_shards=3))
-    with pytest.raises(UserError, match="--rollout_shards must be >= 0"):
-        train_rl.main(rl_cfg(rl_setup, "bad_shards", rollout_shards=-1))
-
-
-def test_two_processes_match_one(rl_setup, tmp_path, capsys, monkeypatch):
-    """torchrun with 2 processes (one rollout shard each) against one process with --rollout_shards 2, same seed: the
-    same weights, the same log, one set of checkpoints; minibatches of 3 split 2 + 1 over the processes, and a last
-    minibatch of 1 leaves one process nothing to train on. The DDP run resumes in one process; a NaN in one process
-    of a DDP run stops both with the checkpoint kept."""
-    monkeypatch.setattr(train_rl, "reward", parity_reward)
-    kw = dict(max_steps=3, eval_every=2, minibatch=3, epochs=2)
-    one = rl_cfg(rl_setup, "one", rollout_shards=2, **kw)
-    train_rl.main(one)
-    one_log = capsys.readouterr().out
-    kept = [round(float(f) * 8) * 4 for f in re.findall(r"groups with signal ([\d.]+)", one_log)]
-    assert any(n % 3 == 1 for n in kept), kept  # some minibatch holds 1 rollout: one process has an empty share
-
-    ddp, ranks = rl_cfg(rl_setup, "ddp", **kw), tmp_path / "ranks"  # rollout_shards 0: one per process
-    ranks.mkdir()
-    run = torchrun(ddp, ranks)
+@pytest.fixture(scope="module")
+def straight(tiny_runs, tmp_path_factory):
+    cfg = rl_cfg(tiny_runs, tmp_path_factory.mktemp("rl_ddp") / "straight", **KW)
+    run, ranks = torchrun(cfg, tmp_path_factory.mktemp("ranks"))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    final = load_checkpoint(ddp.out_dir, "latest")
-    assert not any(k.startswith("module.") for k in final["model"])  # the unwrapped model was saved
-    assert final["step"] == 3 and final["rl_config"]["rollout_shards"] == 2
-    assert_close(weights(final), weights(load_checkpoint(one.out_dir, "latest")))
-    per_rank = [weights(torch.load(ranks / f"rank{r}.pt", weights_only=True)) for r in (0, 1)]
-    assert all(torch.equal(per_rank[0][k], per_rank[1][k]) for k in per_rank[0])  # the processes ended equal
-    assert sorted(os.listdir(ddp.out_dir)) == sorted(os.listdir(one.out_dir))  # one set of checkpoints
-    assert run.stdout.count("init_from=") == 1 and run.stdout.count("done: 3 steps") == 1
-    assert "in 2 shard(s) over 2 process(es)" in run.stdout
-    assert step_lines(run.stdout) == step_lines(one_log) and len(step_lines(one_log)) == 6
+    return cfg, run, ranks
 
-    # the DDP run's step-2 checkpoint resumes in one process (with its 2 shards) to the same end
-    resumed = rl_cfg(rl_setup, "resumed", rollout_shards=2, resume=True, **kw)
-    shutil.copytree(ddp.out_dir, resumed.out_dir)
-    with open(os.path.join(resumed.out_dir, "latest"), "w") as f:
-        f.write("ckpt_000002.pt\n")
-    with pytest.raises(UserError, match="--rollout_shards=1 does not match"):
-        train_rl.main(rl_cfg(rl_setup, "resumed", resume=True, **kw))  # 0: one shard in one process
-    train_rl.main(resumed)
-    assert_close(weights(load_checkpoint(resumed.out_dir, "latest")), weights(load_checkpoint(one.out_dir, "latest")))
 
-    # a NaN loss in process 1 only: both processes stop at step 3 with the error, the step-2 checkpoint is kept
-    nan = rl_cfg(rl_setup, "nan", resume=True, **kw)
-    shutil.copytree(ddp.out_dir, nan.out_dir)
-    with open(os.path.join(nan.out_dir, "latest"), "w") as f:
-        f.write("ckpt_000002.pt\n")
-    run = torchrun(nan, ranks, NAN_RANK="1")
+@pytest.fixture(scope="module")
+def resumed(tiny_runs, straight, tmp_path_factory):
+    cfg = from_step_2(straight[0].out_dir, rl_cfg(tiny_runs, tmp_path_factory.mktemp("rl_ddp") / "resumed",
+                                                   resume=True, **KW))
+    run, ranks = torchrun(cfg, tmp_path_factory.mktemp("ranks"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return cfg, run, ranks
+
+
+def test_two_processes_stay_equal_and_only_process_0_writes(tiny_runs, straight):
+    cfg, run, (r0, r1) = straight
+    final = load_checkpoint(cfg.out_dir, "latest")
+    assert final["step"] == 3 and not any(k.startswith("module.") for k in final["model"])  # the unwrapped model
+    start = load_checkpoint(tiny_runs["colar"])
+    assert any(not torch.equal(start["model"][k], final["model"][k]) for k in final["model"])  # RL moved the weights
+    w0, w1 = weights(r0), weights(r1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the processes ended bit-identical
+    assert all(torch.equal(w0[k], v) for k, v in weights(final).items())  # and process 0 saved what it had
+    assert r0["saves"] == [2, 3] and r1["saves"] == []  # only process 0 wrote checkpoints
+    assert r0["empty"] + r1["empty"] > 0  # the case covers a process that ran out of rollouts (a zero loss)
+    assert sorted(os.listdir(cfg.out_dir)) == ["best", "ckpt_000002.pt", "ckpt_000003.pt", "latest"]
+    assert run.stdout.count("init_from=") == 1 and run.stdout.count("done: 3 steps") == 1  # one log
+    assert run.stdout.count("eval step ") == 3  # steps 0, 2, 3
+    assert "over 2 process(es)" in run.stdout and "groups with signal 0.00" not in run.stdout
+
+
+def test_a_resumed_two_process_run_continues(resumed):
+    cfg, run, (r0, r1) = resumed
+    assert "resumed " in run.stdout and "at step 2" in run.stdout and run.stdout.count("done: 3 steps") == 1
+    assert load_checkpoint(cfg.out_dir, "latest")["step"] == 3
+    w0, w1 = weights(r0), weights(r1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert r0["saves"] == [3] and r1["saves"] == []
+
+
+def test_a_resumed_two_process_run_ends_where_the_straight_one_did(straight, resumed):
+    """Regression: checkpoints held process 0's generator only, so a resumed process 1 shuffled with its stream."""
+    want, got = weights(straight[2][0]), weights(resumed[2][0])
+    assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+
+
+def test_a_nan_in_one_process_stops_both(tiny_runs, straight, tmp_path):
+    """A NaN loss in process 1 only, resumed at step 2: both processes stop at step 3 with the one-line error, and
+    the step-2 checkpoint stays the latest."""
+    cfg = from_step_2(straight[0].out_dir, rl_cfg(tiny_runs, tmp_path / "nan", resume=True, **KW))
+    run, ranks = torchrun(cfg, tmp_path / "ranks", NAN_RANK="1")
     assert run.returncode != 0 and run.stderr.count("became nan at step 3") == 2, run.stderr[-3000:]
-    assert "ckpt_000002.pt is kept" in run.stderr and read_pointer(nan.out_dir, "latest") == "ckpt_000002.pt"
+    assert "ckpt_000002.pt is kept" in run.stderr and read_pointer(cfg.out_dir, "latest") == "ckpt_000002.pt"
+    assert ranks == [None, None]  # neither process finished

@@ -1,38 +1,33 @@
-"""Tests of sample.py (batched KV-cache decoding, token picking, splitting the output) and evaluate.ci95.
+"""Tests of sample.py (batched KV-cache decoding against a slow reference, token picking, splitting the output) and
+evaluate.ci95.
 
-Run: .venv/bin/python -m pytest tests
+Run: .venv/bin/python -m pytest tests/test_sample.py
 """
 import math
 
 import pytest
 import torch
+from conftest import tiny_gpt
 
+from colar import prompt
 from common import UserError
 from evaluate import ci95
-from model import GPT, GPTConfig
 from sample import answer_questions, generate, left_pad, pick_tokens, split_output
-from tokenizer import Tokenizer
 
 V = 24
 
 
 def tiny(vocab=V, block_size=40, seed=0):
-    """A tiny random GPT with large weights, so greedy decoding does not just repeat one token."""
-    torch.manual_seed(seed)
-    m = GPT(GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, p.size(-1) ** -0.5)
-    return m.eval()
+    """A 2-layer GPT with large random weights, so greedy decoding does not just repeat one token."""
+    return tiny_gpt(vocab, block_size, n_layer=2, n_embd=32, seed=seed, init="sharp")
 
 
-def naive_greedy(model, prompt, max_new, stop_id):
-    """Reference: the full forward over the unpadded prompt + what was generated so far, argmax, repeat."""
-    seq, out = list(prompt), []
+def naive_greedy(model, ids, max_new, stop_id):
+    """Reference: the full forward over the unpadded prompt ids + what was generated so far, argmax, repeat."""
+    seq, out = list(ids), []
     with torch.no_grad():
         for _ in range(max_new):
-            t = int(model(torch.tensor([seq]))[0, -1].argmax())
+            t = int(model(torch.tensor([seq]))[0][0, -1].argmax())
             out.append(t)
             seq.append(t)
             if t == stop_id:
@@ -122,11 +117,6 @@ def test_pick_tokens_same_seed_same_samples():
 
 
 # --- split_output ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer("char")
-
-
 def test_split_output_chain_and_answer(tok):
     chain = tok.encode("<<1+2=3>>")
     ids = chain + [tok.eot] + tok.encode(" 3 ") + [tok.eos] + tok.encode("junk")
@@ -172,11 +162,11 @@ def test_answer_questions_matches_generate(tok):
     m = tiny(vocab=tok.n_vocab, block_size=24, seed=3)
     qs = ["1+2", "9*9-3"]
     res = answer_questions(m, tok, qs, c=1, max_new_tokens=5)
-    outs = [naive_greedy(m, tok.prompt(q, 1), 5, tok.eos) for q in qs]
+    outs = [naive_greedy(m, prompt(tok, q, 1), 5, tok.eos) for q in qs]
     assert [split_output(tok, o) for o in outs] == [(r["chain"], r["answer"], r["finished"]) for r in res]
     # No-CoT appends <|eot|> to the prompt
     res0 = answer_questions(m, tok, qs, c=0, max_new_tokens=5, batch_size=1)
-    outs0 = [naive_greedy(m, tok.prompt(q, 0) + [tok.eot], 5, tok.eos) for q in qs]
+    outs0 = [naive_greedy(m, prompt(tok, q, 0) + [tok.eot], 5, tok.eos) for q in qs]
     assert [split_output(tok, o, chain_given=True) for o in outs0] == \
         [(r["chain"], r["answer"], r["finished"]) for r in res0]
 

@@ -1,12 +1,13 @@
 """Tests of tokenizer.py: round trips, how digits and delimiters are cut, special tokens, the reduced GPT-2
-vocabulary, spec save/rebuild, and the prompt layout.
+vocabulary, spec save/rebuild, and the prompt (colar.prompt) in each tokenizer.
 
-Run: .venv/bin/python -m pytest tests
+Run: .venv/bin/python -m pytest tests/test_tokenizer.py
 """
 import json
 
 import pytest
 
+from colar import prompt
 from tokenizer import SPECIALS, Tokenizer
 
 TEXTS = [
@@ -141,13 +142,14 @@ def test_spec_round_trip_compact(kind, nd):
     assert again.encode("<<1234*56=69104>>") == tok.encode("<<1234*56=69104>>")
 
 
-# --- prompt layout ---------------------------------------------------------------------------------------------
+# --- the prompt ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["char", "number", "gpt2"])
 @pytest.mark.parametrize("c", [0, 1, 5, 12])
 def test_prompt_layout(kind, c, gpt2):
     tok = gpt2 if kind == "gpt2" else Tokenizer(kind)
     q = "3+4*2-5"
-    p = tok.prompt(q, c)
+    p = prompt(tok, q, c)
     assert p == tok.encode(q) + [tok.speed] + tok.encode(str(c)) + [tok.bot]
     assert p[-1] == tok.bot and p.count(tok.speed) == 1
     assert tok.decode(p) == f"{q}<|speed|>{c}<|bot|>"
+    assert prompt(tok, tok.encode(q), c) == p  # the question given as ids

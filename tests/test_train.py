@@ -1,30 +1,21 @@
-"""Training, checkpoints, resume and evaluation end to end on a tiny synthetic task. Run: .venv/bin/python -m pytest tests"""
+"""train_sft.py on a tiny synthetic task: the schedule, the derived batch arithmetic, checkpoints, exact resume, the
+refusals that protect a run folder, and evaluation end to end.
+
+Run: .venv/bin/python -m pytest tests/test_train.py
+"""
 import json
 import os
 
 import pytest
 import torch
+from conftest import tiny_train_cfg as tiny_cfg
 
+import colar
 import evaluate
 import train_sft
-from common import UserError, load_checkpoint, load_model
-from data import synthetic
+from common import UserError, load_checkpoint, save_checkpoint
 from data.format import read_split
-from tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("synth"))
-    synthetic.main(synthetic.SynthConfig(out=out, n_train=256, n_val=16, n_test=16, steps_min=2, steps_max=3))
-    return out
-
-
-def tiny_cfg(data_dir, out_dir, **kw):
-    base = dict(data_dir=data_dir, out_dir=out_dir, n_layer=1, n_head=2, n_embd=32, batch_size=16, max_steps=8,
-                warmup_steps=2, eval_every=4, eval_n=8, log_every=4, device="cpu")
-    base.update(kw)
-    return train_sft.TrainConfig(**base)
+from sample import load_model
 
 
 def test_lr_schedule_endpoints():
@@ -36,21 +27,13 @@ def test_lr_schedule_endpoints():
     assert train_sft.get_lr(500, cfg) == pytest.approx(1e-4)        # past the end: stays at min_lr
 
 
-def test_make_batch_layout_and_targets():
-    tok = Tokenizer("char")
-    q, chain, ans = tok.encode("1+2"), tok.encode("<<1+2=3>>"), tok.encode(" 3")
-    idx, targets, mask = train_sft.make_batch(tok, [(q, chain, ans), (q, [], ans)], c=1)
-    full = q + [tok.speed] + tok.encode("1") + [tok.bot] + chain + [tok.eot] + ans + [tok.eos]
-    assert idx.shape == (2, len(full) - 1)
-    assert idx[0].tolist() == full[:-1]
-    first = len(q) + 1  # the position of the speed digit, which predicts <|bot|>
-    assert targets[0, :first].tolist() == [-1] * first          # the question is not supervised
-    assert targets[0, first:].tolist() == full[first + 1:]
-    assert targets[0, first].item() == tok.bot
-    short = q + [tok.speed] + tok.encode("1") + [tok.bot, tok.eot] + ans + [tok.eos]
-    n = len(short) - 1
-    assert idx[1, :n].tolist() == short[:-1] and mask[1, :n].all() and not mask[1, n:].any()
-    assert (targets[1, n:] == -1).all() and targets[1, first:n].tolist() == short[first + 1:]
+def test_grad_accum_steps():
+    assert train_sft.grad_accum_steps(0, 16, 1) == 1      # 0: one pass of batch_size on each process
+    assert train_sft.grad_accum_steps(0, 8, 4) == 1
+    assert train_sft.grad_accum_steps(64, 8, 2) == 4      # 64 = 8 per pass x 2 processes x 4 micro-steps
+    assert train_sft.grad_accum_steps(16, 16, 1) == 1
+    with pytest.raises(UserError, match="not a multiple of --batch_size 8 x 2 process"):
+        train_sft.grad_accum_steps(40, 8, 2)
 
 
 def test_reduced_gpt2_vocabulary_covers_every_training_token():
@@ -59,22 +42,10 @@ def test_reduced_gpt2_vocabulary_covers_every_training_token():
     examples = [("Tom has 3 apples.", ["3+5=8"], "8"), ("What is 16 minus 7?", ["16-7=9", "9*2=18"], "18")]
     cfg = train_sft.TrainConfig(tokenizer="gpt2", mode="cot")
     tok = train_sft.build_tokenizer(cfg, examples)
-    for q, chain, ans in train_sft.encode_examples(tok, examples, "cot"):
+    for q, chain, ans in colar.encode(tok, examples, "cot"):
         assert tok.unk not in q + chain + ans
         assert tok.decode(chain).startswith("<<")
-    assert tok.unk not in tok.prompt("Tom has 3 apples.", c=1)
-
-
-def test_epoch_sampler_covers_each_epoch_and_restores():
-    s = train_sft.EpochSampler(10, 3, seed=5)
-    epoch0 = s.next() + s.next() + s.next()
-    assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 9    # no repeats within an epoch
-    state = s.state_dict()
-    ahead = [s.next() for _ in range(4)]
-    t = train_sft.EpochSampler(10, 3, seed=5)
-    t.load_state_dict(state)
-    assert [t.next() for _ in range(4)] == ahead
-    assert train_sft.EpochSampler(10, 3, seed=6).next() != train_sft.EpochSampler(10, 3, seed=5).next()
+    assert tok.unk not in colar.prompt(tok, "Tom has 3 apples.", c=1)
 
 
 def test_resume_is_exact(tiny_data, tmp_path):
@@ -97,7 +68,7 @@ def test_default_block_size_leaves_room_for_latents(tiny_data, tmp_path):
     examples = [ex for split in ("train", "val") for ex in read_split(f"{tiny_data}/{split}.txt")]
     longest_q = max(len(tok.encode(q)) for q, _, _ in examples)
     assert res["model"].cfg.block_size == longest_q + 64 + 8 + 32
-    assert res["model"].cfg.block_size >= max(len(tok.prompt(q, 5)) for q, _, _ in examples) + 64 + 1 + 16  # RL's need
+    assert res["model"].cfg.block_size >= max(len(colar.prompt(tok, q, 5)) for q, _, _ in examples) + 64 + 1 + 16  # RL
 
 
 def test_resume_on_another_kind_of_device_is_a_clear_error(tiny_data, tmp_path):
@@ -105,7 +76,7 @@ def test_resume_on_another_kind_of_device_is_a_clear_error(tiny_data, tmp_path):
     train_sft.main(tiny_cfg(tiny_data, out, max_steps=4, stop_at=2))
     path = load_checkpoint(out, "latest")["path"]
     ckpt = torch.load(path, weights_only=True)
-    ckpt["rng"]["train"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes
+    ckpt["rng"]["train"] = [torch.zeros(16, dtype=torch.uint8)]  # a CUDA generator's state is 16 bytes
     torch.save(ckpt, path)
     with pytest.raises(UserError, match="another kind of device"):
         train_sft.main(tiny_cfg(tiny_data, out, max_steps=4, resume=True))
@@ -122,6 +93,17 @@ def test_refuses_to_overwrite_and_checks_resume(tiny_data, tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         train_sft.main(tiny_cfg(tiny_data, str(tmp_path / "empty"), resume=True))
     assert sorted(os.listdir(out)) == before  # nothing lost
+
+
+def test_refuses_to_resume_a_folder_of_the_other_script(tiny_data, tmp_path):
+    out = str(tmp_path / "rl_run")
+    save_checkpoint(out, 3, {"script": "train_rl", "model": {}, "model_config": {}})  # as train_rl.py marks its own
+    before = sorted(os.listdir(out))
+    with pytest.raises(UserError, match="holds a run of train_rl, not of train_sft"):
+        train_sft.main(tiny_cfg(tiny_data, out, resume=True))
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train_sft.main(tiny_cfg(tiny_data, out))
+    assert sorted(os.listdir(out)) == before
 
 
 def test_bad_checkpoints_get_clear_errors(tiny_data, tmp_path):
@@ -150,9 +132,9 @@ def test_checkpoint_contents_and_pruning(tiny_data, tmp_path):
     assert "ckpt_000012.pt" in files and "ckpt_000010.pt" in files and best in files
     assert len(files) <= 3 and not any(f.endswith(".tmp") for f in os.listdir(out))
     ckpt = load_checkpoint(out, "latest")
-    assert ckpt["step"] == 12 and ckpt["sampler"]["epoch"] >= 0 and "torch" in ckpt["rng"]
-    assert ckpt["tokenizer"]["kind"] == "char" and ckpt["config"]["mode"] == "cot"
-    assert json.load(open(os.path.join(out, "tokenizer.json"))) == ckpt["tokenizer"]
+    assert ckpt["step"] == 12 and ckpt["sampler"]["epoch"] == 1 and "torch" in ckpt["rng"]  # 12 x 16 > 128 examples
+    assert ckpt["script"] == "train_sft" and ckpt["tokenizer"]["kind"] == "char" and ckpt["config"]["mode"] == "cot"
+    assert ckpt["latent_head"] is None
 
 
 def test_train_evaluate_end_to_end(tiny_data, tmp_path):
@@ -165,11 +147,12 @@ def test_train_evaluate_end_to_end(tiny_data, tmp_path):
                                                  out=out_json, device="cpu"))
         assert [r["decode"] for r in recs] == ["greedy", "sampled"]
     recs = json.load(open(out_json))
-    assert {(r["method"], r["decode"]) for r in recs} == {(m, d) for m in ("cot", "nocot") for d in ("greedy", "sampled")}
+    assert {(r["method"], r["decode"]) for r in recs} == {(m, d) for m in ("cot", "nocot")
+                                                          for d in ("greedy", "sampled")}
     keys = {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
             "seconds"}
     for r in recs:
-        assert set(r) == keys and r["n"] == 16 and 0 <= r["accuracy"] <= 1
+        assert keys <= set(r) and r["n"] == 8 and 0 <= r["accuracy"] <= 1
         assert (r["ci95"] is None) == (r["decode"] == "greedy")
     nocot = [r for r in recs if r["method"] == "nocot"]
     assert all(r["mean_len"] == 0 and r["c"] == 0 for r in nocot)

@@ -1,0 +1,129 @@
+"""
+A picture of what CoLaR's latents hold: how much each latent resembles each token of the reference chain, per speed.
+
+For one question, at each speed c, the model answers greedily; each latent it feeds itself (k = 1..K) is compared,
+by cosine similarity, with the input embedding of every token of the question's reference chain, and the result is
+drawn as a heatmap per speed: rows = latents, columns = chain tokens. In row k the cells of chunk k are outlined
+(tokens (k-1)c .. kc-1, whose compressed embedding latent k was trained to predict), so a dark outlined cell says:
+latent k resembles its own chunk. Each panel's title gives the answer and whether it is right.
+
+    python latents.py --ckpt out/colar                                  # the first question of data/synth/val.txt
+    python latents.py --ckpt out/colar --c 1,5 --data_dir data/gsm8k --split test --out results/latents_gsm8k.png
+    python latents.py --ckpt out/colar --question "3+4*2||<<3+4=7>> <<7*2=4>> #### 4"
+
+The image needs matplotlib, an optional dependency (pip install matplotlib, or pip install .[plot]).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common import UserError, parse_config, pick_device, run_cli, trained_speeds
+from data.format import answers_match, chain_text, parse_line, read_split
+from sample import answer_questions, load_model
+
+
+@dataclass
+class LatentsConfig:
+    ckpt: str = "out/colar"          # CoLaR checkpoint file or run folder (its best checkpoint by validation)
+    question: str = ""               # one example, as a line `question||<<step>> <<step>> #### answer`; "": see --split
+    data_dir: str = "data/synth"     # without --question: the first example of data_dir/split.txt
+    split: str = "val"               # val, test or train
+    c: str = ""                      # speeds, comma-separated (e.g. 1,3,5); "": those the checkpoint was trained on
+    max_latents: int = 64            # cap on latents per answer
+    out: str = "results/latents.png"  # the PNG written
+    device: str = "auto"             # auto, cpu, cuda, mps
+
+
+def similarity(latents, embeddings):
+    """(K, C) latents and (T, C) token embeddings -> (K, T) cosine similarities."""
+    return F.normalize(latents.float(), dim=-1) @ F.normalize(embeddings.float(), dim=-1).T
+
+
+def chunk_spans(K, T, c):
+    """For each latent k = 1..K, the columns [start, end) of its chunk among T chain tokens at speed c (empty past
+    the chain's end, where a latent has no chunk of its own)."""
+    return [(min(k * c, T), min((k + 1) * c, T)) for k in range(K)]
+
+
+def token_label(tok, i):
+    return tok.decode([i]).replace(" ", "␣").replace("\n", "\\n") or "''"
+
+
+def draw(panels, labels, path):
+    """One heatmap per speed, stacked, with each latent's own chunk outlined; written as a PNG to `path`."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        raise UserError("the picture needs matplotlib: pip install matplotlib (or pip install .[plot])") from None
+    T = len(labels)
+    heights = [max(1, p["sims"].size(0)) * 0.28 + 0.9 for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.2 * T + 2.0), sum(heights) + 0.4), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, p in zip(axes[:, 0], panels):
+        K, c = p["sims"].size(0), p["c"]
+        im = ax.imshow(p["sims"].numpy() if K else torch.zeros(1, T).numpy(), cmap="RdBu_r", vmin=-1, vmax=1,
+                       aspect="auto", interpolation="nearest")
+        for k, (start, end) in enumerate(chunk_spans(K, T, c)):
+            if end > start:
+                ax.add_patch(Rectangle((start - 0.5, k - 0.5), end - start, 1, fill=False, edgecolor="black", lw=1.2))
+        verdict = "right" if p["correct"] else f"wrong, reference {p['reference']}"
+        answer = p["answer"] if len(p["answer"]) <= 24 else p["answer"][:23] + "…"  # an unfinished answer can be long
+        ax.set_title(f"c = {c}: {K} latents" + (" (hit the cap)" if p["hit_cap"] else "")
+                     + f", answer {answer!r} ({verdict})", fontsize=9)
+        ax.set_yticks(range(K))
+        ax.set_yticklabels([str(k + 1) for k in range(K)], fontsize=6)
+        ax.set_ylabel("latent k", fontsize=8)
+        ax.set_xticks(range(T))
+        ax.set_xticklabels(labels, fontsize=7, family="monospace")
+    fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8, label="cosine(latent, token embedding)")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(cfg):
+    try:
+        speeds = [int(v) for v in cfg.c.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--c must be comma-separated whole numbers, got {cfg.c!r}") from None
+    if speeds and min(speeds) < 1:
+        raise UserError(f"--c must be >= 1 for a CoLaR model, got {cfg.c}")
+    if cfg.question:
+        question, steps, answer = parse_line(cfg.question, "--question")
+    else:
+        examples = read_split(os.path.join(cfg.data_dir, f"{cfg.split}.txt"))
+        if not examples:
+            raise UserError(f"{cfg.data_dir}/{cfg.split}.txt has no examples")
+        question, steps, answer = examples[0]
+    model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
+    if head is None:
+        raise UserError(f"{ckpt['path']} has no latent head: latents.py needs a CoLaR checkpoint (mode colar)")
+    speeds = speeds or trained_speeds(ckpt["config"])
+    ids = tok.encode(chain_text(steps))
+    if not ids:
+        raise UserError("the example has an empty chain: there is nothing to compare the latents with")
+    embeddings = model.wte.weight[ids].detach().cpu()  # (T, C)
+    print(f"question: {question}\nchain   : {chain_text(steps)}  ({len(ids)} tokens), answer {answer}")
+    panels = []
+    for c in speeds:
+        r = answer_questions(model, tok, [question], c, head=head, max_latents=cfg.max_latents, keep_latents=True)[0]
+        Z = torch.stack(r["latents"]).cpu() if r["latents"] else torch.zeros(0, embeddings.size(1))  # (K, C)
+        sims = similarity(Z, embeddings)  # (K, T)
+        own = [sims[k, s:e].mean().item() for k, (s, e) in enumerate(chunk_spans(len(sims), len(ids), c)) if e > s]
+        panels.append({"c": c, "sims": sims, "answer": r["answer"], "reference": answer, "hit_cap": r["hit_cap"],
+                       "correct": answers_match(r["answer"], answer)})
+        print(f"c={c}: {len(sims)} latents, answer {r['answer']!r} ({'right' if panels[-1]['correct'] else 'wrong'}); "
+              f"mean cosine with its own chunk {sum(own) / max(1, len(own)):+.3f}, with every chain token "
+              f"{sims.mean().item() if sims.numel() else 0.0:+.3f}")
+    draw(panels, [token_label(tok, i) for i in ids], cfg.out)
+    print(f"wrote {cfg.out}")
+    return panels
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_config(LatentsConfig))

@@ -1,0 +1,102 @@
+"""Tests of latents.py (the heatmaps of what CoLaR's latents resemble): the similarity matrix and the chunk outlines
+as pure functions, and the script on a tiny CoT -> CoLaR run (the picture itself only where matplotlib is installed).
+
+Run: .venv/bin/python -m pytest tests/test_latents.py
+"""
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import latents
+import train_sft
+from common import UserError
+from data import synthetic
+from data.format import DataError, chain_text, read_split
+from sample import answer_questions, load_model
+
+
+def test_similarity_by_hand():
+    E = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 0]])  # (T, C) = (4, 3)
+    Z = torch.tensor([[0.0, 5, 0], [1, -1, 0], [0, 0, 0]])             # (K, C) = (3, 3)
+    r = 1 / math.sqrt(2)
+    expected = torch.tensor([[0.0, 1, 0, r],     # a latent along token 2's embedding: cosine 1 there
+                             [r, -r, 0, 0],      # orthogonal to token 3 and to token 4
+                             [0, 0, 0, 0]])      # a zero latent resembles nothing
+    assert torch.allclose(latents.similarity(Z, E), expected, atol=1e-6)
+    assert latents.similarity(torch.zeros(0, 3), E).shape == (0, 4)  # no latents: no rows
+
+
+def test_chunk_spans():
+    assert latents.chunk_spans(4, 7, 2) == [(0, 2), (2, 4), (4, 6), (6, 7)]  # the last chunk is partial
+    assert latents.chunk_spans(3, 3, 1) == [(0, 1), (1, 2), (2, 3)]
+    assert latents.chunk_spans(3, 4, 3) == [(0, 3), (3, 4), (4, 4)]  # latent 3 lies past the chain: no chunk
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny data, a tiny CoT run, and a CoLaR run initialised from it (trained on c = 1, 2)."""
+    root = tmp_path_factory.mktemp("latents")
+    data = str(root / "synth")
+    synthetic.main(synthetic.SynthConfig(out=data, n_train=64, n_val=4, n_test=4, steps_min=2, steps_max=2))
+    tiny = dict(data_dir=data, n_layer=1, n_head=2, n_embd=32, batch_size=16, warmup_steps=1, eval_n=2, log_every=4,
+                device="cpu")
+    cot = str(root / "cot")
+    train_sft.main(train_sft.TrainConfig(out_dir=cot, mode="cot", max_steps=2, eval_every=2, **tiny))
+    colar = str(root / "colar")
+    train_sft.main(train_sft.TrainConfig(out_dir=colar, mode="colar", init_from=cot, c_values="1,2", max_latents=4,
+                                         max_steps=4, eval_every=4, **tiny))
+    return {"data": data, "cot": cot, "colar": colar, "root": root}
+
+
+def test_main_computes_a_matrix_per_speed(runs, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(latents, "draw", lambda panels, labels, path: drawn.update(labels=labels, path=path))
+    cfg = latents.LatentsConfig(ckpt=runs["colar"], data_dir=runs["data"], max_latents=4, out="x.png", device="cpu")
+    panels = latents.main(cfg)
+    assert [p["c"] for p in panels] == [1, 2]  # the trained speeds by default
+    model, head, tok, _ = load_model(runs["colar"])
+    question, steps, answer = read_split(f"{runs['data']}/val.txt")[0]
+    ids = tok.encode(chain_text(steps))
+    assert len(drawn["labels"]) == len(ids) and drawn["path"] == "x.png"
+    assert "".join(drawn["labels"]).replace("␣", " ") == chain_text(steps)
+    for p in panels:
+        r = answer_questions(model, tok, [question], p["c"], head=head, max_latents=4, keep_latents=True)[0]
+        assert p["sims"].shape == (len(r["latents"]), len(ids)) and p["answer"] == r["answer"]
+        assert p["reference"] == answer
+        for k, z in enumerate(r["latents"]):  # against torch's own cosine
+            assert torch.allclose(p["sims"][k], F.cosine_similarity(z[None], model.wte.weight[ids], dim=-1),
+                                  atol=1e-5)
+    # a question given on the command line, at a speed it was never trained on
+    panels = latents.main(latents.LatentsConfig(ckpt=runs["colar"], question="1+2||<<1+2=3>> #### 3", c="3",
+                                                max_latents=4, device="cpu"))
+    assert [p["c"] for p in panels] == [3] and panels[0]["sims"].size(1) == 7  # <<, 1, +, 2, =, 3, >>
+    assert drawn["labels"] == ["<<", "1", "+", "2", "=", "3", ">>"]
+
+
+def test_main_refuses_what_it_cannot_draw(runs):
+    with pytest.raises(UserError, match="no latent head"):
+        latents.main(latents.LatentsConfig(ckpt=runs["cot"], data_dir=runs["data"], device="cpu"))
+    with pytest.raises(UserError, match="--c must be"):
+        latents.main(latents.LatentsConfig(ckpt=runs["colar"], data_dir=runs["data"], c="0", device="cpu"))
+    with pytest.raises(UserError, match="empty chain"):
+        latents.main(latents.LatentsConfig(ckpt=runs["colar"], question="q|| #### 3", device="cpu"))
+    with pytest.raises(DataError, match="--question: malformed"):
+        latents.main(latents.LatentsConfig(ckpt=runs["colar"], question="no separator", device="cpu"))
+
+
+def test_missing_matplotlib_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(UserError, match=r"^the picture needs matplotlib: pip install matplotlib"):
+        latents.draw([], [], "x.png")
+
+
+def test_picture_is_written(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "pics" / "latents.png"
+    panels = latents.main(latents.LatentsConfig(ckpt=runs["colar"], data_dir=runs["data"], split="test",
+                                                max_latents=4, out=str(out), device="cpu"))
+    assert len(panels) == 2
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
