@@ -10,13 +10,15 @@ where the chain is the reasoning in text tokens (CoT, c = 1), nothing (No-CoT, w
 embedding in its slot (compress.py); RL's replay feeds the latent a rollout sampled there; decoding starts from the
 prompt, the part up to <|bot|>. `layout` builds all of them, `prompt` is its first part.
 
-One example followed through, c = 2, chain `<<3*4=2>>` (char tokens: 7 of them with `<<` and `>>` one token each):
+One example followed through, c = 2, chain `<<3*4=2>>` (7 char tokens, `<<` and `>>` one each; the last chunk is `>>`
+alone, so z4 = e_>> / sqrt(1)):
 
     position   P-2   P-1    P     P+1   P+2   P+3   P+4    P+5   P+6  ...
-    input      '2'  <bot>   z1    z2    z3    z4   <eot>   ' '   '2'  ...     z_k = (e_a + e_b) / sqrt(2) of chunk k
+    input      '2'  <bot>   z1    z2    z3    z4   <eot>   ' '   '2'  ...     z_k: chunk k's (e_a + e_b) / sqrt(2)
     targets   <bot> tok~z1 tok~z2 tok~z3 tok~z4 <eot>  ' '   '2'  <eos>       tok~z_k: a token drawn from chunk k
-    latent_in   .     .     x     x     x     x     .      .     .
-    latent_out  .     x     x     x     x     x     .      .     .          the latent head predicts z_{k+1} / <eot>
+    latent_in   .     .     x     x     x     x     .      .     .          a latent is fed here
+    latent_out  .     x     x     x     x     .     .      .     .          the latent head predicts the next z
+    eot_at      .     .     .     .     .     x     .      .     .          here it predicts the <eot> embedding
 
 The LM head is trained with cross-entropy at every position from the last speed token on (the question itself is
 never supervised); at <|bot|> and at each slot its label is one token drawn uniformly from the next chunk, redrawn
@@ -146,7 +148,7 @@ def colar_loss(model, head, b, c, eot_id, generator, pool="sqrt", kind="soft_mse
         x = feed_own_latents(model, head, x, b, feed)
     _, ce, h = model(embeds=x, mask=b.mask, targets=targets)
     target = target[covered]  # (M, C): the latent head runs only where the loss looks
-    lat, _, log_sigma = latent_loss(head, h[covered], target, kind, alpha, eps)
+    lat, log_sigma = latent_loss(head, h[covered], target, kind, alpha, eps)
     stats = {"norm": target.norm(dim=-1).mean().item(), "sigma": log_sigma.exp().mean().item()}
     return ce, lat, stats
 

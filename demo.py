@@ -10,9 +10,9 @@ the same checkpoint. An interrupted training stage resumes from its latest check
 where it stopped when run again with the same flags.
 
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
-    python demo.py --quick true         # the same pipeline, smaller, in about 5 minutes (out/quick, results/demo_quick.*)
+    python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, results/*_quick.*)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
-    python demo.py --task gsm8k         # the same pipeline on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
+    python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
 """
 import json
 import os
@@ -148,7 +148,8 @@ def main(cfg):
         print(f"== data: {cfg.data_dir} exists, skipped")
     elif cfg.task == "gsm8k":
         print("== data: GSM8K")
-        run(["-m", "data.gsm8k", f"--out={cfg.data_dir}"] + ([f"--source={cfg.gsm8k_source}"] if cfg.gsm8k_source else []))
+        source = [f"--source={cfg.gsm8k_source}"] if cfg.gsm8k_source else []
+        run(["-m", "data.gsm8k", f"--out={cfg.data_dir}"] + source)
     else:
         print("== data: generating the synthetic task")
         run(["-m", "data.synthetic", f"--out={cfg.data_dir}", f"--steps_min={cfg.steps_min}",

@@ -19,6 +19,7 @@ Losses (each a mean over the C dimensions, then a mean over the supervised posit
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 2.0  # keeps exp() and the log-density finite
@@ -54,9 +55,14 @@ class LatentHead(nn.Module):
 
     @torch.no_grad()
     def update_scale(self, targets, mask):
-        """Fold the RMS entry of the (unnormalised) targets at the positions in `mask` into the running scale."""
-        rms = targets[mask].float().pow(2).mean().sqrt()
-        if not torch.isfinite(rms) or mask.sum() == 0:
+        """Fold the RMS entry of the (unnormalised) targets at the positions in `mask` into the running scale; under
+        torchrun, the RMS over every process's targets, so the processes keep one scale."""
+        sq = torch.stack([targets[mask].float().pow(2).sum(), torch.tensor(mask.sum().item() * targets.size(-1),
+                                                                           dtype=torch.float32, device=targets.device)])
+        if dist.is_initialized():
+            dist.all_reduce(sq)
+        rms = (sq[0] / sq[1]).sqrt()
+        if not torch.isfinite(rms) or sq[1] == 0:
             return
         if self.scale == 0:
             self.scale.copy_(rms)
@@ -106,11 +112,13 @@ def mse_loss(mu, target):
 def latent_loss(head, h, target, kind="soft_mse", alpha=0.0, eps=None):
     """The latent loss of `kind` (soft_mse, nll) for hidden states h (N, C) and unnormalised targets (N, C), a mean
     over the N positions; a deterministic head always uses plain MSE. soft_mse needs its noise eps (N, C).
-    Returns (loss, mu, log_sigma)."""
+    Returns (loss, log_sigma)."""
     mu, log_sigma = head(h)
     target = head.normalise(target.detach())  # no gradient into the embedding table through the target
     if head.deterministic:
-        return mse_loss(mu, target), mu, log_sigma
+        return mse_loss(mu, target), log_sigma
     if kind == "nll":
-        return nll_loss(mu, log_sigma, target), mu, log_sigma
-    return soft_mse_loss(mu, log_sigma, target, eps, alpha), mu, log_sigma
+        return nll_loss(mu, log_sigma, target), log_sigma
+    if kind == "soft_mse":
+        return soft_mse_loss(mu, log_sigma, target, eps, alpha), log_sigma
+    raise ValueError(f"latent loss must be soft_mse or nll, got {kind!r}")

@@ -357,8 +357,8 @@ def main(cfg):
             elapsed = time.time() - t_start
             print0(f"step {step}/{cfg.max_steps} | reward {r:.3f} | accuracy {correct:.3f} | #L {n_lat:.2f} | "
                    f"groups with signal {with_signal:.2f} | loss {loss:+.4f} | grad norm {norm:.3f} | "
-                   f"sigma {sigma:.4f} | {elapsed / 60:.1f} min | eta {(last - step) * elapsed / (step - first) / 60:.1f} "
-                   f"min", flush=True)
+                   f"sigma {sigma:.4f} | {elapsed / 60:.1f} min | "
+                   f"eta {(last - step) * elapsed / (step - first) / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
             gen_states = generator_states(gen)  # every process's, for an exact resume
             if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier

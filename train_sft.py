@@ -115,7 +115,8 @@ def parse_c_values(cfg):
     if cfg.mode != "colar":
         return [1 if cfg.mode == "cot" else 0]
     try:
-        values = [int(v) for v in cfg.c_values.split(",") if v.strip()] if cfg.c_values else list(range(1, cfg.c_max + 1))
+        values = ([int(v) for v in cfg.c_values.split(",") if v.strip()] if cfg.c_values
+                  else list(range(1, cfg.c_max + 1)))
     except ValueError:
         raise UserError(f"--c_values must be comma-separated integers, got {cfg.c_values!r}") from None
     if not values or min(values) < 1:

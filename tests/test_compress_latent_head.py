@@ -184,16 +184,16 @@ def test_latent_loss_dispatch_normalises_and_detaches_target():
     target = torch.randn(5, 8, requires_grad=True)
     t = target.detach() / 2.0  # what the head learns: the target in its normalised space
     mu, log_sigma = head(h)
-    loss, _, _ = lh.latent_loss(head, h, target, "nll")
+    loss, _ = lh.latent_loss(head, h, target, "nll")
     nll = -torch.distributions.Normal(mu, log_sigma.exp()).log_prob(t).mean()
     assert loss.item() == pytest.approx(nll.item(), rel=1e-5)
     loss.backward()
     assert target.grad is None  # no gradient into the embedding table through the target
     # soft-MSE with zero noise is the MSE of the mean; alpha subtracts the mean entropy
     zero = torch.zeros(5, 8)
-    loss, _, _ = lh.latent_loss(head, h, target, "soft_mse", 0.0, zero)
+    loss, _ = lh.latent_loss(head, h, target, "soft_mse", 0.0, zero)
     assert loss.item() == pytest.approx(F.mse_loss(mu, t).item(), rel=1e-5)
-    with_alpha, _, _ = lh.latent_loss(head, h, target, "soft_mse", 0.1, zero)
+    with_alpha, _ = lh.latent_loss(head, h, target, "soft_mse", 0.1, zero)
     entropy = torch.distributions.Normal(mu, log_sigma.exp()).entropy().mean()
     assert with_alpha.item() == pytest.approx(loss.item() - 0.1 * entropy.item(), rel=1e-5)
     det = LatentHead(8, deterministic=True)
@@ -201,7 +201,7 @@ def test_latent_loss_dispatch_normalises_and_detaches_target():
     mu, log_sigma = det(h)
     assert (log_sigma == lh.LOG_SIGMA_MIN).all()
     for kind in ("soft_mse", "nll"):  # a deterministic head always uses plain MSE, and needs no noise
-        loss, _, _ = lh.latent_loss(det, h, target, kind, 0.5)
+        loss, _ = lh.latent_loss(det, h, target, kind, 0.5)
         assert loss.item() == pytest.approx(F.mse_loss(mu, t).item(), rel=1e-6)
 
 
