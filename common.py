@@ -1,13 +1,12 @@
 """
 The plumbing every script shares, and nothing of the method: the --flags parser built from a config dataclass, the
 one-line CLI errors, device and precision choice, several processes under torchrun, the optimizer and the data order,
-and run folders (a new run never overwrites one; a resumed run continues exactly) with atomic, step-stamped
-checkpoints and `latest` and `best` pointers. Imports nothing from the project.
+and the writability of output files. Run folders and checkpoints are checkpoint.py's. Imports nothing from the
+project.
 """
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import inspect
 import json
 import os
@@ -17,7 +16,6 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-
 
 class UserError(Exception):
     """A problem with what the user asked for (a flag, a file, a checkpoint): printed as one line, no traceback."""
@@ -54,33 +52,88 @@ def _parse_bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def _field_kind(f):
+    """What turns a field's --flag text into its value: int, float, _parse_bool or str."""
+    kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), f.type)
+    return kind if kind in (int, float, _parse_bool) else str
+
+
+def _config_value(name, kind, value, path):
+    """A config file's value for a field, checked as its --flag would be: a JSON value of the field's type (true or
+    false for a bool, a whole number that is not a bool for an int, any number for a float) or the text the flag
+    takes ("false", "8", "1e-3")."""
+    if kind is str:
+        ok = isinstance(value, str)
+    elif isinstance(value, str):
+        try:
+            return kind(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            ok = False
+    elif kind is _parse_bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+    if not ok:
+        want = {int: "a whole number", float: "a number", _parse_bool: "true or false", str: "a string"}[kind]
+        raise UserError(f"--config {path}: {name!r} must be {want}, got {json.dumps(value)}")
+    return value if kind is _parse_bool else kind(value)
+
+
+def _read_config(cls, path):
+    """The field values of a --config JSON file, each checked against its field's type."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = json.load(fh)
+    except OSError as e:
+        raise UserError(f"cannot read --config {path}: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise UserError(f"--config {path} is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} should hold a JSON object of field values, not a {type(values).__name__}")
+    kinds = {f.name: _field_kind(f) for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(kinds)
+    if unknown:
+        raise UserError(f"--config {path} has unknown fields: {', '.join(sorted(unknown))}")
+    return {k: _config_value(k, kinds[k], v, path) for k, v in values.items()}
+
+
 def parse_config(cls, argv=None):
-    """Build `cls` (a dataclass) from --flags, one per field; `--config file.json` supplies values first."""
+    """Build `cls` (a dataclass) from --flags, one per field; `--config file.json` supplies values first, checked as
+    the flags are. A bad config file is one `error:` line and exit status 2."""
     parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", default=None, help="JSON file of field values (flags given here override it)")
     helps = _field_help(cls)
     for f in dataclasses.fields(cls):
-        kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), f.type)
-        if kind not in (int, float, _parse_bool):
-            kind = str
-        parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"{helps.get(f.name, '')} (default: {f.default})")
+        parser.add_argument(f"--{f.name}", type=_field_kind(f), default=None,
+                            help=f"{helps.get(f.name, '')} (default: {f.default})")
     args = parser.parse_args(argv)
     values = {}
     if args.config:
         try:
-            with open(args.config) as fh:
-                values = json.load(fh)
-        except (OSError, json.JSONDecodeError) as e:
-            parser.error(f"cannot read --config {args.config}: {e}")
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            parser.error(f"--config {args.config} has unknown fields: {', '.join(sorted(unknown))}")
+            values = _read_config(cls, args.config)
+        except UserError as e:
+            parser.exit(2, f"error: {e}\n")
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
     return cls(**values)
 
 
 def print_config(cfg):
     print0(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
+
+
+def check_writable(path, flag):
+    """Refuse, before any work, an output file that could not be written when the work is done: a folder, a path
+    through a file, a place without write permission."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder: name a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the folders still to be made
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag} {path} cannot be written: {parent} is a file, not a folder")
+    target = path if os.path.exists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise UserError(f"{flag} {path} cannot be written: no permission to write {target}")
 
 
 def trained_speeds(run):
@@ -93,18 +146,35 @@ def trained_speeds(run):
 
 
 # --- devices ---------------------------------------------------------------------------------------------------
+def _mps_available():
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(name="auto"):
-    """cuda, then mps, then cpu; or the device named."""
+    """cuda, then mps, then cpu; or the device named, once this machine and this torch are known to run it."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = "" if torch.version.cuda else f" (torch {torch.__version__} is a build without CUDA)"
+            raise UserError(f"--device {name}, but this torch sees no CUDA GPU{build}: use --device cpu or auto")
+        if device.index is not None and device.index >= n:
+            raise UserError(f"--device {name}, but this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    if device.type == "mps" and not _mps_available():
+        raise UserError(f"--device {name}, but MPS is not available here (it needs a Mac with Apple silicon and a "
+                        f"torch built with MPS): use --device cpu or auto")
+    return device
 
 
 def autocast(device):
@@ -127,6 +197,9 @@ def setup_distributed(device_name="auto"):
         return 0, 1, 0, device
     rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} of a node wants cuda:{local_rank}, but this machine has "
+                            f"{torch.cuda.device_count()} CUDA GPU(s): start at most that many processes per node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
@@ -223,138 +296,3 @@ class EpochSampler:
 
     def load_state_dict(self, d):
         self.epoch, self.cursor = d["epoch"], d["cursor"]
-
-
-# --- checkpoints -----------------------------------------------------------------------------------------------
-def _atomic_write_text(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
-    """Write out_dir/ckpt_{step:06d}.pt atomically (temp file, then rename) and point `latest` (and `best`) at it.
-    Older step checkpoints beyond `keep_last` are removed, never the one `best` points at."""
-    os.makedirs(out_dir, exist_ok=True)
-    name = f"ckpt_{step:06d}.pt"
-    path = os.path.join(out_dir, name)
-    try:
-        with open(path + ".tmp", "wb") as f:  # opened here: torch.save's own open reports errors as RuntimeError
-            torch.save(state, f)
-        os.replace(path + ".tmp", path)
-    except OSError as e:  # a full disk, a read-only folder: the checkpoints already written stay as they were
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
-    _atomic_write_text(os.path.join(out_dir, "latest"), name + "\n")
-    if best:
-        _atomic_write_text(os.path.join(out_dir, "best"), name + "\n")
-    if keep_last > 0:
-        keep = {name, read_pointer(out_dir, "best")}
-        old = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r"ckpt_\d+\.pt", f))
-        for f in old[:-keep_last]:
-            if f not in keep:
-                os.remove(os.path.join(out_dir, f))
-    return path
-
-
-def read_pointer(out_dir, which):
-    try:
-        with open(os.path.join(out_dir, which)) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return None
-
-
-def resolve_checkpoint(path, which="best"):
-    """A checkpoint file, or a run folder (then its `best` checkpoint, else its `latest`)."""
-    if os.path.isdir(path):
-        for w in (which, "latest"):
-            name = read_pointer(path, w)
-            if name:
-                return os.path.join(path, name)
-        raise UserError(f"no checkpoint in {path}: it has no 'latest' pointer (did training save one?)")
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint not found: {path}")
-    return path
-
-
-def file_sha256(path):
-    """The SHA-256 of a file's bytes, in hex: what ties an evaluation record to the very weights it measured."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_checkpoint(path, which="best"):
-    """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code)."""
-    path = resolve_checkpoint(path, which)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file fails inside torch in many ways
-        raise UserError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of this project (no model or model_config in it)")
-    ckpt["path"] = path
-    return ckpt
-
-
-def open_run(out_dir, resume, script):
-    """The checkpoint a run continues from, or None for a new run. A folder that holds a run is never written into
-    unless resume is set, and then only by the script that made it (train_sft, train_rl)."""
-    if not read_pointer(out_dir, "latest"):
-        if resume:
-            raise UserError(f"--resume true, but {out_dir} holds no checkpoint to resume from")
-        return None
-    if not resume:
-        raise UserError(f"{out_dir} already holds checkpoints: pass --resume true to continue that run, "
-                        f"or choose another --out_dir")
-    ckpt = load_checkpoint(out_dir, which="latest")
-    if ckpt.get("script") != script:
-        raise UserError(f"{out_dir} holds a run of {ckpt.get('script') or 'another script'}, not of {script}: "
-                        f"choose another --out_dir")
-    return ckpt
-
-
-def check_same(saved, cfg, keys):
-    """A resumed run must keep the settings `keys` of its saved config (a dict)."""
-    for key in keys:
-        if saved[key] != getattr(cfg, key):
-            raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed ({saved[key]}): "
-                            f"resume with the run's own settings")
-
-
-def generator_states(gen):
-    """The state of `gen` in every process (a list by rank; every process must call this)."""
-    if not dist.is_initialized():
-        return [gen.get_state()]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, gen.get_state().cpu())
-    return states
-
-
-def training_state(optimizer, sampler, gen_states):
-    """What a checkpoint needs, beside the weights and configs, for a resumed run to continue exactly."""
-    return {"optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "train": gen_states}}
-
-
-def restore_training_state(ckpt, optimizer, sampler, gen):
-    """Put the optimizer, the data position and the random generators (this process's own) back as the checkpoint
-    saved them. Returns (step, best_val)."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    states = ckpt["rng"]["train"]
-    if len(states) != world:
-        print0(f"warning: {ckpt['path']} was saved by {len(states)} process(es) and resumes in {world}: the random "
-               f"draws do not continue exactly as they would have")
-    if states[0].numel() != gen.get_state().numel():  # a CPU generator's state is not a CUDA one's
-        raise UserError(f"{ckpt['path']} was saved on another kind of device than {gen.device}: resume it on the "
-                        f"kind it was trained on (--device)")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    sampler.load_state_dict(ckpt["sampler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if rank < len(states):  # (a process beyond the saved ones keeps its fresh seed)
-        gen.set_state(states[rank])
-    print0(f"resumed {ckpt['path']} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["best_val"]

@@ -21,9 +21,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from common import (UserError, file_sha256, load_checkpoint, parse_config, print_config, read_pointer,
-                    resolve_checkpoint, run_cli)
-from data.format import read_split
+from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
+from common import UserError, check_writable, parse_config, pick_device, print_config, run_cli
+from data.format import check_split, read_split
+from tokenizer import KINDS
 
 
 @dataclass
@@ -105,12 +106,9 @@ def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
     records are never taken for this one's), question count and seeds."""
     ckpt = resolve_checkpoint(run_dir)
     sha = file_sha256(ckpt)
-    old = []
-    if os.path.exists(cfg.results):
-        with open(cfg.results) as f:
-            old = json.load(f)
+    old = read_results(cfg.results)
     n = len(read_split(os.path.join(cfg.data_dir, "test.txt")))
-    n, seeds = min(n, cfg.n_test or n), [int(s) for s in cfg.seeds.split(",") if s.strip()]
+    n, seeds = min(n, cfg.n_test or n), parse_seeds(cfg.seeds)
     mine = [r for r in old if r["method"] == name and r.get("checkpoint_sha256") == sha and r["split"] == "test"]
     if mine and all(r["n"] == n and r["seeds"] in ([], seeds) for r in mine):
         print(f"== evaluation of {name}: already in {cfg.results} for {ckpt}, skipped")
@@ -119,6 +117,62 @@ def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
     run(["evaluate.py"] + flags(dict(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
                                      seeds=cfg.seeds, out=cfg.results, device=cfg.device, text_cot=text_cot))
         + ([f"--c={','.join(map(str, cs))}"] if cs else []))
+
+
+def parse_seeds(text):
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise UserError(f"--seeds must be comma-separated integers (at least one), got {text!r}")
+    return seeds
+
+
+def read_results(path):
+    """The evaluation records in the results file ([] before the first evaluation); a file the evaluations could not
+    be merged into is refused."""
+    check_writable(path, "--results")
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read --results {path}: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise UserError(f"--results {path} is not valid JSON ({e}): fix or move it") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"method", "split", "n", "seeds"} <= set(r)
+                                                for r in records):
+        raise UserError(f"--results {path} is not a JSON list of evaluation records: fix or move it")
+    return records
+
+
+def check_inputs(cfg):
+    """Everything the stages will need that can be checked now, so that a bad value stops the demo before its first
+    stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
+    data source and the folders."""
+    parse_seeds(cfg.seeds)
+    for name in ("batch_size", "max_steps", "colar_steps", "rl_steps"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.n_test < 0 or cfg.rl_eval_n < 0:
+        raise UserError(f"--n_test and --rl_eval_n must be >= 0 (0: all), got {cfg.n_test} and {cfg.rl_eval_n}")
+    if not cfg.colar_lr > 0 or not 0 <= cfg.rl_length_penalty <= 1:
+        raise UserError(f"need --colar_lr > 0 and 0 <= --rl_length_penalty <= 1, got {cfg.colar_lr} and "
+                        f"{cfg.rl_length_penalty}")
+    if cfg.tokenizer not in KINDS:
+        raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
+    pick_device(cfg.device)
+    read_results(cfg.results)
+    for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{flag} {path} is a file, not a folder")
+    if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):  # no data stage then: every split must be there
+        for split in ("train", "val", "test"):
+            check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
+    elif cfg.task == "gsm8k" and cfg.gsm8k_source and not os.path.isdir(cfg.gsm8k_source):
+        raise UserError(f"--gsm8k_source {cfg.gsm8k_source} is not a folder (it should hold gsm8k/ and gsm8k_aug/)")
 
 
 def resolve(cfg):
@@ -142,6 +196,7 @@ def resolve(cfg):
 
 def main(cfg):
     cfg = resolve(cfg)
+    check_inputs(cfg)
     print_config(cfg)
     t0 = time.time()
     if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from common import UserError, file_sha256, parse_config, pick_device, run_cli, trained_speeds
+from checkpoint import file_sha256
+from common import UserError, check_writable, parse_config, pick_device, run_cli, trained_speeds
 from data.format import read_split
 from latent_head import log_sigma_floor
 from sample import load_model, score
@@ -68,13 +69,30 @@ def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", 
     return record
 
 
+def read_records(path):
+    """The records of the JSON list at `path` ([] when there is no file yet); anything records cannot be merged into
+    is refused, before any evaluation."""
+    check_writable(path, "--out")
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read --out {path}: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise UserError(f"--out {path} is not valid JSON ({e}): fix or move it, the records go into it") from None
+    if not isinstance(old, list) or not all(isinstance(r, dict) and {"method", "c", "decode", "split"} <= set(r)
+                                            for r in old):
+        raise UserError(f"--out {path} is not a JSON list of evaluation records: fix or move it, the records go "
+                        f"into it")
+    return old
+
+
 def merge_records(path, records):
     """Write records to the JSON list at `path`, replacing those with the same (method, c, decode, split)."""
     key = lambda r: (r["method"], r["c"], r["decode"], r["split"])  # noqa: E731
-    old = []
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    old = read_records(path)
     new_keys = {key(r) for r in records}
     merged = [r for r in old if key(r) not in new_keys] + records
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -119,6 +137,15 @@ def parse_ints(text, flag):
         raise UserError(f"--{flag} must be comma-separated integers, got {text!r}") from None
 
 
+def read_examples(data_dir, split, n):
+    """The first n examples (0: all) of data_dir/split.txt; an empty split is refused."""
+    path = os.path.join(data_dir, f"{split}.txt")
+    examples = read_split(path)
+    if not examples:
+        raise UserError(f"no examples in {path}: nothing to evaluate")
+    return examples[:n] if n > 0 else examples
+
+
 def main(cfg):
     decodes = [d for d in cfg.decode.split(",") if d]
     if not decodes or set(decodes) - {"greedy", "sampled"}:
@@ -126,7 +153,17 @@ def main(cfg):
     seeds = parse_ints(cfg.seeds, "seeds")
     if "sampled" in decodes and not seeds:
         raise UserError("sampled decoding needs at least one seed")
-    model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
+    asked = parse_ints(cfg.c, "c")
+    if cfg.c and (not asked or min(asked) < 1):
+        raise UserError(f"--c values must be >= 1, got {cfg.c!r}")
+    if cfg.n < 0 or cfg.max_latents < 0 or cfg.batch_size <= 0:
+        raise UserError(f"need --n >= 0, --max_latents >= 0 and --batch_size > 0, got {cfg.n}, {cfg.max_latents} and "
+                        f"{cfg.batch_size}")
+    if cfg.out:
+        read_records(cfg.out)  # a file the records could not be merged into is refused now, not after the evaluation
+    device = pick_device(cfg.device)
+    examples = read_examples(cfg.data_dir, cfg.split, cfg.n) if cfg.data_dir else None  # before the model is read
+    model, head, tok, ckpt = load_model(cfg.ckpt, device)
     run = ckpt["config"]
     if cfg.sigma_min >= 0 and head is not None:  # e.g. to sample an SFT model as an RL run with that floor would
         head.log_sigma_min = log_sigma_floor(cfg.sigma_min)
@@ -137,15 +174,12 @@ def main(cfg):
         cs = [0 if mode == "nocot" else 1]
     else:
         trained = trained_speeds(run)
-        cs = parse_ints(cfg.c, "c") if cfg.c else trained
-        if not cs or min(cs) < 1:
-            raise UserError(f"--c values must be >= 1, got {cfg.c!r}")
+        cs = asked or trained
         unseen = sorted(set(cs) - set(trained))
         if unseen:
             print(f"warning: c = {unseen} was never trained (trained: {trained}); evaluating anyway")
-    data_dir = cfg.data_dir or run["data_dir"]
-    examples = read_split(os.path.join(data_dir, f"{cfg.split}.txt"))
-    examples = examples[:cfg.n] if cfg.n > 0 else examples
+    if examples is None:  # the split of the data the model was trained on
+        examples = read_examples(run["data_dir"], cfg.split, cfg.n)
     runs = [(cfg.method or mode, c, d, head) for c in cs for d in decodes]
     if head is not None and cfg.text_cot:  # the same model, thinking in text tokens instead of latents
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import UserError, parse_config, pick_device, run_cli, trained_speeds
+from common import UserError, check_writable, parse_config, pick_device, run_cli, trained_speeds
 from data.format import answers_match, chain_text, parse_line, read_split
 from sample import answer_questions, load_model
 
@@ -93,6 +93,7 @@ def main(cfg):
         raise UserError(f"--c must be comma-separated whole numbers, got {cfg.c!r}") from None
     if speeds and min(speeds) < 1:
         raise UserError(f"--c must be >= 1 for a CoLaR model, got {cfg.c}")
+    check_writable(cfg.out, "--out")  # before the model answers, not when the picture is drawn
     if cfg.question:
         question, steps, answer = parse_line(cfg.question, "--question")
     else:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from common import UserError, parse_config, run_cli
+from common import UserError, check_writable, parse_config, run_cli
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
@@ -138,6 +138,9 @@ def main(cfg):
     paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
     if not paths:
         raise UserError("--results names no file")
+    for flag, path in (("--md", cfg.md), ("--png", cfg.png)):
+        if path:
+            check_writable(path, flag)
     records = load_records(paths)
     if not any(r["split"] == cfg.split for r in records):
         splits = sorted({r["split"] for r in records})

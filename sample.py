@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from colar import prompt
-from common import UserError, autocast, load_checkpoint, parse_config, pick_device, run_cli, trained_speeds
+from checkpoint import load_checkpoint
+from common import UserError, autocast, parse_config, pick_device, run_cli, trained_speeds
 from data.format import answers_match
 from latent_head import LatentHead
 from model import GPT, GPTConfig, KVCache
@@ -247,14 +248,21 @@ def main(cfg):
     if cfg.questions_file:
         try:
             with open(cfg.questions_file, encoding="utf-8") as f:
-                questions += [line.strip() for line in f if line.strip()]
+                asked = [line.strip() for line in f if line.strip()]
         except OSError as e:
-            raise UserError(f"cannot read --questions_file: {e}") from None
+            raise UserError(f"cannot read --questions_file {cfg.questions_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"--questions_file {cfg.questions_file} is not UTF-8 text ({e})") from None
+        if not asked:
+            raise UserError(f"--questions_file {cfg.questions_file} has no questions (one per line)")
+        questions += asked
     if not questions:
         raise UserError("give a --question or a --questions_file")
     model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
     mode = ckpt["config"].get("mode")
     c = cfg.c if cfg.c >= 0 else max(trained_speeds(ckpt["config"]))
+    if mode == "nocot" and c != 0:
+        raise UserError(f"--c must be 0 (or left out) for this No-CoT model: it answers without a chain, got {c}")
     if head is None and c not in (0, 1):
         raise UserError(f"--c must be 0 (no chain) or 1 (text chain) for this {mode} model, got {c}")
     if head is not None and c < 1:

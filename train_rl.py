@@ -46,7 +46,8 @@ so a resumed run draws what the straight one would have. Each process computes i
 (a group never spans processes) and cuts its kept rollouts into minibatches of --minibatch / processes rollouts; DDP
 averages the gradients of the processes' minibatches, so one optimizer step sees about --minibatch rollouts (a
 process that runs out of rollouts early contributes a zero loss). Process 0 validates, prints and writes the
-checkpoints.
+checkpoints. The starting model is validated and saved as step 0 (ckpt_000000.pt), so `best` only ever moves to a
+checkpoint that validates at least as well as it, and the last line says when none did.
 """
 import math
 import os
@@ -59,11 +60,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import colar
-from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, check_same, cleanup_distributed,
-                    generator_states, load_checkpoint, make_optimizer, open_run, parse_config, print0, print_config,
-                    read_pointer, restore_training_state, run_cli, save_checkpoint, setup_distributed, trained_speeds,
-                    training_state, wrap_ddp)
-from data.format import answers_match, read_split
+from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
+                        read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
+from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, cleanup_distributed, make_optimizer,
+                    parse_config, print0, print_config, run_cli, setup_distributed, trained_speeds, wrap_ddp)
+from data.format import answers_match, check_split, read_split
 from latent_head import LatentHead, gaussian_log_prob
 from model import GPT, GPTConfig
 from sample import generate_latent, score
@@ -226,6 +227,8 @@ def rl_step(trainee, model, head, optimizer, params, b, lat, adv, cfg, gen, go_o
                 return norm.item(), norm.item(), figures[1]
             optimizer.step()
             stats.append((figures[0], norm.item(), figures[1]))
+    if not stats:  # no process had a rollout with signal
+        return 0.0, 0.0, float("nan")
     return tuple(sum(s) / len(stats) for s in zip(*stats))
 
 
@@ -247,20 +250,28 @@ def check_config(cfg):
         raise UserError(f"need lr > 0, 0 < clip_eps < 1, sigma_min >= 0 and 0 <= length_penalty <= 1, got "
                         f"lr={cfg.lr}, clip_eps={cfg.clip_eps}, sigma_min={cfg.sigma_min}, "
                         f"length_penalty={cfg.length_penalty}")
+    if cfg.eval_n < 0:
+        raise UserError(f"--eval_n must be >= 0 (0: all), got {cfg.eval_n}")
+    for split in ("train", "val"):  # before the starting checkpoint is loaded
+        check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
 
 
 def starting_point(cfg):
     """(checkpoint to resume or None, the checkpoint whose weights start this run: that one, or --init_from's)."""
     ckpt = open_run(cfg.out_dir, cfg.resume, "train_rl")
-    if ckpt:
-        check_same(ckpt["rl_config"], cfg, RESUME_KEYS)
-    base = ckpt or load_checkpoint(cfg.init_from)
-    if base.get("latent_head") is None:
-        raise UserError(f"{base['path']} has no latent head: RL starts from a CoLaR checkpoint (train_sft.py --mode "
-                        f"colar)")
-    if base["latent_config"]["deterministic"]:
-        raise UserError(f"{base['path']} has a deterministic latent head (DL): there is no latent distribution to "
-                        f"sample and reinforce")
+    try:
+        if ckpt:
+            check_same(ckpt["rl_config"], cfg, RESUME_KEYS)
+        base = ckpt or load_checkpoint(cfg.init_from)
+        if base.get("latent_head") is None:
+            raise UserError(f"{base['path']} has no latent head: RL starts from a CoLaR checkpoint (train_sft.py "
+                            f"--mode colar)")
+        if base["latent_config"]["deterministic"]:
+            raise UserError(f"{base['path']} has a deterministic latent head (DL): there is no latent distribution "
+                            f"to sample and reinforce")
+    except UserError:
+        release_run(cfg.out_dir)  # a refused run leaves the folder as it found it
+        raise
     if cfg.c not in trained_speeds(base["config"]):
         print0(f"warning: c={cfg.c} is outside the speeds this model was trained on ({trained_speeds(base['config'])})")
     return ckpt, base
@@ -271,12 +282,23 @@ def setup_data(cfg, base):
     the model's context."""
     train = read_split(os.path.join(cfg.data_dir, "train.txt"))
     val = read_split(os.path.join(cfg.data_dir, "val.txt"))
+    if not train:
+        raise UserError(f"no training examples in {os.path.join(cfg.data_dir, 'train.txt')}")
+    if not val:
+        raise UserError(f"no validation examples in {os.path.join(cfg.data_dir, 'val.txt')}: model selection "
+                        f"needs some")
     tok, model_cfg = Tokenizer.from_spec(base["tokenizer"]), GPTConfig(**base["model_config"])
-    longest = max(len(colar.prompt(tok, q, cfg.c)) for q, _, _ in train + val)
+    longest, question = max((len(colar.prompt(tok, q, cfg.c)), q) for q, _, _ in train + val)
+    room = model_cfg.block_size - longest - 1  # for the latents and the answer, beside the <|eot|>
+    if room < 2:  # not even one latent and one answer token
+        raise UserError(f"a prompt alone ({longest} tokens, question {question[:40]!r}) leaves no room for a "
+                        f"latent and an answer in the model's context ({model_cfg.block_size}): lowering "
+                        f"--max_latents cannot help; remove or shorten such questions in {cfg.data_dir}")
     if longest + cfg.max_latents + 1 + cfg.max_answer_tokens > model_cfg.block_size:
         raise UserError(f"the longest prompt ({longest} tokens) + --max_latents {cfg.max_latents} + 1 + "
                         f"--max_answer_tokens {cfg.max_answer_tokens} exceeds the model's context "
-                        f"({model_cfg.block_size}): lower --max_latents or --max_answer_tokens")
+                        f"({model_cfg.block_size}): lower --max_latents or --max_answer_tokens (together to at most "
+                        f"{room})")
     return train, val[:cfg.eval_n] if cfg.eval_n > 0 else val, tok, model_cfg
 
 
@@ -330,24 +352,45 @@ def main(cfg):
     trainee = wrap_ddp(Trainee(model, head, partial(rl_loss, cfg=cfg, go_on_id=go_on_id)), device, world)
     print0(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
            f"{cfg.group} rollouts per step over {world} process(es); device {device}")
-    if step == 0 and rank == 0:
-        print(validate(model, head, tok, val, cfg, 0)[1], flush=True)
-    barrier()
+    probe = torch.tensor([colar.prompt(tok, train[0][0], cfg.c)], device=device)  # for finite_model
+
+    def checkpoint(step):
+        """Validate and save the step's checkpoint in process 0 (the others wait at the barrier); `best` when it does
+        at least as well as every earlier one, the starting model included."""
+        nonlocal best_val
+        gen_states = generator_states(gen)  # every process's, for an exact resume
+        if rank == 0:
+            if not finite_model(model, head, probe):  # an update can blow the weights up with a finite loss
+                raise UserError(f"training diverged at step {step}: its updates left weights or outputs that are not "
+                                f"finite, not saved; lower --lr or raise --sigma_min; {kept_checkpoint(cfg.out_dir)}")
+            acc, line = validate(model, head, tok, val, cfg, step)
+            is_best = acc >= best_val  # ties go to the later checkpoint
+            best_val = max(best_val, acc)
+            path = save_checkpoint(cfg.out_dir, step, {
+                "script": "train_rl", "model": model.state_dict(), "model_config": asdict(model_cfg),
+                "latent_head": head.state_dict(), "latent_config": latent_config, "config": base["config"],
+                "rl_config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
+                "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
+            print(f"{line} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
+        barrier()
+
+    if not ckpt:
+        checkpoint(0)  # the starting model: the baseline every later `best` must match
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     first, t_start, history = step, time.time(), []  # history: (step, reward, #L, loss, grad norm) of every step
+    sigma = float("nan")  # the head's mean sigma at the last rollouts trained on (none yet)
     while step < last:
         mine = [train[i] for i in sampler.next()][rank::world]  # this process's share of the step's questions
         questions, outs, rewards = rollout(model, head, tok, mine, cfg, step, rank)
         adv, signal = group_advantages(rewards, cfg.group)
         keep = signal.repeat_interleave(cfg.group).nonzero().squeeze(1).tolist()
         b, lat = replay_batch(tok, [questions[i] for i in keep], [outs[i] for i in keep], cfg.c, device)
-        loss, norm, sigma = rl_step(trainee, model, head, optimizer, params, b, lat, adv[keep].to(device), cfg, gen,
-                                    go_on_id) if len(keep) or world > 1 else (0.0, 0.0, float("nan"))
+        loss, norm, step_sigma = rl_step(trainee, model, head, optimizer, params, b, lat, adv[keep].to(device), cfg,
+                                         gen, go_on_id) if len(keep) or world > 1 else (0.0, 0.0, float("nan"))
+        sigma = sigma if math.isnan(step_sigma) else step_sigma
         if not math.isfinite(loss):
-            kept = read_pointer(cfg.out_dir, "latest")
-            raise UserError(f"the RL loss or its gradient became {loss} at step {step + 1}; "
-                            + (f"the last good checkpoint {os.path.join(cfg.out_dir, kept)} is kept"
-                               if kept else "no checkpoint was written yet") + ": lower --lr or raise --sigma_min")
+            raise UserError(f"the RL loss or its gradient became {loss} at step {step + 1}: lower --lr or raise "
+                            f"--sigma_min; {kept_checkpoint(cfg.out_dir)}")
         r, correct, n_lat, with_signal = all_mean([rewards.mean().item(), (rewards > 0).float().mean().item(),
                                                    sum(o["n_latents"] for o in outs) / len(outs),
                                                    signal.float().mean().item()], device)
@@ -357,23 +400,16 @@ def main(cfg):
             elapsed = time.time() - t_start
             print0(f"step {step}/{cfg.max_steps} | reward {r:.3f} | accuracy {correct:.3f} | #L {n_lat:.2f} | "
                    f"groups with signal {with_signal:.2f} | loss {loss:+.4f} | grad norm {norm:.3f} | "
-                   f"sigma {sigma:.4f} | {elapsed / 60:.1f} min | "
+                   f"sigma {'-' if math.isnan(sigma) else f'{sigma:.4f}'} | {elapsed / 60:.1f} min | "
                    f"eta {(last - step) * elapsed / (step - first) / 60:.1f} min", flush=True)
         if step % cfg.eval_every == 0 or step == last:
-            gen_states = generator_states(gen)  # every process's, for an exact resume
-            if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier
-                acc, line = validate(model, head, tok, val, cfg, step)
-                best_val = max(best_val, acc)
-                path = save_checkpoint(cfg.out_dir, step, {
-                    "script": "train_rl", "model": model.state_dict(), "model_config": asdict(model_cfg),
-                    "latent_head": head.state_dict(), "latent_config": latent_config, "config": base["config"],
-                    "rl_config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
-                    "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, acc >= best_val)
-                print(f"{line} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
-            barrier()
+            checkpoint(step)
     minutes = (time.time() - t_start) / 60
+    start_is_best = read_pointer(cfg.out_dir, "best") == "ckpt_000000.pt"
+    release_run(cfg.out_dir)
     cleanup_distributed()
-    print0(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%")
+    print0(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%"
+           + ("; no checkpoint beat the starting model: `best` is its copy, ckpt_000000.pt" if start_is_best else ""))
     return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "history": history}
 

@@ -38,10 +38,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colar
-from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, check_same, cleanup_distributed,
-                    generator_states, load_checkpoint, make_optimizer, open_run, parse_config, print0, print_config,
-                    restore_training_state, run_cli, save_checkpoint, setup_distributed, training_state, wrap_ddp)
-from data.format import read_split
+from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
+                        release_run, restore_training_state, save_checkpoint, training_state)
+from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, cleanup_distributed, make_optimizer,
+                    parse_config, print0, print_config, run_cli, setup_distributed, wrap_ddp)
+from data.format import check_split, read_split
 from latent_head import LatentHead
 from model import GPT, GPTConfig
 from sample import score
@@ -173,15 +174,19 @@ def starting_point(cfg):
     """(cfg, checkpoint to resume or None, starting model to initialise from or None). Resuming or starting from
     another model, that model's tokenizer and shape win over the flags."""
     ckpt = open_run(cfg.out_dir, cfg.resume, "train_sft")
-    if ckpt:
-        if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:
-            cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
-        check_same(ckpt["config"], cfg, RESUME_KEYS)
-        return cfg, ckpt, None
-    if not cfg.init_from:
-        return cfg, None, None
-    init = pretrained_start(cfg) if cfg.init_from in GPT.PRETRAINED else load_checkpoint(cfg.init_from)
-    return replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS}), None, init
+    try:
+        if ckpt:
+            if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:
+                cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
+            check_same(ckpt["config"], cfg, RESUME_KEYS)
+            return cfg, ckpt, None
+        if not cfg.init_from:
+            return cfg, None, None
+        init = pretrained_start(cfg) if cfg.init_from in GPT.PRETRAINED else load_checkpoint(cfg.init_from)
+        return replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS}), None, init
+    except UserError:
+        release_run(cfg.out_dir)  # a refused run leaves the folder as it found it
+        raise
 
 
 def check_config(cfg):
@@ -208,6 +213,13 @@ def check_config(cfg):
         raise UserError(f"--total_batch_size must be >= 0 (0: --batch_size per process), got {cfg.total_batch_size}")
     if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr):
         raise UserError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={cfg.lr}, min_lr={cfg.min_lr}")
+    for name in ("eval_n", "block_size", "max_latents"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for split in ("train", "val"):  # before a starting model is loaded or downloaded
+        check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
 
 
 def draw_c(c_values, gen, device):
@@ -240,8 +252,8 @@ def train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, ste
                                  accum * int(b.mask.sum())], dtype=torch.float64) / accum
     ce, lat, norm, sigma, n_tokens = all_mean(figures.tolist(), device)
     if not math.isfinite(ce + lat):  # the same in every process, so all of them stop
-        raise UserError(f"loss became {ce + cfg.latent_weight * lat} at step {step}: lower --lr; the last good "
-                        f"checkpoint is kept")
+        raise UserError(f"loss became {ce + cfg.latent_weight * lat} at step {step + 1}: lower --lr; "
+                        f"{kept_checkpoint(cfg.out_dir)}")
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
     optimizer.step()
@@ -276,6 +288,11 @@ def setup_data(cfg, base):
     used for selection and the model config (the starting model's, or a new one sized for the data)."""
     train = read_split(os.path.join(cfg.data_dir, "train.txt"))
     val = read_split(os.path.join(cfg.data_dir, "val.txt"))
+    if not train:
+        raise UserError(f"no training examples in {os.path.join(cfg.data_dir, 'train.txt')}")
+    if not val:
+        raise UserError(f"no validation examples in {os.path.join(cfg.data_dir, 'val.txt')}: model selection "
+                        f"needs some")
     tok = Tokenizer.from_spec(base["tokenizer"]) if base else build_tokenizer(cfg, train + val)
     encoded = colar.encode(tok, train, cfg.mode)
     model_cfg = (GPTConfig(**base["model_config"]) if base
@@ -313,6 +330,7 @@ def main(cfg):
                 self_feed=cfg.self_feed) if head else {}
 
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
+    probe = torch.tensor([colar.prompt(tok, encoded[0][0], c_values[0])], device=device)  # for finite_model
     history = []  # (step, c, ce, latent loss) of every step
     first, t_start, t_train, tokens_seen = step, time.time(), 0.0, 0  # t_train: seconds in training steps (no eval)
     while step < last:
@@ -335,6 +353,9 @@ def main(cfg):
         if step % cfg.eval_every == 0 or step == last:
             gen_states = generator_states(gen)  # every process's, for an exact resume
             if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier
+                if not finite_model(model, head, probe):  # an update can blow the weights up with a finite loss
+                    raise UserError(f"training diverged at step {step}: its update left weights or outputs that are "
+                                    f"not finite, not saved; lower --lr; {kept_checkpoint(cfg.out_dir)}")
                 acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents)
                 is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
                 best_val = max(best_val, acc)
@@ -347,6 +368,7 @@ def main(cfg):
                       f"saved {path}", flush=True)
             barrier()
     minutes, tps = (time.time() - t_start) / 60, tokens_seen / max(1e-9, t_train)
+    release_run(cfg.out_dir)
     cleanup_distributed()
     print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
            f"best val accuracy {100 * best_val:.1f}%")

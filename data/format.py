@@ -6,6 +6,7 @@ The GSM8K-Aug line format every data set here is written in, one example per lin
 The chain (the steps between `||` and `####`) may be empty. Answers are compared after normalisation.
 """
 import math
+import os
 import re
 
 from common import UserError
@@ -48,13 +49,27 @@ def chain_text(steps):
     return " ".join(f"<<{s}>>" for s in steps)
 
 
+def check_split(path):
+    """Refuse, before any work, a data file that cannot be read: missing, a folder, or in a data folder that is a
+    file or missing (a --data_dir naming a file, say)."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder} is a file, not a data folder" if os.path.exists(folder)
+                        else f"data folder not found: {folder}")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder, not a data file")
+    if not os.path.exists(path):
+        raise DataError(f"data file not found: {path}")
+
+
 def read_split(path):
-    """All examples of a GSM8K-Aug file, as a list of (question, steps, answer)."""
+    """All examples of a GSM8K-Aug file, as a list of (question, steps, answer); an empty file gives []."""
+    check_split(path)
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
-    except FileNotFoundError:
-        raise DataError(f"data file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
     return [parse_line(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]

@@ -13,7 +13,8 @@ from conftest import FAKE_TOK, tiny_colar_cfg, tiny_gpt, tiny_latent_model
 import colar
 import evaluate
 import train_sft
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint
+from common import UserError
 from compress import compress
 from data.format import answers_match, read_split
 from latent_head import LatentHead

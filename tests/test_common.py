@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import ROOT, tiny_gpt
 
-from common import (EpochSampler, UserError, make_optimizer, open_run, parse_config, pick_device, run_cli,
-                    save_checkpoint, trained_speeds)
+from checkpoint import open_run, save_checkpoint
+from common import EpochSampler, UserError, make_optimizer, parse_config, pick_device, run_cli, trained_speeds
 from latent_head import LatentHead
 
 SCRIPTS = ("train_sft", "train_rl", "evaluate", "demo", "bench", "report", "latents")  # each run as python X.py
@@ -165,9 +165,18 @@ def test_import_rules_see_imports():
 def test_common_imports_nothing_from_the_project():
     mine = imported_modules(os.path.join(ROOT, "common.py")) & (project_modules() | {"."})
     assert not mine, f"common.py imports project modules: {sorted(mine)}"
+    assert imported_modules(os.path.join(ROOT, "checkpoint.py")) & project_modules() == {"common"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_no_script_imports_another_script(script):
     others = imported_modules(os.path.join(ROOT, script + ".py")) & set(SCRIPTS) - {script}
     assert not others, f"{script}.py imports the script(s) {sorted(others)}: move what they share into a library"
+
+
+def test_every_top_level_module_is_packaged():
+    """pyproject.toml's py-modules lists every top-level module, so `pip install .` leaves none out."""
+    import re
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        listed = set(re.findall(r'"(\w+)"', re.search(r"py-modules = \[(.*?)\]", f.read(), re.S).group(1)))
+    assert listed == {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import train_sft
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint
+from common import UserError
 from conftest import make_tiny_data, tiny_train_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

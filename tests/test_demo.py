@@ -26,6 +26,7 @@ def commands(out):
 
 
 def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stages' subprocesses are tiny: one thread each, like this one
     data = make_tiny_data(str(tmp_path / "data"), n_train=300, n_val=4, n_test=10)
     results = str(tmp_path / "results" / "demo.json")
     cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), results=results, max_steps=2, colar_steps=2,
@@ -82,7 +83,7 @@ def test_demo_presets():
 def test_records_of_another_checkpoint_with_the_same_name_are_not_taken(tiny_runs, tmp_path, monkeypatch):
     """Regression: the demo skipped an evaluation whose record named the same checkpoint *path*, so a fresh clone's
     demo reported the committed records for its own, different models. Records are tied to the checkpoint's bytes."""
-    from common import file_sha256, resolve_checkpoint
+    from checkpoint import file_sha256, resolve_checkpoint
     ckpt = resolve_checkpoint(tiny_runs["cot"])
     record = {"method": "cot", "c": 1, "decode": "greedy", "split": "test", "n": 8, "seeds": [], "checkpoint": ckpt,
               "checkpoint_sha256": "0" * 64}  # the same path, other weights

@@ -11,7 +11,8 @@ import torch
 from conftest import tiny_train_cfg
 
 import train_sft
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint
+from common import UserError
 from model import GPT, GPTConfig
 
 V, C, BLOCK = 100, 32, 64

@@ -16,7 +16,8 @@ import torch
 import colar
 import evaluate
 import train_rl
-from common import Trainee, UserError, load_checkpoint, read_pointer
+from checkpoint import load_checkpoint, read_pointer
+from common import Trainee, UserError
 from conftest import tiny_latent_model
 from latent_head import LOG_SIGMA_MIN, LatentHead, gaussian_log_prob
 from sample import generate_latent, load_model
@@ -350,3 +351,16 @@ def test_train_rl_step_without_signal_changes_nothing(tiny_runs, tmp_path, capsy
     sd = run["model"].state_dict()
     assert all(torch.equal(start["model"][k], sd[k]) for k in sd)
     assert "groups with signal 0.00" in capsys.readouterr().out
+
+
+def test_rl_step_with_no_rollouts_returns_zeros_and_no_sigma():
+    """Regression: with no rollout with signal anywhere (a step under torchrun), rl_step returned an empty tuple."""
+    model, head = latent_model()
+    params = list(model.parameters()) + list(head.parameters())
+    cfg = SimpleNamespace(epochs=1, minibatch=8, clip_eps=0.2, length_average=True, grad_clip=0.0)
+    trainee = Trainee(model, head, partial(train_rl.rl_loss, cfg=cfg))
+    before = [p.detach().clone() for p in params]
+    loss, norm, sigma = train_rl.rl_step(trainee, model, head, torch.optim.SGD(params, lr=1e-3), params, None, None,
+                                         torch.zeros(0), cfg, torch.Generator().manual_seed(0), None)
+    assert (loss, norm) == (0.0, 0.0) and math.isnan(sigma)
+    assert all(torch.equal(a, p) for a, p in zip(before, params))

@@ -9,12 +9,13 @@ import sys
 import pytest
 import torch
 
-from common import load_checkpoint, read_pointer
+from checkpoint import load_checkpoint, read_pointer
 from test_ddp import ROOT, flags, weights
 from test_rl import rl_cfg
 
 # 3 steps of 8 questions: each process rolls out its 4 questions x 4 rollouts with its own seed and trains on its
-# share in minibatches of 8 / 2 rollouts, 2 epochs (so the minibatch order matters); checkpoints at steps 2 and 3
+# share in minibatches of 8 / 2 rollouts, 2 epochs (so the minibatch order matters); checkpoints at steps 0 (the
+# starting model), 2 and 3
 KW = dict(max_steps=3, eval_every=2, minibatch=8, epochs=2)
 
 
@@ -65,9 +66,9 @@ def test_two_processes_stay_equal_and_only_process_0_writes(tiny_runs, straight)
     w0, w1 = weights(r0), weights(r1)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the processes ended bit-identical
     assert all(torch.equal(w0[k], v) for k, v in weights(final).items())  # and process 0 saved what it had
-    assert r0["saves"] == [2, 3] and r1["saves"] == []  # only process 0 wrote checkpoints
+    assert r0["saves"] == [0, 2, 3] and r1["saves"] == []  # only process 0 wrote checkpoints
     assert r0["empty"] + r1["empty"] > 0  # the case covers a process that ran out of rollouts (a zero loss)
-    assert sorted(os.listdir(cfg.out_dir)) == ["best", "ckpt_000002.pt", "ckpt_000003.pt", "latest"]
+    assert sorted(os.listdir(cfg.out_dir)) == ["best", "ckpt_000000.pt", "ckpt_000002.pt", "ckpt_000003.pt", "latest"]
     assert run.stdout.count("init_from=") == 1 and run.stdout.count("done: 3 steps") == 1  # one log
     assert run.stdout.count("eval step ") == 3  # steps 0, 2, 3
     assert "over 2 process(es)" in run.stdout and "groups with signal 0.00" not in run.stdout

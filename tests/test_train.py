@@ -13,7 +13,8 @@ from conftest import tiny_train_cfg as tiny_cfg
 import colar
 import evaluate
 import train_sft
-from common import UserError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from common import UserError
 from data.format import read_split
 from sample import load_model
 

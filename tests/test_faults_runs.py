@@ -1,0 +1,240 @@
+"""Run folders under faults, met as a user meets them: a diverging run saves no broken checkpoint and names the one it
+keeps; RL's `best` is never worse than the model it started from; a resumed run keeps its mode; one live run per
+folder, and a killed run does not leave its folder locked; a failed or killed save leaves no partial file; a foreign
+pickle and a pointer to a missing file each get their own message. The scripts run as commands where it matters
+(exit status 2, one `error:` line on stderr, the folder afterwards), in-process where a command would be slow.
+
+Run: .venv/bin/python -m pytest tests/test_faults_runs.py
+"""
+import errno
+import fractions
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, tiny_train_cfg
+
+import checkpoint
+import train_rl
+import train_sft
+from checkpoint import load_checkpoint, open_run, read_pointer, save_checkpoint
+from common import UserError, run_cli
+TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "8", "--max_steps", "4", "--eval_n", "2",
+        "--warmup_steps", "1", "--log_every", "100", "--device", "cpu"]
+DIVERGE = ["--lr", "1e10", "--min_lr", "0", "--grad_clip", "0"]  # one update takes the weights to ~1e10: NaN outputs
+SMALL = {"script": "train_sft", "model": {}, "model_config": {}, "step": 0}  # enough of a checkpoint for open_run
+
+
+def cli(script, *args):
+    """Run a script as a user would (one thread, as the tests run). Returns (exit status, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def error_line(rc, err):
+    """The one `error:` line a refused or stopped command prints, and nothing else on stderr."""
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
+def checkpoints(out):
+    return sorted(f for f in os.listdir(out) if f.startswith("ckpt_"))
+
+
+def sft(data, out, **kw):
+    """A tiny SFT run in this process (the same settings as TINY)."""
+    base = dict(batch_size=8, max_steps=4, eval_n=2, warmup_steps=1, log_every=100)
+    base.update(kw)
+    return train_sft.main(tiny_train_cfg(data, out, **base))
+
+
+@pytest.fixture(scope="module")
+def colar_run(tiny_data, tmp_path_factory):
+    """A one-step CoLaR run from scratch (c = 1, 2): a starting point for RL, and a folder of mode colar."""
+    out = str(tmp_path_factory.mktemp("faults") / "colar")
+    sft(tiny_data, out, mode="colar", c_values="1,2", max_latents=4, max_steps=1, eval_every=1)
+    return out
+
+
+# --- divergence --------------------------------------------------------------------------------------------------
+def test_divergence_saves_no_broken_checkpoint(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "new")
+    with pytest.raises(SystemExit) as e:  # run_cli, as the command runs it, in this process (faster)
+        run_cli(train_sft.main, tiny_train_cfg(tiny_data, out, batch_size=8, max_steps=4, eval_n=2, warmup_steps=1,
+                                               eval_every=1, lr=1e10, min_lr=0, grad_clip=0))
+    msg = error_line(e.value.code, capsys.readouterr().err)
+    assert "diverged at step 1" in msg and "no checkpoint was written" in msg
+    checkpoint.release_all()  # what the process does as it exits
+    assert not os.path.exists(out)  # the run made the folder and wrote nothing in it: it is gone again
+    # two good steps, then resumed with a learning rate that breaks the weights at step 3
+    out = str(tmp_path / "resumed")
+    sft(tiny_data, out, eval_every=1, stop_at=2)
+    msg = error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, *DIVERGE,
+                          "--eval_every", "1", "--resume", "true")[::2])
+    assert "diverged at step 3" in msg and f"the last good checkpoint {out}/ckpt_000002.pt is kept" in msg
+    assert read_pointer(out, "latest") == read_pointer(out, "best") == "ckpt_000002.pt"
+    assert "ckpt_000003.pt" not in checkpoints(out)
+    kept = load_checkpoint(out, "latest")["model"]
+    assert all(torch.isfinite(t).all() for t in kept.values() if t.is_floating_point())
+
+
+def test_nan_loss_names_its_own_step_and_what_is_kept(tiny_data, tmp_path):
+    # the update of step 1 breaks the weights; no check at step 1 (eval_every 2), so step 2's own loss is NaN
+    with pytest.raises(UserError, match=r"loss became nan at step 2: lower --lr; no checkpoint was written"):
+        sft(tiny_data, str(tmp_path / "run"), eval_every=2, lr=1e10, min_lr=0, grad_clip=0)
+
+
+def rl(colar_run, tiny_data, out, **kw):
+    base = dict(init_from=colar_run, data_dir=tiny_data, out_dir=str(out), c=2, group=2, questions=4, minibatch=8,
+                max_latents=4, max_answer_tokens=4, max_steps=4, eval_every=2, eval_n=2, log_every=100, device="cpu")
+    base.update(kw)
+    return train_rl.main(train_rl.RLConfig(**base))
+
+
+@pytest.mark.parametrize("accuracy, best", [({0: 0.5, 2: 0.25, 4: 0.25}, "ckpt_000000.pt"),  # a collapse
+                                            ({0: 0.5, 2: 0.75, 4: 0.25}, "ckpt_000002.pt")])
+def test_rl_best_is_never_worse_than_the_starting_model(accuracy, best, colar_run, tiny_data, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.setattr(train_rl, "validate", lambda m, h, t, v, cfg, step: (accuracy[step], f"eval step {step}"))
+    out = str(tmp_path / "rl")
+    rl(colar_run, tiny_data, out)
+    assert read_pointer(out, "best") == best
+    ckpt = load_checkpoint(out)
+    assert ckpt["val_acc"] == max(accuracy.values()) and ckpt["step"] == int(best[5:11])
+    if best == "ckpt_000000.pt":  # the starting weights, kept in the RL folder
+        start = load_checkpoint(colar_run)["model"]
+        assert all(torch.equal(start[k], v) for k, v in ckpt["model"].items())
+    said = "no checkpoint beat the starting model" in capsys.readouterr().out
+    assert said == (best == "ckpt_000000.pt")
+
+
+# --- resuming ------------------------------------------------------------------------------------------------------
+def test_resume_keeps_the_mode(colar_run, tiny_data, tmp_path):
+    out = str(tmp_path / "colar")
+    shutil.copytree(colar_run, out)
+    before = sorted(os.listdir(out))
+    msg = error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, "--mode", "cot",
+                          "--resume", "true")[::2])
+    assert msg == ("error: --mode=cot does not match the run being resumed (colar): resume with the run's own "
+                   "settings")
+    assert sorted(os.listdir(out)) == before
+
+
+# --- one live run per folder ---------------------------------------------------------------------------------------
+def test_one_live_run_per_folder(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    assert open_run(out, False, "train_sft") is None  # this process now runs in `out`
+    stale = os.path.join(out, "ckpt_000004.pt.tmp")  # as if this run were writing a checkpoint right now
+    open(stale, "wb").close()
+    held = (f"error: {out} is in use by another run (pid {os.getpid()} on {socket.gethostname()}): wait for it to "
+            f"end, or choose another --out_dir")
+    for resume in ("false", "true"):
+        assert error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY,
+                               "--resume", resume)[::2]) == held
+    assert sorted(os.listdir(out)) == ["ckpt_000004.pt.tmp", "lock"]  # refused before touching anything
+    checkpoint.release_run(out)
+    os.remove(stale)
+    # a run that is killed holding the lock leaves nothing stuck: the next one takes the folder
+    killed = subprocess.run([sys.executable, "-c", f"import sys, os; sys.path.insert(0, {ROOT!r}); import checkpoint; "
+                             f"checkpoint.open_run({out!r}, False, 'train_sft'); os.kill(os.getpid(), 9)"], timeout=120)
+    assert killed.returncode == -9 and "lock" in os.listdir(out)  # its lock file stays, naming a dead process
+    run = sft(tiny_data, out)
+    assert run["step"] == 4 and read_pointer(out, "latest") == "ckpt_000004.pt"
+    assert "lock" not in os.listdir(out)  # let go at the end of the run
+
+
+def test_only_the_main_process_locks(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # a torchrun process other than rank 0
+    out = str(tmp_path / "run")
+    save_checkpoint(out, 1, SMALL)
+    assert open_run(out, True, "train_sft")["step"] == 0
+    assert "lock" not in os.listdir(out)
+
+
+# --- saves that fail -----------------------------------------------------------------------------------------------
+def test_stale_partial_files_are_removed(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    for name in ("ckpt_000001.pt.tmp", "latest.tmp"):  # left by a run killed in the middle of a save
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b"partial")
+    rc, _, err = cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY)
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == ["best", "ckpt_000004.pt", "latest"]
+    with open(os.path.join(out, "ckpt_000001.pt.tmp"), "wb") as f:  # also at the next save of a run
+        f.write(b"partial")
+    save_checkpoint(out, 5, SMALL)
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 "
+                                                  "vs 0\nframe #0: c10::Error"),
+                                     OSError(errno.ENOSPC, "No space left on device")])
+def test_a_failed_save_is_one_line_and_leaves_no_partial_file(failure, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    save_checkpoint(out, 1, SMALL)
+
+    def full_disk(obj, f):
+        f.write(b"x" * 64)  # some bytes reach the file, then the write fails
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError) as e:
+        save_checkpoint(out, 2, SMALL)
+    reason = "unexpected pos 64 vs 0" if isinstance(failure, RuntimeError) else "No space left on device"
+    assert str(e.value).startswith(f"cannot write checkpoint {out}/ckpt_000002.pt: ") and reason in str(e.value)
+    assert str(e.value).endswith(f"the last good checkpoint {out}/ckpt_000001.pt is kept") and "\n" not in str(e.value)
+    assert sorted(os.listdir(out)) == ["ckpt_000001.pt", "latest"]
+
+
+def test_a_failed_save_stops_training_with_one_line(tiny_data, tmp_path, monkeypatch, capsys):
+    def full_disk(obj, f):
+        f.write(b"x" * 64)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\nframe #0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_sft.main, tiny_train_cfg(tiny_data, out, batch_size=8, max_steps=2, eval_n=2, log_every=100))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: cannot write checkpoint {out}/ckpt_000002.pt: [enforce fail at "
+                                       f"inline_container.cc:664] . unexpected pos 64 vs 0; no checkpoint was "
+                                       f"written\n")
+    checkpoint.release_all()  # what the process does as it exits
+    assert not os.path.exists(out)  # nothing was written: the folder the run made is gone again
+
+
+# --- messages that name the cause ----------------------------------------------------------------------------------
+def test_a_foreign_pickle_is_refused_as_such(tmp_path):
+    path = str(tmp_path / "foreign.pt")
+    torch.save({"model": {}, "model_config": {}, "note": fractions.Fraction(1, 3)}, path)
+    with pytest.raises(UserError, match=r"foreign.pt holds objects other than tensors and plain values "
+                                        r"\(fractions.Fraction\): not a checkpoint of this project, or unsafe; "
+                                        r"refused$"):
+        load_checkpoint(path)
+    with open(path, "rb") as f, open(path + ".cut", "wb") as g:  # the control: a file cut short is still corrupt
+        g.write(f.read()[:100])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(path + ".cut")
+
+
+def test_a_pointer_to_a_missing_file_says_so(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    save_checkpoint(out, 1, SMALL, best=True)
+    save_checkpoint(out, 2, SMALL)
+    os.remove(os.path.join(out, "ckpt_000002.pt"))
+    msg = error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, "--resume", "true")[::2])
+    assert msg.startswith(f"error: {out}/latest points at ckpt_000002.pt, which is missing")
+    assert load_checkpoint(out)["path"].endswith("ckpt_000001.pt")  # `best` is there
+    os.remove(os.path.join(out, "ckpt_000001.pt"))
+    with pytest.raises(UserError, match=r"/best points at ckpt_000001.pt, which is missing"):
+        load_checkpoint(out)
