@@ -1,8 +1,10 @@
 """
 The main job, one stage after another: the synthetic data, the CoT and No-CoT baselines, CoLaR SFT from the CoT model,
 RL of the CoLaR model at one speed, and the evaluation of everything on the test split (CoLaR at c = 1..5, greedy and
-sampled over 5 seeds). Prints the results table and writes it (results/demo.json records, results/demo.md) with the
-accuracy-versus-#L plot (results/demo.png, when matplotlib is installed).
+sampled over 5 seeds). Prints the results table and writes it (out/results/demo.json records, out/results/demo.md)
+with the accuracy-versus-#L plot (out/results/demo.png, when matplotlib is installed), each beside the committed
+reference run's (results/demo.json): a column of the table, grey points of the plot. So a run leaves the committed
+results/ as they are (--results names another file).
 
 Each stage is one command of this repository, printed before it runs (so the demo doubles as its own recipe). A
 stage whose result exists is skipped: a finished training run, or an evaluation already in the results file for
@@ -10,7 +12,7 @@ the same checkpoint. An interrupted training stage resumes from its latest check
 where it stopped when run again with the same flags.
 
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
-    python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, results/*_quick.*)
+    python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, out/quick/results)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
 """
@@ -35,7 +37,8 @@ class DemoConfig:
     steps_min: int = 6                # synth: fewest operations per question (data/synthetic.py)
     steps_max: int = 8                # synth: most operations per question
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
-    results: str = "results/demo.json"  # evaluation records; the table and plot are written beside it (.md, .png)
+    results: str = ""                 # evaluation records (table, plot beside them); empty: out_dir/results/demo.json
+    reference: str = "results/demo.json"  # a reference run's committed records, shown beside this run's if present
     quick: bool = False               # the ~5-minute version: sets the QUICK values below
     ablations: bool = False           # also train and evaluate the ablations and the unseen-speed model
     tokenizer: str = "char"           # char, number or gpt2 (train_sft.py --tokenizer)
@@ -54,13 +57,13 @@ class DemoConfig:
 
 # --quick: to see the pipeline's shape in minutes, at lower accuracy: chains of 3-4 steps instead of 6-8 (half as
 # long, so each step costs half), the fewest steps that teach CoT this task (it jumps from 28% to 100% between steps
-# 300 and 500), a short CoLaR stage, 200 test questions and 3 seeds; into out_dir/quick and results/*_quick.json
+# 300 and 500), a short CoLaR stage, 200 test questions and 3 seeds; into out_dir/quick, beside results/demo_quick.json
 QUICK = dict(data_dir="data/synth_quick", steps_min=3, steps_max=4, max_steps=600, colar_steps=800, rl_steps=20,
-             rl_eval_n=100, n_test=200, seeds="0,1,2")
+             rl_eval_n=100, n_test=200, seeds="0,1,2", reference="results/demo_quick.json")
 
 # --task gsm8k: GSM8K's 7k training problems with a from-scratch model and GPT-2's BPE reduced to the data's ids;
 # the steps fit a CPU (the 13.6k-way softmax makes a step about 6x slower than on the synthetic task)
-GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", results="results/gsm8k_demo.json", tokenizer="gpt2",
+GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8k_demo.json", tokenizer="gpt2",
              batch_size=32, max_steps=400, colar_steps=800, rl_steps=60, rl_eval_n=200)
 
 # the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
@@ -176,8 +179,9 @@ def check_inputs(cfg):
 
 
 def resolve(cfg):
-    """The config the demo runs: --task gsm8k's values, or --quick's (into out_dir/quick, results *_quick.json),
-    each where the command line left a field at its default."""
+    """The config the demo runs: --task gsm8k's values, or --quick's (into out_dir/quick, a --results *_quick.json),
+    each where the command line left a field at its default; the records go to out_dir/results/ (demo.json,
+    demo_quick.json or gsm8k_demo.json, the reference's name) unless --results names a file."""
     if cfg.task not in ("synth", "gsm8k"):
         raise UserError(f"--task must be synth or gsm8k, got {cfg.task!r}")
     if cfg.quick and cfg.task != "synth":
@@ -190,8 +194,19 @@ def resolve(cfg):
         cfg = replace(cfg, **unset(GSM8K))
     if cfg.quick:
         cfg = replace(cfg, **unset(QUICK), out_dir=os.path.join(cfg.out_dir, "quick"),
-                      results=os.path.splitext(cfg.results)[0] + "_quick.json")
+                      results=cfg.results and os.path.splitext(cfg.results)[0] + "_quick.json")
+    if not cfg.results:
+        name = ("gsm8k_demo" if cfg.task == "gsm8k" else "demo") + ("_quick" if cfg.quick else "") + ".json"
+        cfg = replace(cfg, results=os.path.join(cfg.out_dir, "results", name))
     return cfg
+
+
+def reference_flags(cfg):
+    """report.py's --reference: the reference run's records, when the file exists and is not this run's own."""
+    ref = cfg.reference
+    if not ref or not os.path.isfile(ref) or (os.path.exists(cfg.results) and os.path.samefile(ref, cfg.results)):
+        return []
+    return [f"--reference={ref}"]
 
 
 def main(cfg):
@@ -236,7 +251,7 @@ def main(cfg):
         eval_stage(cfg, name, out(name), cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
     stem = os.path.splitext(cfg.results)[0]
-    run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"])
+    run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"] + reference_flags(cfg))
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
           + f"; total {(time.time() - t0) / 60:.1f} min")
     with open(stem + ".md") as f:

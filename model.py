@@ -8,9 +8,12 @@ What it adds to a plain nanoGPT-style model, because latent reasoning needs it:
 - it returns the final hidden states (after the final LayerNorm) beside the logits: the latent head reads them;
 - a KV cache (KVCache) for batched incremental decoding, whose rows can be dropped when they finish.
 Positions are rotary (RoPE, the default for from-scratch training) or learned (as pretrained GPT-2 has).
-GPT.from_pretrained("gpt2") loads GPT-2's weights from Hugging Face (needs the optional transformers package).
+GPT.from_pretrained("gpt2") loads GPT-2's weights from Hugging Face, or from a local save_pretrained folder (needs the
+optional transformers package).
 """
+import json
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -147,17 +150,28 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     @classmethod
-    def from_pretrained(cls, name, vocab_size=None):
-        """GPT-2 of size `name` (one of PRETRAINED) with Hugging Face's weights, downloaded on first use and cached
-        by transformers. vocab_size: as in from_hf_gpt2."""
-        if name not in cls.PRETRAINED:
-            raise ValueError(f"unknown pretrained model {name!r}: use one of {', '.join(cls.PRETRAINED)}")
+    def from_pretrained(cls, name_or_path, vocab_size=None):
+        """GPT-2 with Hugging Face's weights: a size (one of PRETRAINED), downloaded on first use and cached by
+        transformers, or a local folder in Hugging Face's layout (config.json and the weights, as save_pretrained
+        writes them), read offline. vocab_size: as in from_hf_gpt2."""
+        local = os.path.isdir(name_or_path)
+        if not local and name_or_path not in cls.PRETRAINED:
+            raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(cls.PRETRAINED)}, "
+                             f"or a folder that save_pretrained wrote")
+        if local:
+            config = os.path.join(name_or_path, "config.json")
+            if not os.path.isfile(config):
+                raise ValueError(f"{name_or_path} has no config.json: not a model folder in Hugging Face's layout")
+            with open(config) as f:
+                kind = json.load(f).get("model_type")
+            if kind != "gpt2":
+                raise ValueError(f"{config} describes a model of type {kind!r}, not GPT-2 ('gpt2')")
         try:
             from transformers import GPT2LMHeadModel  # optional: only this function needs it
         except ImportError:
-            raise ImportError(f"loading pretrained {name} needs the transformers package: pip install transformers "
-                              f"(or pip install -e '.[hf]')") from None
-        return cls.from_hf_gpt2(GPT2LMHeadModel.from_pretrained(name), vocab_size)
+            raise ImportError(f"loading pretrained {name_or_path} needs the transformers package: "
+                              f"pip install transformers (or pip install -e '.[hf]')") from None
+        return cls.from_hf_gpt2(GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=local), vocab_size)
 
     @classmethod
     def from_hf_gpt2(cls, hf_model, vocab_size=None):

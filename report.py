@@ -1,9 +1,11 @@
 """
 The results report from evaluate.py's JSON records: a Markdown table and a plot of accuracy against reasoning length.
 The table follows the CoLaR paper's Table 1 (accuracy and mean reasoning length #L per method and speed c, sampled
-and greedy); the plot shows each (method, c) as a point, with the Pareto front.
+and greedy); the plot shows each (method, c) as a point, with the Pareto front. With --reference, the records of
+another run (the committed results/demo.json) are shown beside them: a column of the table and grey hollow points.
 
     python report.py --results results/demo.json --md results/demo.md --png results/demo.png
+    python report.py --results out/results/demo.json --reference results/demo.json   # your run beside the reference
     python report.py --results results/demo.json,results/rl.json --split test   # several files, read together
 
 The plot needs matplotlib, an optional dependency (`pip install matplotlib`); without it the table is still written.
@@ -73,12 +75,24 @@ def cells(by_decode):
     return [acc_s, acc_g, len_s, DASH if g is None else f"{g['mean_len']:.1f}"]
 
 
-def table(records, split="test"):
-    """A Markdown table, one row per (method, c) of the records of `split`; a missing value shows as a dash."""
+def reference_cell(by_decode):
+    """The reference run's accuracy for one row: sampled (mean ± ci95) in %, else greedy, marked so; a dash when the
+    reference has neither."""
+    acc_s, acc_g = cells(by_decode)[:2]
+    return acc_s if "sampled" in by_decode else acc_g if acc_g == DASH else f"{acc_g} (greedy)"
+
+
+def table(records, split="test", reference=None):
+    """A Markdown table, one row per (method, c) of the records of `split`; a missing value shows as a dash. With
+    `reference` (another run's records) a last column holds its accuracy for the same (method, c)."""
     lines = ["| method | c | accuracy, sampled (%) | accuracy, greedy (%) | #L, sampled | #L, greedy |",
              "|---|---:|---:|---:|---:|---:|"]
+    ref = None if reference is None else rows(reference, split)
+    if ref is not None:
+        lines = [lines[0] + " reference, sampled (%) |", lines[1] + "---:|"]
     for (method, c), by_decode in rows(records, split).items():
-        lines.append("| " + " | ".join([LABELS.get(method, method), str(c)] + cells(by_decode)) + " |")
+        extra = [] if ref is None else [reference_cell(ref.get((method, c), {}))]
+        lines.append("| " + " | ".join([LABELS.get(method, method), str(c)] + cells(by_decode) + extra) + " |")
     return "\n".join(lines)
 
 
@@ -89,9 +103,10 @@ def pareto_front(points):
     return sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
 
 
-def plot(records, path, split="test", decode="sampled"):
+def plot(records, path, split="test", decode="sampled", reference=None, reference_label="reference"):
     """Accuracy against #L, one labelled point per (method, c) and one colour and marker per method, with the Pareto
-    front as a step line, written as a PNG to `path`. Returns False when matplotlib is not installed."""
+    front as a step line, written as a PNG to `path`; with `reference` (another run's records), its points for the
+    same (method, c) as grey hollow circles. Returns False when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -109,6 +124,11 @@ def plot(records, path, split="test", decode="sampled"):
                    label=LABELS.get(method, method), zorder=3)
         for x, y, _, c in mine:
             ax.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    if reference is not None:
+        ref = rows(reference, split)
+        theirs = [ref[m, c][decode] for _, _, m, c in points if decode in ref.get((m, c), {})]
+        ax.scatter([r["mean_len"] for r in theirs], [100 * r["accuracy"] for r in theirs], facecolors="none",
+                   edgecolors="grey", s=80, zorder=2.5, label=reference_label)
     front = pareto_front([p[:2] for p in points])
     ax.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", linestyle="--", zorder=2,
             label="Pareto front")
@@ -130,6 +150,7 @@ class ReportConfig:
     md: str = ""                        # write the table as Markdown to this file (e.g. results/demo.md)
     png: str = ""                       # write the accuracy-vs-#L plot to this PNG file (needs matplotlib)
     decode: str = "sampled"             # the plot's decoding: sampled or greedy
+    reference: str = ""                 # another run's records, shown beside these (e.g. results/demo.json)
 
 
 def main(cfg):
@@ -142,13 +163,16 @@ def main(cfg):
         if path:
             check_writable(path, flag)
     records = load_records(paths)
+    reference = load_records([cfg.reference]) if cfg.reference else None
     if not any(r["split"] == cfg.split for r in records):
         splits = sorted({r["split"] for r in records})
         raise UserError(f"no records of the {cfg.split} split in {', '.join(paths)} (splits there: {splits})")
     notes = [ABLATIONS[m] for m in ABLATIONS if any(r["method"] == m and r["split"] == cfg.split for r in records)]
-    text = (table(records, cfg.split) + f"\n\n{cfg.split} split; sampled accuracy is the mean over seeds ± the "
-            f"half-width of its 95% t-interval; #L is the mean reasoning length (chain tokens or latents)"
-            + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}.")
+    text = (table(records, cfg.split, reference) + f"\n\n{cfg.split} split; sampled accuracy is the mean over seeds "
+            f"± the half-width of its 95% t-interval; #L is the mean reasoning length (chain tokens or latents)"
+            + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}."
+            + (f" The reference column is from {cfg.reference}, another training run: its ± is over the sampling "
+               f"seeds of that run only, not over training runs." if cfg.reference else ""))
     print(text)
     if cfg.md:
         os.makedirs(os.path.dirname(cfg.md) or ".", exist_ok=True)
@@ -156,7 +180,7 @@ def main(cfg):
             f.write(text + "\n")
         print(f"table written to {cfg.md}")
     if cfg.png:
-        if plot(records, cfg.png, cfg.split, cfg.decode):
+        if plot(records, cfg.png, cfg.split, cfg.decode, reference, f"reference ({cfg.reference})"):
             print(f"plot written to {cfg.png}")
         else:
             print("plot skipped: matplotlib is not installed (pip install matplotlib, or pip install .[plot])")

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colar
 from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
-                        release_run, restore_training_state, save_checkpoint, training_state)
+                        read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
 from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, cleanup_distributed, make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, wrap_ddp)
 from data.format import check_split, read_split
@@ -65,7 +65,7 @@ class TrainConfig:
     block_size: int = 0            # context length; 0: room for the longest example and for the longest question
                                    # with max_latents latents and an answer (as RL samples them), plus 32
     # CoLaR (mode colar)
-    init_from: str = ""            # CoT run or checkpoint, or gpt2[-medium|-large|-xl]; its tokenizer and size win
+    init_from: str = ""            # CoT run or checkpoint, gpt2[-medium|-large|-xl] or a GPT-2 folder; its shape wins
     c_max: int = 5                 # compression factors 1..c_max are trained
     c_values: str = ""             # or exactly these, comma-separated (e.g. 1,3,5; repeats weight the draw)
     pool: str = "sqrt"             # sqrt (sum / sqrt(n), CoLaR) or mean (the MP ablation)
@@ -152,17 +152,27 @@ def new_model_config(cfg, tok, encoded):
                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_emb=cfg.pos_emb)
 
 
+def is_pretrained(init_from):
+    """Whether --init_from names GPT-2: a size, or a folder in Hugging Face's layout (config.json, as save_pretrained
+    writes it; our run folders have a `latest` pointer instead)."""
+    return init_from in GPT.PRETRAINED or (os.path.isdir(init_from) and not read_pointer(init_from, "latest")
+                                           and os.path.isfile(os.path.join(init_from, "config.json")))
+
+
 def pretrained_start(cfg):
-    """GPT-2's weights (cfg.init_from names the size) as a starting point shaped like a checkpoint dict: the full
-    GPT-2 vocabulary plus our special tokens, whose new embedding rows GPT.from_hf_gpt2 describes."""
+    """GPT-2's weights (cfg.init_from names the size or the folder) as a starting point shaped like a checkpoint
+    dict: the full GPT-2 vocabulary plus our special tokens, whose new embedding rows GPT.from_hf_gpt2 describes."""
     tok = Tokenizer("gpt2")
     try:
         model = GPT.from_pretrained(cfg.init_from, vocab_size=tok.n_vocab)
     except ImportError as e:
         raise UserError(str(e)) from None
-    except OSError as e:  # no network and nothing in Hugging Face's cache
-        raise UserError(f"cannot load {cfg.init_from}'s weights from Hugging Face (offline, and not cached?): "
-                        f"{str(e).splitlines()[0]}") from None
+    except ValueError as e:  # a folder not of a GPT-2 that model.py can represent
+        raise UserError(f"--init_from {cfg.init_from}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # no network and nothing in Hugging Face's cache; a folder without readable weights
+        what = (f"{cfg.init_from}'s weights from Hugging Face (offline, and not cached?)"
+                if cfg.init_from in GPT.PRETRAINED else f"GPT-2's weights from {cfg.init_from}")
+        raise UserError(f"cannot load {what}: {str(e).splitlines()[0]}") from None
     m = replace(model.cfg, dropout=cfg.dropout)
     shape = {"tokenizer": "gpt2", "number_digits": cfg.number_digits, "n_layer": m.n_layer, "n_head": m.n_head,
              "n_embd": m.n_embd, "pos_emb": m.pos_emb}
@@ -182,7 +192,7 @@ def starting_point(cfg):
             return cfg, ckpt, None
         if not cfg.init_from:
             return cfg, None, None
-        init = pretrained_start(cfg) if cfg.init_from in GPT.PRETRAINED else load_checkpoint(cfg.init_from)
+        init = pretrained_start(cfg) if is_pretrained(cfg.init_from) else load_checkpoint(cfg.init_from)
         return replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS}), None, init
     except UserError:
         release_run(cfg.out_dir)  # a refused run leaves the folder as it found it
@@ -196,9 +206,12 @@ def check_config(cfg):
         raise UserError(f"--pool must be sqrt or mean, got {cfg.pool!r}")
     if cfg.latent_loss not in ("soft_mse", "nll"):
         raise UserError(f"--latent_loss must be soft_mse or nll, got {cfg.latent_loss!r}")
-    if cfg.init_from and cfg.mode != "colar" and cfg.init_from not in GPT.PRETRAINED:
+    if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
+        raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
+                        f"Hugging Face's layout (no config.json)")
+    if cfg.init_from and cfg.mode != "colar" and not is_pretrained(cfg.init_from):
         raise UserError("--init_from a checkpoint is for --mode colar (it starts CoLaR from a CoT run)")
-    if cfg.init_from in GPT.PRETRAINED and cfg.tokenizer != "gpt2":
+    if is_pretrained(cfg.init_from) and cfg.tokenizer != "gpt2":
         raise UserError(f"--init_from {cfg.init_from} needs --tokenizer gpt2 (the pretrained model reads GPT-2's ids)")
     if cfg.tokenizer not in KINDS:
         raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")

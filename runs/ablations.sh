@@ -11,7 +11,7 @@
 #   bash runs/ablations.sh
 #
 # 123.6 minutes beyond the demo on a 2-core CPU (results/logs/demo_ablations.txt). Resumable: run it again after an
-# interruption. Adds its rows to results/demo.json, .md and .png; EXPERIMENTS.md discusses them.
+# interruption. Adds its rows to out/results/demo.json, .md and .png; EXPERIMENTS.md discusses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -3,7 +3,7 @@
 # 6,973 problems) and GSM8K-Aug's validation and test files in the GSM8K-Aug format, GPT-2's BPE reduced to the ids the
 # text uses (13,567), the demo's 4-layer model (2.53M parameters), then CoT (400 steps of 32), No-CoT (400), CoLaR (800
 # steps from the CoT model), RL at c = 5 (60 steps) and the test evaluation (1,319 questions) into
-# results/gsm8k_demo.json, .md and .png.
+# out/gsm8k/results/gsm8k_demo.json, .md and .png, beside the committed reference run's results/gsm8k_demo.*.
 #
 #   bash runs/gsm8k_scratch.sh                           # downloads the four source files once, into data/gsm8k/raw
 #   COLAR_DATA=/path/to/folder bash runs/gsm8k_scratch.sh   # offline: a folder with gsm8k/ and gsm8k_aug/ in it

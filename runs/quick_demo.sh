@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline, small, to see its shape in minutes: a 3-4 step version of the synthetic task, CoT (600 steps),
 # No-CoT, CoLaR (800 steps from the CoT model), RL at c = 5 (20 steps), then 200 test questions at c = 1..5, greedy
-# and sampled with 3 seeds. Writes out/quick/ (the runs) and results/demo_quick.json, .md (the table), .png (the plot).
+# and sampled with 3 seeds. Writes out/quick/ (the runs) and out/quick/results/demo_quick.json, .md (the table), .png
+# (the plot), beside the committed reference run's results/demo_quick.*.
 #
 #   bash runs/quick_demo.sh
 #

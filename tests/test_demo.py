@@ -28,14 +28,16 @@ def commands(out):
 def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stages' subprocesses are tiny: one thread each, like this one
     data = make_tiny_data(str(tmp_path / "data"), n_train=300, n_val=4, n_test=10)
-    results = str(tmp_path / "results" / "demo.json")
-    cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), results=results, max_steps=2, colar_steps=2,
-                          rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu")
+    results = str(tmp_path / "out" / "results" / "demo.json")  # by default, under out_dir
+    reference = tmp_path / "reference.json"  # none yet: the report has no reference column
+    cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), reference=str(reference), max_steps=2,
+                          colar_steps=2, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu")
     text = demo.main(cfg)
     out = capfd.readouterr().out  # the demo's lines and its subprocesses' (written to the real stdout)
     assert commands(out) == ["train_sft.py"] * 3 + ["train_rl.py"] + ["evaluate.py"] * 4 + ["report.py"]
     assert out.count("done: 2 steps") == 3 and out.count("done: 1 steps") == 1  # the training subprocesses' logs
     assert len(stage_lines(out, "skipped")) == 1  # only the data, made above
+    assert "--reference" not in out and "reference, sampled" not in out
     with open(results) as f:
         records = json.load(f)
     got = {(r["method"], r["c"], r["decode"]) for r in records}
@@ -46,7 +48,7 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     rl = [r for r in records if r["method"] == "colar_rl"]
     assert {os.path.dirname(r["checkpoint"]) for r in rl} == {str(tmp_path / "out" / "colar_rl")}
     assert "| CoLaR + RL | 5 |" in text and "| No-CoT | 0 |" in text
-    with open(str(tmp_path / "results" / "demo.md")) as f:
+    with open(str(tmp_path / "out" / "results" / "demo.md")) as f:
         assert f.read().startswith(text.splitlines()[0])
 
     assert demo.main(cfg) == text  # the second run: nothing trained or evaluated again, the same table
@@ -58,21 +60,34 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
         assert json.load(f) == records
 
     # other settings of the evaluation: evaluated again, training skipped (the commands only recorded)
+    # and a reference file now exists: the report is given it, unless it is this run's own results file
     ran = []
     monkeypatch.setattr(demo, "run", ran.append)
+    reference.write_text(json.dumps(records))
     demo.main(replace(cfg, n_test=2))
     out = capfd.readouterr().out
     assert out.count("already trained") == 4 and "evaluation of cot (" in out
     assert [args[0] for args in ran] == ["evaluate.py"] * 4 + ["report.py"]
     assert all("--n=2" in args for args in ran[:4])
+    assert ran[-1][1:] == [f"--results={results}", f"--md={results[:-5]}.md", f"--png={results[:-5]}.png",
+                           f"--reference={reference}"]
+    ran.clear()
+    demo.main(replace(cfg, n_test=2, reference=results))
+    assert ran[-1][0] == "report.py" and not any(a.startswith("--reference") for a in ran[-1])
 
 
 def test_demo_presets():
+    full = demo.resolve(demo.DemoConfig())  # a run's records under its out_dir, the committed ones its reference
+    assert (full.results, full.reference) == ("out/results/demo.json", "results/demo.json")
+    assert demo.resolve(demo.DemoConfig(out_dir="elsewhere")).results == "elsewhere/results/demo.json"
     quick = demo.resolve(demo.DemoConfig(quick=True))
-    assert (quick.out_dir, quick.results, quick.data_dir) == ("out/quick", "results/demo_quick.json", "data/synth_quick")
+    assert (quick.out_dir, quick.results, quick.reference, quick.data_dir) == (
+        "out/quick", "out/quick/results/demo_quick.json", "results/demo_quick.json", "data/synth_quick")
     assert quick.colar_steps < demo.DemoConfig.colar_steps and quick.steps_max < demo.DemoConfig.steps_max
+    assert demo.resolve(demo.DemoConfig(quick=True, results="r.json")).results == "r_quick.json"
     g = demo.resolve(demo.DemoConfig(task="gsm8k"))
-    assert (g.data_dir, g.tokenizer, g.out_dir, g.results) == ("data/gsm8k", "gpt2", "out/gsm8k", "results/gsm8k_demo.json")
+    assert (g.data_dir, g.tokenizer, g.out_dir, g.results, g.reference) == (
+        "data/gsm8k", "gpt2", "out/gsm8k", "out/gsm8k/results/gsm8k_demo.json", "results/gsm8k_demo.json")
     mine = demo.resolve(demo.DemoConfig(task="gsm8k", batch_size=16, results="r.json"))  # flags given win
     assert (mine.batch_size, mine.results, mine.max_steps) == (16, "r.json", demo.GSM8K["max_steps"])
     for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True)):

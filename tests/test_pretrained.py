@@ -1,8 +1,12 @@
 """GPT-2 weights from Hugging Face: the conversion gives the same logits, the new tokens' rows, the missing-package
-error, and train_sft.py --init_from gpt2. Nothing is downloaded: the Hugging Face models are small and random.
+error, train_sft.py --init_from gpt2, and a GPT-2 folder written by save_pretrained, loaded and trained on offline.
+Nothing is downloaded: the Hugging Face models are small and random.
 
 Run: .venv/bin/python -m pytest tests/test_pretrained.py   (the conversion tests need: pip install transformers)
 """
+import json
+import math
+import socket
 import sys
 from dataclasses import replace
 
@@ -168,3 +172,56 @@ def test_init_from_gpt2_errors(tiny_data, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="offline, and not cached.*couldn't connect") as e:
         train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "d")))
     assert "more detail" not in str(e.value)  # one line
+
+
+# --- a local GPT-2 folder (save_pretrained), offline -------------------------------------------------------------
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: Hugging Face's offline mode, and any connection attempt fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def connect(*args):
+        raise AssertionError(f"a network connection was attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "create_connection", connect)
+
+
+def test_gpt2_folder_loads_offline_with_the_same_logits(tmp_path, offline):
+    hf = hf_gpt2(vocab_size=50257, n_positions=256)
+    hf.save_pretrained(tmp_path / "gpt2")
+    m = GPT.from_pretrained(str(tmp_path / "gpt2")).eval()
+    assert (m.cfg.vocab_size, m.cfg.block_size, m.cfg.n_layer, m.cfg.n_embd) == (50257, 256, 2, C)
+    x = torch.tensor([[15496, 11, 995, 0, 50256, 464, 3290]])  # "Hello, world!" and more GPT-2 ids
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)[0], hf(x).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="has no config.json"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_init_from_a_gpt2_folder_trains_offline(tiny_data, tmp_path, offline):
+    hf_gpt2(vocab_size=50257, n_positions=256).save_pretrained(tmp_path / "gpt2")
+    folder = str(tmp_path / "gpt2")
+    run = train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "a"), init_from=folder, mode="cot", lr=1e-3, min_lr=1e-4))
+    assert run["step"] == 2 and all(math.isfinite(ce) for _, _, ce, _ in run["history"])
+    ckpt = load_checkpoint(str(tmp_path / "a"), "latest")
+    assert ckpt["model_config"]["n_layer"] == 2 and ckpt["model_config"]["vocab_size"] == 50257 + 6
+    assert ckpt["config"]["init_from"] == folder
+
+
+def test_init_from_a_folder_errors(tiny_data, tmp_path, offline):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither a run folder .* nor GPT-2 in Hugging Face's layout"):
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "a"), init_from=str(tmp_path / "empty")))
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(UserError, match="type 'llama', not GPT-2"):
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "b"), init_from=str(tmp_path / "llama")))
+    hf_gpt2(vocab_size=50257, layer_norm_epsilon=1e-6).save_pretrained(tmp_path / "eps")
+    with pytest.raises(UserError, match="differs from model.py's architecture in: layer_norm_epsilon$"):
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "c"), init_from=str(tmp_path / "eps")))
+    (tmp_path / "eps" / "model.safetensors").unlink()  # a config without the weights
+    with pytest.raises(UserError, match="cannot load GPT-2's weights from .*eps: ") as e:
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "d"), init_from=str(tmp_path / "eps")))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="needs --tokenizer gpt2"):
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "e"), init_from=str(tmp_path / "eps"), tokenizer="char"))

@@ -145,3 +145,31 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(UserError):  # sampled decoding, but the val split has no records
         plot(RECORDS, str(path), split="val")
+
+
+def test_reference_column_and_footnote(tmp_path, monkeypatch):
+    """A run's records beside a reference run's: the column holds the reference's accuracy for the same (method, c),
+    sampled or else greedy; a row the reference lacks shows a dash, and the reference's own rows are not added."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    mine, ref = tmp_path / "mine.json", tmp_path / "ref.json"
+    mine.write_text(json.dumps([rec("colar", 5, "sampled", 0.9, 11.3, 0.01), rec("colar", 5, "greedy", 0.92, 11.3),
+                                rec("colar", 2, "greedy", 1.0, 27.9), rec("colar_rl", 5, "greedy", 0.95, 11.3)]))
+    ref.write_text(json.dumps([rec("colar", 5, "sampled", 0.951, 11.3, 0.002), rec("colar", 5, "greedy", 0.96, 11.3),
+                               rec("colar", 2, "greedy", 0.998, 27.9), rec("cot", 1, "greedy", 1.0, 54.8)]))
+    text = main(ReportConfig(results=str(mine), reference=str(ref)))
+    md = text.split("\n\n")[0]
+    assert md.splitlines()[0].endswith("| #L, greedy | reference, sampled (%) |")
+    assert body(md) == [["CoLaR", "2", "–", "100.0", "–", "27.9", "99.8 (greedy)"],
+                        ["CoLaR", "5", "90.0 ± 1.0", "92.0", "11.3", "11.3", "95.1 ± 0.2"],
+                        ["CoLaR + RL", "5", "–", "95.0", "–", "11.3", "–"]]
+    assert f"From {mine}. The reference column is from {ref}, another training run" in text
+    assert "over the sampling seeds of that run only" in text
+    plain = main(ReportConfig(results=str(mine)))  # without --reference, the table as before
+    assert plain.startswith(table(json.loads(mine.read_text()))) and "reference column" not in plain
+
+
+def test_plot_with_a_reference(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "r.png"
+    assert plot(RECORDS, str(path), reference=RECORDS[:4], reference_label="reference (r.json)") is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
