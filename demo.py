@@ -51,6 +51,7 @@ class DemoConfig:
     rl_length_penalty: float = 0.0    # train_rl.py --length_penalty
     rl_eval_n: int = 500              # validation questions for RL's checkpoint selection
     n_test: int = 0                   # test questions to evaluate (0: all)
+    max_latents: int = 64             # cap on latents per answer: validation, RL rollouts and evaluation
     seeds: str = "0,1,2,3,4"          # seeds for sampled decoding
     device: str = "auto"              # auto, cpu, cuda, mps
 
@@ -118,7 +119,8 @@ def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
         return
     print(f"== evaluation of {name} ({ckpt})")
     run(["evaluate.py"] + flags(dict(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
-                                     seeds=cfg.seeds, out=cfg.results, device=cfg.device, text_cot=text_cot))
+                                     seeds=cfg.seeds, out=cfg.results, device=cfg.device, text_cot=text_cot,
+                                     max_latents=cfg.max_latents))
         + ([f"--c={','.join(map(str, cs))}"] if cs else []))
 
 
@@ -159,6 +161,8 @@ def check_inputs(cfg):
     for name in ("batch_size", "max_steps", "colar_steps", "rl_steps"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.max_latents <= 0:
+        raise UserError(f"--max_latents must be positive, got {cfg.max_latents}")
     if cfg.n_test < 0 or cfg.rl_eval_n < 0:
         raise UserError(f"--n_test and --rl_eval_n must be >= 0 (0: all), got {cfg.n_test} and {cfg.rl_eval_n}")
     if not cfg.colar_lr > 0 or not 0 <= cfg.rl_length_penalty <= 1:
@@ -227,7 +231,7 @@ def main(cfg):
     times = {"data": time.time() - t0}
     out = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
     base = dict(data_dir=cfg.data_dir, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size, max_steps=cfg.max_steps,
-                device=cfg.device)
+                max_latents=cfg.max_latents, device=cfg.device)
     colar = {**base, "mode": "colar", "out_dir": out("colar"), "init_from": out("cot"), "max_steps": cfg.colar_steps,
              "lr": cfg.colar_lr, "eval_n": 200, "eval_every": max(1, cfg.colar_steps // 6)}
     stages = [("cot", "train_sft.py", {**base, "mode": "cot", "out_dir": out("cot")}),
@@ -236,7 +240,8 @@ def main(cfg):
               ("colar_rl", "train_rl.py", dict(init_from=out("colar"), data_dir=cfg.data_dir, c=cfg.rl_c,
                                                 max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
                                                 eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
-                                                length_penalty=cfg.rl_length_penalty, device=cfg.device))]
+                                                length_penalty=cfg.rl_length_penalty, max_latents=cfg.max_latents,
+                                                device=cfg.device))]
     evals = [("cot", None), ("nocot", None), ("colar", None), ("colar_rl", [1, 2, 3, 4, 5])]
     if cfg.ablations:
         for name, switch in {**ABLATIONS, **UNSEEN}.items():

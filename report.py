@@ -168,8 +168,9 @@ def main(cfg):
         splits = sorted({r["split"] for r in records})
         raise UserError(f"no records of the {cfg.split} split in {', '.join(paths)} (splits there: {splits})")
     notes = [ABLATIONS[m] for m in ABLATIONS if any(r["method"] == m and r["split"] == cfg.split for r in records)]
-    text = (table(records, cfg.split, reference) + f"\n\n{cfg.split} split; sampled accuracy is the mean over seeds "
-            f"± the half-width of its 95% t-interval; #L is the mean reasoning length (chain tokens or latents)"
+    text = (table(records, cfg.split, reference) + f"\n\n{cfg.split} split; sampled accuracy is the mean over the "
+            f"sampling seeds of one trained model ± the half-width of its 95% t-interval (not a spread over training "
+            f"runs); #L is the mean reasoning length (chain tokens or latents)"
             + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}."
             + (f" The reference column is from {cfg.reference}, another training run: its ± is over the sampling "
                f"seeds of that run only, not over training runs." if cfg.reference else ""))

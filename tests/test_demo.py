@@ -31,7 +31,7 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     results = str(tmp_path / "out" / "results" / "demo.json")  # by default, under out_dir
     reference = tmp_path / "reference.json"  # none yet: the report has no reference column
     cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), reference=str(reference), max_steps=2,
-                          colar_steps=2, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu")
+                          max_latents=6, colar_steps=2, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu")
     text = demo.main(cfg)
     out = capfd.readouterr().out  # the demo's lines and its subprocesses' (written to the real stdout)
     assert commands(out) == ["train_sft.py"] * 3 + ["train_rl.py"] + ["evaluate.py"] * 4 + ["report.py"]

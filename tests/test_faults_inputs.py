@@ -2,10 +2,14 @@
 torch cannot use, empty or misplaced data files, and outputs that could not be written or read back. Each case runs
 the command as a user would (`python <script>.py ...` from the repository root) and expects exit status 2, one
 `error:` line on stderr and no traceback; where a command has expensive work ahead (the demo's training stages, an
-evaluation), also that none of it ran.
+evaluation), also that none of it ran. Most cases run the command in this process, as its `__main__` does
+(run_cli(main, parse_config(...))), which spares each the ~1.5 s of a new process's `import torch`; one case per
+command family (training, evaluation, the demo) runs the real command line in a new process.
 
 Run: .venv/bin/python -m pytest tests/test_faults_inputs.py
 """
+import contextlib
+import importlib
 import json
 import os
 import re
@@ -18,24 +22,51 @@ import pytest
 import torch
 from conftest import ROOT, tiny_train_cfg
 
-from common import UserError, parse_config, pick_device
+import checkpoint
+from common import UserError, parse_config, pick_device, run_cli
 from data.format import DataError, check_split, read_split
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # each command starts, reads its inputs and stops: one thread is plenty
 NO_MPS = not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
 
 
-def refused(script, *args):
-    """Run `python script args...` from the repository root and expect a refusal: exit status 2 and a single
-    `error: ...` line on stderr. Returns (that line, stdout, seconds taken)."""
+CONFIGS = {"train_sft.py": "TrainConfig", "train_rl.py": "RLConfig", "evaluate.py": "EvalConfig",
+           "sample.py": "SampleConfig", "report.py": "ReportConfig", "demo.py": "DemoConfig"}
+
+
+def error_line(rc, err):
+    """A refusal: exit status 2 and a single `error: ...` line on stderr, no traceback. Returns that line."""
+    assert rc == 2 and "Traceback" not in err, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    return lines[0]
+
+
+def refused_command(script, *args):
+    """Run `python script args...` from the repository root, in a new process, and expect a refusal (error_line).
+    Returns (that line, stdout, seconds taken)."""
     t0 = time.time()
     p = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     seconds = time.time() - t0
-    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-3000:]
-    return lines[0], p.stdout, seconds
+    return error_line(p.returncode, p.stderr), p.stdout, seconds
+
+
+def refused(capsys, script, *args):
+    """Run the command `python script args...` in this process, from the repository root, as the script's
+    `__main__` runs it (run_cli(main, parse_config(Config, args))), then let go of any run folder as the process
+    would at exit (checkpoint.release_all); expect a refusal (error_line). Returns (that line, stdout, seconds)."""
+    module = importlib.import_module(script[:-3])
+    capsys.readouterr()  # only this command's output below
+    t0 = time.time()
+    try:
+        with contextlib.chdir(ROOT), pytest.raises(SystemExit) as e:
+            run_cli(module.main, parse_config(getattr(module, CONFIGS[script]), [*map(str, args)]))
+    finally:
+        checkpoint.release_all()
+    seconds = time.time() - t0
+    out, err = capsys.readouterr()
+    return error_line(e.value.code, err), out, seconds
 
 
 def write(path, text):
@@ -78,13 +109,14 @@ def test_config_file_values_are_checked_like_flags(tmp_path, capsys):
 
 
 def test_config_file_false_does_not_resume(tiny_runs, tmp_path):
-    """{"resume": "false"} for a folder that holds a run is refused as a new run into it would be, not resumed."""
+    """{"resume": "false"} for a folder that holds a run is refused as a new run into it would be, not resumed. (The
+    training commands' case run as a real command line, in a new process.)"""
     out = str(tmp_path / "cot")
     shutil.copytree(tiny_runs["cot"], out)
     config = write(str(tmp_path / "c.json"), json.dumps(
         {"data_dir": tiny_runs["data"], "out_dir": out, "n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 16,
          "max_steps": 4, "resume": "false", "device": "cpu"}))
-    line, _, _ = refused("train_sft.py", "--config", config)
+    line, _, _ = refused_command("train_sft.py", "--config", config)
     assert "already holds checkpoints" in line
 
 
@@ -102,13 +134,13 @@ def test_unusable_devices_are_named():
     ("train_sft.py", "cuda:99"),
     pytest.param("evaluate.py", "mps", marks=pytest.mark.skipif(not NO_MPS, reason="MPS is available here")),
     ("demo.py", "cuda:99")])
-def test_unusable_device(script, device, tiny_runs, tmp_path):
+def test_unusable_device(script, device, tiny_runs, tmp_path, capsys):
     """A training run, an evaluation (the error must not blame the checkpoint) and the demo (before its data stage)."""
     args = {"train_sft.py": ["--data_dir", tiny_runs["data"], "--out_dir", tmp_path / "out", "--max_steps", 1],
             "evaluate.py": ["--ckpt", tiny_runs["colar"], "--n", 1, "--decode", "greedy"],
             "demo.py": ["--data_dir", tiny_runs["data"], "--out_dir", tmp_path / "out",
                         "--results", tmp_path / "r.json", "--max_steps", 1, "--colar_steps", 1, "--rl_steps", 1]}
-    line, _, _ = refused(script, *args[script], "--device", device)
+    line, _, _ = refused(capsys, script, *args[script], "--device", device)
     assert device.split(":")[0] in line and "checkpoint" not in line
     assert not os.path.exists(tmp_path / "out")
 
@@ -138,63 +170,66 @@ def test_data_files_that_are_folders_and_folders_that_are_files(tiny_data, tmp_p
 @pytest.mark.parametrize("case,expected", [
     ("empty val", "no validation examples in {data}/val.txt: model selection needs some"),
     ("data_dir is a file", "{data}/train.txt is a file, not a data folder")])
-def test_train_sft_bad_data(case, expected, tiny_data, tmp_path):
+def test_train_sft_bad_data(case, expected, tiny_data, tmp_path, capsys):
     data = data_copy(tiny_data, tmp_path, **({"val": "\n"} if case == "empty val" else {}))
     if case == "data_dir is a file":
         data = os.path.join(data, "train.txt")
-    line, _, _ = refused("train_sft.py", "--data_dir", data, "--out_dir", tmp_path / "out", "--device", "cpu",
+    line, _, _ = refused(capsys, "train_sft.py", "--data_dir", data, "--out_dir", tmp_path / "out", "--device", "cpu",
                          "--n_layer", 1, "--n_embd", 32, "--batch_size", 16, "--max_steps", 1)
     assert expected.format(data=os.path.join(str(tmp_path), "data")) in line
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_train_rl_empty_validation(tiny_runs, tmp_path):
+def test_train_rl_empty_validation(tiny_runs, tmp_path, capsys):
     data = data_copy(tiny_runs["data"], tmp_path, val="")
-    line, _, _ = refused("train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", data,
+    line, _, _ = refused(capsys, "train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", data,
                          "--out_dir", tmp_path / "out", "--device", "cpu", "--max_steps", 1)
     assert f"no validation examples in {data}/val.txt: model selection needs some" in line
 
 
-def test_train_rl_question_longer_than_the_context(tiny_runs, tmp_path):
+def test_train_rl_question_longer_than_the_context(tiny_runs, tmp_path, capsys):
     """A prompt that alone fills the context: lowering --max_latents cannot help, and the message says so."""
     long_question = "+".join(["1"] * 80)
     data = data_copy(tiny_runs["data"], tmp_path, val=f"{long_question}||<<1+1=2>> #### 2\n")
-    line, _, _ = refused("train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", data,
+    line, _, _ = refused(capsys, "train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", data,
                          "--out_dir", tmp_path / "out", "--device", "cpu", "--max_steps", 1, "--max_latents", 1)
     assert "cannot help" in line and "lower --max_latents" not in line
 
 
-def test_evaluate_empty_split(tiny_runs, tmp_path):
+def test_evaluate_empty_split(tiny_runs, tmp_path, capsys):
     data = data_copy(tiny_runs["data"], tmp_path, test="\n\n")
-    line, stdout, _ = refused("evaluate.py", "--ckpt", tiny_runs["cot"], "--data_dir", data, "--device", "cpu",
+    line, stdout, _ = refused(capsys, "evaluate.py", "--ckpt", tiny_runs["cot"], "--data_dir", data, "--device", "cpu",
                               "--out", tmp_path / "r.json")
     assert f"no examples in {data}/test.txt" in line
     assert not os.path.exists(tmp_path / "r.json")
 
 
-def test_sample_empty_questions_file(tiny_runs, tmp_path):
+def test_sample_empty_questions_file(tiny_runs, tmp_path, capsys):
     questions = write(str(tmp_path / "q.txt"), "\n  \n")
-    line, _, _ = refused("sample.py", "--ckpt", tiny_runs["cot"], "--questions_file", questions, "--device", "cpu")
+    line, _, _ = refused(capsys, "sample.py", "--ckpt", tiny_runs["cot"], "--questions_file", questions,
+                         "--device", "cpu")
     assert f"--questions_file {questions} has no questions" in line
 
 
-def test_sample_speed_for_a_nocot_model(nocot):
-    line, _, _ = refused("sample.py", "--ckpt", nocot, "--c", 1, "--question", "1+2", "--device", "cpu")
+def test_sample_speed_for_a_nocot_model(nocot, capsys):
+    line, _, _ = refused(capsys, "sample.py", "--ckpt", nocot, "--c", 1, "--question", "1+2", "--device", "cpu")
     assert "No-CoT" in line and "--c" in line
 
 
-def test_report_output_that_is_a_folder(tmp_path):
+def test_report_output_that_is_a_folder(tmp_path, capsys):
     folder = tmp_path / "taken"
     folder.mkdir()
     record = {"method": "cot", "c": 1, "decode": "greedy", "split": "test", "accuracy": 1.0, "mean_len": 3.0}
     results = write(str(tmp_path / "r.json"), json.dumps([record]))
-    line, stdout, _ = refused("report.py", "--results", results, "--md", folder)
+    line, stdout, _ = refused(capsys, "report.py", "--results", results, "--md", folder)
     assert f"--md {folder} is a folder" in line and "| CoT |" not in stdout  # refused before the table was made
 
 
 # --- late validation: checked before the expensive work -------------------------------------------------------------
 @pytest.mark.parametrize("case", ["seeds", "malformed results", "gsm8k source"])
-def test_demo_checks_its_inputs_before_any_stage(case, tmp_path):
+def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
+    """Bad --seeds, a malformed --results file and a missing --gsm8k_source are refused before the data stage, at
+    once. (The "seeds" case runs the real command line, in a new process; the others run it in this process.)"""
     results = tmp_path / "results" / "demo.json"
     args = ["--data_dir", tmp_path / "data", "--out_dir", tmp_path / "out", "--results", results, "--device", "cpu",
             "--max_steps", 2, "--colar_steps", 2, "--rl_steps", 1, "--rl_eval_n", 2, "--n_test", 2]
@@ -204,24 +239,28 @@ def test_demo_checks_its_inputs_before_any_stage(case, tmp_path):
         write(str(results), '[{"method": "cot",')
     else:
         args += ["--task", "gsm8k", "--gsm8k_source", tmp_path / "missing"]
-    line, stdout, seconds = refused("demo.py", *args)
+    if case == "seeds":
+        line, stdout, seconds = refused_command("demo.py", *args)
+    else:
+        line, stdout, seconds = refused(capsys, "demo.py", *args)
     assert {"seeds": "--seeds", "gsm8k source": "--gsm8k_source"}.get(case, "--results") in line
     assert not os.path.exists(tmp_path / "data") and not os.path.exists(tmp_path / "out")  # no stage ran
     assert "$ python" not in stdout and seconds < 30
 
 
 def test_evaluate_checks_out_before_evaluating(tiny_runs, tmp_path):
-    """A malformed --out file is found before the evaluation, not after it, when its records would be lost."""
+    """A malformed --out file is found before the evaluation, not after it, when its records would be lost. (The
+    evaluation commands' case run as a real command line, in a new process.)"""
     out = write(str(tmp_path / "r.json"), "[{")
-    line, stdout, _ = refused("evaluate.py", "--ckpt", tiny_runs["colar"], "--device", "cpu", "--out", out)
+    line, stdout, _ = refused_command("evaluate.py", "--ckpt", tiny_runs["colar"], "--device", "cpu", "--out", out)
     assert f"--out {out}" in line and "not valid JSON" in line
     assert "accuracy" not in stdout  # no record was computed
     with open(out) as f:
         assert f.read() == "[{"  # and the file is as it was
 
 
-def test_evaluate_checks_flags_before_loading_the_model(tiny_runs, tmp_path):
+def test_evaluate_checks_flags_before_loading_the_model(tiny_runs, tmp_path, capsys):
     """--c is checked before the checkpoint is even read: the checkpoint named here does not exist."""
-    line, _, _ = refused("evaluate.py", "--ckpt", tmp_path / "missing", "--data_dir", tiny_runs["data"],
+    line, _, _ = refused(capsys, "evaluate.py", "--ckpt", tmp_path / "missing", "--data_dir", tiny_runs["data"],
                          "--device", "cpu", "--c", "1,x")
     assert "--c must be comma-separated integers" in line

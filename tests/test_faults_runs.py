@@ -1,11 +1,15 @@
 """Run folders under faults, met as a user meets them: a diverging run saves no broken checkpoint and names the one it
 keeps; RL's `best` is never worse than the model it started from; a resumed run keeps its mode; one live run per
 folder, and a killed run does not leave its folder locked; a failed or killed save leaves no partial file; a foreign
-pickle and a pointer to a missing file each get their own message. The scripts run as commands where it matters
-(exit status 2, one `error:` line on stderr, the folder afterwards), in-process where a command would be slow.
+pickle and a pointer to a missing file each get their own message. The scripts' commands are checked as a user meets
+them (exit status 2, one `error:` line on stderr, the folder afterwards): mostly in this process, as a script's
+`__main__` runs them (run_cli(main, parse_config(...))), which spares each the ~1.5 s of a new process's
+`import torch`; in a new process where a second process is the point (a folder held by another live run, a run
+killed holding it).
 
 Run: .venv/bin/python -m pytest tests/test_faults_runs.py
 """
+import contextlib
 import errno
 import fractions
 import os
@@ -22,11 +26,12 @@ import checkpoint
 import train_rl
 import train_sft
 from checkpoint import load_checkpoint, open_run, read_pointer, save_checkpoint
-from common import UserError, run_cli
+from common import UserError, parse_config, run_cli
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "8", "--max_steps", "4", "--eval_n", "2",
         "--warmup_steps", "1", "--log_every", "100", "--device", "cpu"]
 DIVERGE = ["--lr", "1e10", "--min_lr", "0", "--grad_clip", "0"]  # one update takes the weights to ~1e10: NaN outputs
 SMALL = {"script": "train_sft", "model": {}, "model_config": {}, "step": 0}  # enough of a checkpoint for open_run
+COMMANDS = {"train_sft.py": (train_sft.main, train_sft.TrainConfig)}  # the commands run_here runs
 
 
 def cli(script, *args):
@@ -38,9 +43,27 @@ def cli(script, *args):
     return p.returncode, p.stdout, p.stderr
 
 
+def run_here(capsys, script, *args):
+    """Run a script's command (`python script args...`) in this process, from the repository root, as its `__main__`
+    runs it: run_cli(main, parse_config(Config, args)); then let go of its run folder as the process would at exit
+    (checkpoint.release_all). Returns (exit status, stdout, stderr), as `cli` does."""
+    main, config = COMMANDS[script]
+    capsys.readouterr()  # only this command's output below
+    try:
+        with contextlib.chdir(ROOT):
+            run_cli(main, parse_config(config, [*map(str, args)]))
+        rc = 0
+    except SystemExit as e:
+        rc = 0 if e.code is None else e.code
+    finally:
+        checkpoint.release_all()
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def error_line(rc, err):
     """The one `error:` line a refused or stopped command prints, and nothing else on stderr."""
-    assert rc == 2, err
+    assert rc == 2 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     return err.strip()
 
@@ -77,8 +100,8 @@ def test_divergence_saves_no_broken_checkpoint(tiny_data, tmp_path, capsys):
     # two good steps, then resumed with a learning rate that breaks the weights at step 3
     out = str(tmp_path / "resumed")
     sft(tiny_data, out, eval_every=1, stop_at=2)
-    msg = error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, *DIVERGE,
-                          "--eval_every", "1", "--resume", "true")[::2])
+    msg = error_line(*run_here(capsys, "train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, *DIVERGE,
+                               "--eval_every", "1", "--resume", "true")[::2])
     assert "diverged at step 3" in msg and f"the last good checkpoint {out}/ckpt_000002.pt is kept" in msg
     assert read_pointer(out, "latest") == read_pointer(out, "best") == "ckpt_000002.pt"
     assert "ckpt_000003.pt" not in checkpoints(out)
@@ -117,12 +140,12 @@ def test_rl_best_is_never_worse_than_the_starting_model(accuracy, best, colar_ru
 
 
 # --- resuming ------------------------------------------------------------------------------------------------------
-def test_resume_keeps_the_mode(colar_run, tiny_data, tmp_path):
+def test_resume_keeps_the_mode(colar_run, tiny_data, tmp_path, capsys):
     out = str(tmp_path / "colar")
     shutil.copytree(colar_run, out)
     before = sorted(os.listdir(out))
-    msg = error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, "--mode", "cot",
-                          "--resume", "true")[::2])
+    msg = error_line(*run_here(capsys, "train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, "--mode",
+                               "cot", "--resume", "true")[::2])
     assert msg == ("error: --mode=cot does not match the run being resumed (colar): resume with the run's own "
                    "settings")
     assert sorted(os.listdir(out)) == before
@@ -130,6 +153,8 @@ def test_resume_keeps_the_mode(colar_run, tiny_data, tmp_path):
 
 # --- one live run per folder ---------------------------------------------------------------------------------------
 def test_one_live_run_per_folder(tiny_data, tmp_path):
+    """A second live run in a folder is refused, by the real command in a new process (this process holds the
+    folder: a run in it would keep it); a run killed holding the folder leaves it free for the next."""
     out = str(tmp_path / "run")
     os.makedirs(out)
     assert open_run(out, False, "train_sft") is None  # this process now runs in `out`
@@ -161,13 +186,13 @@ def test_only_the_main_process_locks(tmp_path, monkeypatch):
 
 
 # --- saves that fail -----------------------------------------------------------------------------------------------
-def test_stale_partial_files_are_removed(tiny_data, tmp_path):
+def test_stale_partial_files_are_removed(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "run")
     os.makedirs(out)
     for name in ("ckpt_000001.pt.tmp", "latest.tmp"):  # left by a run killed in the middle of a save
         with open(os.path.join(out, name), "wb") as f:
             f.write(b"partial")
-    rc, _, err = cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY)
+    rc, _, err = run_here(capsys, "train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY)
     assert rc == 0, err
     assert sorted(os.listdir(out)) == ["best", "ckpt_000004.pt", "latest"]
     with open(os.path.join(out, "ckpt_000001.pt.tmp"), "wb") as f:  # also at the next save of a run
@@ -227,12 +252,13 @@ def test_a_foreign_pickle_is_refused_as_such(tmp_path):
         load_checkpoint(path + ".cut")
 
 
-def test_a_pointer_to_a_missing_file_says_so(tiny_data, tmp_path):
+def test_a_pointer_to_a_missing_file_says_so(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "run")
     save_checkpoint(out, 1, SMALL, best=True)
     save_checkpoint(out, 2, SMALL)
     os.remove(os.path.join(out, "ckpt_000002.pt"))
-    msg = error_line(*cli("train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY, "--resume", "true")[::2])
+    msg = error_line(*run_here(capsys, "train_sft.py", "--data_dir", tiny_data, "--out_dir", out, *TINY,
+                               "--resume", "true")[::2])
     assert msg.startswith(f"error: {out}/latest points at ckpt_000002.pt, which is missing")
     assert load_checkpoint(out)["path"].endswith("ckpt_000001.pt")  # `best` is there
     os.remove(os.path.join(out, "ckpt_000001.pt"))
