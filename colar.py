@@ -1,5 +1,6 @@
 """
-CoLaR's method in one place: how an example becomes a sequence, what the latent head learns to predict, the loss.
+CoLaR's method in one place: how an example becomes a sequence, what the latent head learns to predict, the SFT loss,
+and RL's objective over sampled latent chains (at the end; train_rl.py's docstring states it).
 
 Every sequence this project trains on, replays or decodes has one layout:
 
@@ -29,9 +30,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
+import torch.nn.functional as F
+
+from common import autocast
 from compress import compress, sample_chunk_labels
 from data.format import chain_text
-from latent_head import latent_loss
+from latent_head import gaussian_log_prob, latent_loss
 
 
 # --- examples as ids -----------------------------------------------------------------------------------------------
@@ -171,3 +175,91 @@ def sft_loss(model, head, b, c, eot_id, generator, **opts):
         _, ce, _ = model(b.idx, mask=b.mask, targets=b.targets)
         return ce, torch.zeros((), device=ce.device), {}
     return colar_loss(model, head, b, c, eot_id, generator, **opts)
+
+
+# --- RL: the objective over sampled latent chains (train_rl.py's docstring states it whole) -------------------------
+LOG_RATIO_MAX = 10.0  # |log rho| is clamped to this before exp()
+
+
+def group_advantages(rewards, group):
+    """rewards (N,), N = groups * group, each group consecutive -> advantages (N,) and signal (groups,): True where
+    the group's rewards are not all equal."""
+    r = rewards.view(-1, group)
+    signal = (r != r[:, :1]).any(dim=1)  # exact: float rewards of one value can have a std of 1e-8, not 0
+    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + 1e-8)
+    return torch.where(signal[:, None], adv, 0.0).reshape(-1), signal
+
+
+def clipped_surrogate(logp, logp_old, adv, eps):
+    """Per-action PPO loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old). The log-ratio is
+    clamped so exp() stays finite; beyond the clamp the gradient is 0 (only reachable after many updates per batch)."""
+    ratio = (logp - logp_old).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX).exp()
+    return -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+
+
+def aggregate(per_action, lat_mask, tok_mask, length_average=True):
+    """per_action (N, T): each action's loss at its position; lat_mask, tok_mask (N, T): where the latent and the
+    answer actions are. The mean over rollouts of: length-averaged, the mean over its latents plus the mean over its
+    answer actions; otherwise (the "w/o average" ablation) the sum over all its actions, so a long rollout pushes
+    harder."""
+    lat, tok = lat_mask.to(per_action.dtype), tok_mask.to(per_action.dtype)
+    if not length_average:
+        return (per_action * (lat + tok)).sum(1).mean()
+    per_rollout = ((per_action * lat).sum(1) / lat.sum(1).clamp(min=1)
+                   + (per_action * tok).sum(1) / tok.sum(1).clamp(min=1))
+    return per_rollout.mean()
+
+
+def replay_batch(tok, questions, outs, c, device):
+    """The teacher-forced replay of rollouts: colar.layout with each rollout's own number of latents, targets kept
+    only at the answer actions (the <|eot|> decision, unless the latent cap forced it, the answer tokens and
+    <|eos|> when it was reached), and the latents each rollout fed, in their slots. Returns (Batch, latents (N, T, C)),
+    or (None, None) for no rollouts."""
+    if not outs:
+        return None, None
+    examples = [(tok.encode(q), [], o["answer"]) for q, o in zip(questions, outs)]
+    b = layout(tok, examples, c, latent=True, n_latents=[o["n_latents"] for o in outs],
+                     closed=[o["finished"] for o in outs])
+    first = b.eot_at + torch.tensor([o["hit_cap"] for o in outs], dtype=torch.long)  # a forced <|eot|>: no action
+    b.targets[torch.arange(b.idx.size(1))[None] < first[:, None]] = -1
+    fed = [z for o in outs for z in o["latents"]]
+    lat = torch.zeros(*b.idx.shape, fed[0].numel() if fed else 1, dtype=fed[0].dtype if fed else torch.float32)
+    if fed:
+        lat[b.latent_in] = torch.stack(fed)
+    return b.to(device), lat.to(device)
+
+
+def action_log_probs(model, head, b, lat, go_on_id=None):
+    """Log-probabilities of every action of a replay batch, in one teacher-forced pass. Returns logp (N, T): at
+    latent_out the Gaussian log-density (mean over dimensions) of the latent produced there, at the answer actions
+    (targets != -1) the log-prob of the token produced there, 0 elsewhere; and the mean sigma over the latents.
+    With go_on_id (the <|eot|> id), a latent's action also holds the decision to go on thinking made at the same
+    position: its log-prob gains log(1 - p(<|eot|>))."""
+    x = torch.where(b.latent_in[..., None], lat.to(model.wte.weight.dtype), model.wte(b.idx))
+    with autocast(x.device):  # the model in bf16 on CUDA (fp32 elsewhere); the head and log-densities in fp32
+        logits, _, h = model(embeds=x, mask=b.mask)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 (bf16 on GPU)
+    mu, log_sigma = head(h[b.latent_out])  # (M, C), in the head's own dtype
+    lat_logp = gaussian_log_prob(head.normalise(lat[b.latent_in]), mu, log_sigma)  # row-major, as latent_out
+    if go_on_id is not None:  # log(1 - p(eot)) = logsumexp over the other tokens - logsumexp over all, stably
+        go_logits = logits[b.latent_out]
+        others = go_logits.clone()
+        others[:, go_on_id] = float("-inf")
+        lat_logp = lat_logp + (others.logsumexp(-1) - go_logits.logsumexp(-1)).to(lat_logp.dtype)
+    acts = b.targets != -1
+    tok_logp = F.log_softmax(logits[acts], dim=-1).gather(1, b.targets[acts][:, None]).squeeze(1)
+    logp = torch.zeros(b.idx.shape, device=x.device, dtype=mu.dtype)
+    logp = logp.masked_scatter(b.latent_out, lat_logp).masked_scatter(acts, tok_logp.to(logp.dtype))
+    sigma = log_sigma.exp().mean() if log_sigma.numel() else torch.zeros((), device=x.device)
+    return logp, sigma
+
+
+def rl_loss(model, head, b, lat, logp_old, adv, cfg, go_on_id=None):
+    """The loss of some rollouts (a minibatch, or a process's share of one) and the mean sigma of their latents.
+    No rollouts (a process's share ran out): 0 through every parameter, so DDP still averages every gradient."""
+    if adv.numel() == 0:
+        zero = sum(p.sum() for m in (model, head) for p in m.parameters()) * 0.0
+        return zero, zero.detach()
+    logp, sigma = action_log_probs(model, head, b, lat, go_on_id)
+    per_action = clipped_surrogate(logp, logp_old, adv[:, None], cfg.clip_eps)
+    return aggregate(per_action, b.latent_out, b.targets != -1, cfg.length_average), sigma

@@ -12,7 +12,8 @@ Each step:
     Advantage within each group: A = (r - mean(r)) / (std(r) + 1e-8), std over the group (population std). A group
     whose rewards are all equal has A = 0 everywhere and carries no signal: it is counted and dropped before any
     gradient work.
- 3. The actions of a rollout and their log-probabilities, recomputed in one teacher-forced pass:
+ 3. The actions of a rollout and their log-probabilities, recomputed in one teacher-forced pass (colar.py holds this
+    objective: the replay's layout, the log-probabilities, advantages, the clipped surrogate and its aggregation):
       latents: log N(z_k; mu_k, sigma_k^2), averaged over the embedding dimensions, k = 1..L;
       answer:  log p(<|eot|>) where the row stopped thinking (not when the latent cap forced it), then log p of each
                answer token and of <|eos|> (when the answer was closed).
@@ -57,20 +58,18 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import colar
 from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
                         read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
-from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, cleanup_distributed, make_optimizer,
+from common import (EpochSampler, Trainee, UserError, all_mean, barrier, cleanup_distributed, make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, trained_speeds, wrap_ddp)
 from data.format import answers_match, check_split, read_split
-from latent_head import LatentHead, gaussian_log_prob
+from latent_head import LatentHead
 from model import GPT, GPTConfig
 from sample import generate_latent, score
 from tokenizer import Tokenizer
 
-LOG_RATIO_MAX = 10.0  # |log rho| is clamped to this before exp()
 RESUME_KEYS = ("init_from", "c", "group", "questions", "minibatch", "epochs", "seed", "sigma_min", "length_average",
                "length_penalty", "max_latents", "max_answer_tokens", "clip_eps", "stop_actions")
 
@@ -114,97 +113,13 @@ def reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64):
     return 1.0 - length_penalty * n_latents / max_latents
 
 
-def group_advantages(rewards, group):
-    """rewards (N,), N = groups * group, each group consecutive -> advantages (N,) and signal (groups,): True where
-    the group's rewards are not all equal."""
-    r = rewards.view(-1, group)
-    signal = (r != r[:, :1]).any(dim=1)  # exact: float rewards of one value can have a std of 1e-8, not 0
-    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + 1e-8)
-    return torch.where(signal[:, None], adv, 0.0).reshape(-1), signal
-
-
-def clipped_surrogate(logp, logp_old, adv, eps):
-    """Per-action PPO loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old). The log-ratio is
-    clamped so exp() stays finite; beyond the clamp the gradient is 0 (only reachable after many updates per batch)."""
-    ratio = (logp - logp_old).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX).exp()
-    return -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
-
-
-def aggregate(per_action, lat_mask, tok_mask, length_average=True):
-    """per_action (N, T): each action's loss at its position; lat_mask, tok_mask (N, T): where the latent and the
-    answer actions are. The mean over rollouts of: length-averaged, the mean over its latents plus the mean over its
-    answer actions; otherwise (the "w/o average" ablation) the sum over all its actions, so a long rollout pushes
-    harder."""
-    lat, tok = lat_mask.to(per_action.dtype), tok_mask.to(per_action.dtype)
-    if not length_average:
-        return (per_action * (lat + tok)).sum(1).mean()
-    per_rollout = ((per_action * lat).sum(1) / lat.sum(1).clamp(min=1)
-                   + (per_action * tok).sum(1) / tok.sum(1).clamp(min=1))
-    return per_rollout.mean()
-
-
-def replay_batch(tok, questions, outs, c, device):
-    """The teacher-forced replay of rollouts: colar.layout with each rollout's own number of latents, targets kept
-    only at the answer actions (the <|eot|> decision, unless the latent cap forced it, the answer tokens and
-    <|eos|> when it was reached), and the latents each rollout fed, in their slots. Returns (Batch, latents (N, T, C)),
-    or (None, None) for no rollouts."""
-    if not outs:
-        return None, None
-    examples = [(tok.encode(q), [], o["answer"]) for q, o in zip(questions, outs)]
-    b = colar.layout(tok, examples, c, latent=True, n_latents=[o["n_latents"] for o in outs],
-                     closed=[o["finished"] for o in outs])
-    first = b.eot_at + torch.tensor([o["hit_cap"] for o in outs], dtype=torch.long)  # a forced <|eot|>: no action
-    b.targets[torch.arange(b.idx.size(1))[None] < first[:, None]] = -1
-    fed = [z for o in outs for z in o["latents"]]
-    lat = torch.zeros(*b.idx.shape, fed[0].numel() if fed else 1, dtype=fed[0].dtype if fed else torch.float32)
-    if fed:
-        lat[b.latent_in] = torch.stack(fed)
-    return b.to(device), lat.to(device)
-
-
-def action_log_probs(model, head, b, lat, go_on_id=None):
-    """Log-probabilities of every action of a replay batch, in one teacher-forced pass. Returns logp (N, T): at
-    latent_out the Gaussian log-density (mean over dimensions) of the latent produced there, at the answer actions
-    (targets != -1) the log-prob of the token produced there, 0 elsewhere; and the mean sigma over the latents.
-    With go_on_id (the <|eot|> id), a latent's action also holds the decision to go on thinking made at the same
-    position: its log-prob gains log(1 - p(<|eot|>))."""
-    x = torch.where(b.latent_in[..., None], lat.to(model.wte.weight.dtype), model.wte(b.idx))
-    with autocast(x.device):  # the model in bf16 on CUDA (fp32 elsewhere); the head and log-densities in fp32
-        logits, _, h = model(embeds=x, mask=b.mask)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 (bf16 on GPU)
-    mu, log_sigma = head(h[b.latent_out])  # (M, C), in the head's own dtype
-    lat_logp = gaussian_log_prob(head.normalise(lat[b.latent_in]), mu, log_sigma)  # row-major, as latent_out
-    if go_on_id is not None:  # log(1 - p(eot)) = logsumexp over the other tokens - logsumexp over all, stably
-        go_logits = logits[b.latent_out]
-        others = go_logits.clone()
-        others[:, go_on_id] = float("-inf")
-        lat_logp = lat_logp + (others.logsumexp(-1) - go_logits.logsumexp(-1)).to(lat_logp.dtype)
-    acts = b.targets != -1
-    tok_logp = F.log_softmax(logits[acts], dim=-1).gather(1, b.targets[acts][:, None]).squeeze(1)
-    logp = torch.zeros(b.idx.shape, device=x.device, dtype=mu.dtype)
-    logp = logp.masked_scatter(b.latent_out, lat_logp).masked_scatter(acts, tok_logp.to(logp.dtype))
-    sigma = log_sigma.exp().mean() if log_sigma.numel() else torch.zeros((), device=x.device)
-    return logp, sigma
-
-
-def rl_loss(model, head, b, lat, logp_old, adv, cfg, go_on_id=None):
-    """The loss of some rollouts (a minibatch, or a process's share of one) and the mean sigma of their latents.
-    No rollouts (a process's share ran out): 0 through every parameter, so DDP still averages every gradient."""
-    if adv.numel() == 0:
-        zero = sum(p.sum() for m in (model, head) for p in m.parameters()) * 0.0
-        return zero, zero.detach()
-    logp, sigma = action_log_probs(model, head, b, lat, go_on_id)
-    per_action = clipped_surrogate(logp, logp_old, adv[:, None], cfg.clip_eps)
-    return aggregate(per_action, b.latent_out, b.targets != -1, cfg.length_average), sigma
-
-
 def rl_step(trainee, model, head, optimizer, params, b, lat, adv, cfg, gen, go_on_id):
     """Policy-gradient updates on this process's kept rollouts of a step (advantages adv (N,)): `epochs` passes in
     minibatches, one optimizer step each. Returns the mean loss, gradient norm (before clipping) and sigma over the
     minibatches; a non-finite loss or gradient returns at once, with the weights untouched by it."""
     if adv.numel():
         with torch.no_grad():
-            logp_old, _ = action_log_probs(model, head, b, lat, go_on_id)
+            logp_old, _ = colar.action_log_probs(model, head, b, lat, go_on_id)
     world = dist.get_world_size() if dist.is_initialized() else 1
     per = max(1, cfg.minibatch // world)  # this process's rollouts per minibatch
     n_mb = torch.tensor(-(-adv.numel() // per), device=adv.device)
@@ -349,7 +264,7 @@ def main(cfg):
         g["lr"] = cfg.lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
     go_on_id = tok.eot if cfg.stop_actions == "all" else None
-    trainee = wrap_ddp(Trainee(model, head, partial(rl_loss, cfg=cfg, go_on_id=go_on_id)), device, world)
+    trainee = wrap_ddp(Trainee(model, head, partial(colar.rl_loss, cfg=cfg, go_on_id=go_on_id)), device, world)
     print0(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
            f"{cfg.group} rollouts per step over {world} process(es); device {device}")
     probe = torch.tensor([colar.prompt(tok, train[0][0], cfg.c)], device=device)  # for finite_model
@@ -382,9 +297,9 @@ def main(cfg):
     while step < last:
         mine = [train[i] for i in sampler.next()][rank::world]  # this process's share of the step's questions
         questions, outs, rewards = rollout(model, head, tok, mine, cfg, step, rank)
-        adv, signal = group_advantages(rewards, cfg.group)
+        adv, signal = colar.group_advantages(rewards, cfg.group)
         keep = signal.repeat_interleave(cfg.group).nonzero().squeeze(1).tolist()
-        b, lat = replay_batch(tok, [questions[i] for i in keep], [outs[i] for i in keep], cfg.c, device)
+        b, lat = colar.replay_batch(tok, [questions[i] for i in keep], [outs[i] for i in keep], cfg.c, device)
         loss, norm, step_sigma = rl_step(trainee, model, head, optimizer, params, b, lat, adv[keep].to(device), cfg,
                                          gen, go_on_id) if len(keep) or world > 1 else (0.0, 0.0, float("nan"))
         sigma = sigma if math.isnan(step_sigma) else step_sigma

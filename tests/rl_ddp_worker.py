@@ -9,11 +9,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import colar
 import train_rl  # noqa: E402
 from common import parse_config, run_cli  # noqa: E402
 
 saves, empty = [], []
-real_save, real_loss = train_rl.save_checkpoint, train_rl.rl_loss
+real_save, real_loss = train_rl.save_checkpoint, colar.rl_loss
 
 
 def save_checkpoint(out_dir, step, *args, **kwargs):
@@ -26,10 +27,10 @@ def rl_loss(model, head, b, lat, logp_old, adv, *args, **kwargs):
     return real_loss(model, head, b, lat, logp_old, adv, *args, **kwargs)
 
 
-train_rl.save_checkpoint, train_rl.rl_loss = save_checkpoint, rl_loss
+train_rl.save_checkpoint, colar.rl_loss = save_checkpoint, rl_loss
 train_rl.reward = lambda answer, reference, *args: float(len(answer) % 2 == 0)
 if os.environ.get("NAN_RANK") == os.environ["RANK"]:
-    train_rl.aggregate = lambda per_action, *args: per_action.sum() * float("nan")
+    colar.aggregate = lambda per_action, *args: per_action.sum() * float("nan")
 res = run_cli(train_rl.main, parse_config(train_rl.RLConfig))
 weights = {"model": res["model"].state_dict(), "head": res["head"].state_dict(), "saves": saves, "empty": sum(empty)}
 torch.save(weights, os.path.join(os.environ["DDP_WEIGHTS_DIR"], f"rank{os.environ['RANK']}.pt"))

@@ -59,18 +59,18 @@ def test_decoding_and_rl_log_probs_under_bf16_autocast(monkeypatch, tok):
     head.update_scale(torch.ones(1, 1, 16), torch.ones(1, 1, dtype=torch.bool))
     prompts = [colar.prompt(tok, q, c) for q in questions]
     outs = sample.generate_latent(model, head, tok, prompts, 3, 5, keep_latents=True)  # fp32 reference rollouts
-    b, lat = train_rl.replay_batch(tok, questions, outs, c, "cpu")
+    b, lat = colar.replay_batch(tok, questions, outs, c, "cpu")
     acts = b.latent_out | (b.targets != -1)
     assert b.latent_out.any() and (b.targets != -1).any()
-    ref, _ = train_rl.action_log_probs(model, head, b, lat, tok.eot)
+    ref, _ = colar.action_log_probs(model, head, b, lat, tok.eot)
 
     def bf16(device):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     monkeypatch.setattr(sample, "autocast", bf16)
-    monkeypatch.setattr(train_rl, "autocast", bf16)
+    monkeypatch.setattr(colar, "autocast", bf16)
     outs16 = sample.generate_latent(model, head, tok, prompts, 3, 5, keep_latents=True)
     assert all(z.dtype == torch.float32 for o in outs16 for z in o["latents"])
-    logp, sigma = train_rl.action_log_probs(model, head, b, lat, tok.eot)
+    logp, sigma = colar.action_log_probs(model, head, b, lat, tok.eot)
     assert logp.dtype == torch.float32 and sigma.dtype == torch.float32
     torch.testing.assert_close(logp[acts], ref[acts], rtol=0.05, atol=0.05)  # bf16 keeps ~3 significant digits
     assert not torch.equal(logp[acts], ref[acts])  # the model pass did run in bf16

@@ -50,25 +50,25 @@ def test_reward():
 
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1., 0., 0., 1., 1., 1., 1., 1., 0., 0., 0., 1.])
-    adv, signal = train_rl.group_advantages(rewards, 4)
+    adv, signal = colar.group_advantages(rewards, 4)
     # group 1: mean 0.5, std 0.5 -> +-1; group 2: all equal -> 0, no signal; group 3: mean 0.25, std sqrt(3)/4
     s = math.sqrt(3) / 4
     expected = [1, -1, -1, 1, 0, 0, 0, 0, -0.25 / s, -0.25 / s, -0.25 / s, 0.75 / s]
     assert adv.tolist() == pytest.approx(expected, abs=1e-6)
     assert signal.tolist() == [True, False, True]
-    adv0, signal0 = train_rl.group_advantages(torch.zeros(4), 2)
+    adv0, signal0 = colar.group_advantages(torch.zeros(4), 2)
     assert adv0.tolist() == [0, 0, 0, 0] and signal0.tolist() == [False, False]
     # equal float rewards (a length penalty): the float std is not exactly 0, the group must still carry no signal
     same = torch.full((8,), 1 - 0.3 * 1 / 64)
     assert same.std(correction=0).item() > 0
-    adv1, signal1 = train_rl.group_advantages(same, 8)
+    adv1, signal1 = colar.group_advantages(same, 8)
     assert adv1.tolist() == [0.0] * 8 and signal1.tolist() == [False]
 
 
 def test_clipped_surrogate_by_hand():
     logp = torch.tensor([math.log(1.5), math.log(1.5), math.log(0.5), math.log(0.5), 0.0], requires_grad=True)
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0])
-    loss = train_rl.clipped_surrogate(logp, torch.zeros(5), adv, 0.2)
+    loss = colar.clipped_surrogate(logp, torch.zeros(5), adv, 0.2)
     # rho 1.5, A +1: min(1.5, 1.2) -> -1.2 (clipped); A -1: min(-1.5, -1.2) -> +1.5 (not clipped)
     # rho 0.5, A +1: min(0.5, 0.8) -> -0.5 (not clipped); A -1: min(-0.5, -0.8) -> +0.8 (clipped); rho 1: -A
     assert loss.tolist() == pytest.approx([-1.2, 1.5, -0.5, 0.8, -2.0])
@@ -76,8 +76,8 @@ def test_clipped_surrogate_by_hand():
     # d/dlogp of -rho*A is -rho*A where not clipped, 0 where clipped
     assert logp.grad.tolist() == pytest.approx([0.0, 1.5, -0.5, 0.0, -2.0])
     # an enormous log-ratio stays finite
-    huge = train_rl.clipped_surrogate(torch.tensor([1e4]), torch.tensor([0.0]), torch.tensor([-1.0]), 0.2)
-    assert torch.isfinite(huge).all() and huge.item() == pytest.approx(math.exp(train_rl.LOG_RATIO_MAX), rel=1e-5)
+    huge = colar.clipped_surrogate(torch.tensor([1e4]), torch.tensor([0.0]), torch.tensor([-1.0]), 0.2)
+    assert torch.isfinite(huge).all() and huge.item() == pytest.approx(math.exp(colar.LOG_RATIO_MAX), rel=1e-5)
 
 
 def test_aggregate_length_average_by_hand():
@@ -87,13 +87,13 @@ def test_aggregate_length_average_by_hand():
     lat = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
     tok = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
     # averaged per rollout: (2 + 15) and (3 + 5), then the mean of the two
-    assert train_rl.aggregate(per, lat, tok, True).item() == pytest.approx((17 + 8) / 2)
+    assert colar.aggregate(per, lat, tok, True).item() == pytest.approx((17 + 8) / 2)
     # w/o average: each rollout's sum over its actions, then the mean over rollouts
     summed = ((1 + 3 + 10 + 20) + (2 + 2 + 2 + 6 + 5)) / 2
-    assert train_rl.aggregate(per, lat, tok, False).item() == pytest.approx(summed)
+    assert colar.aggregate(per, lat, tok, False).item() == pytest.approx(summed)
     # a rollout without latents (stopped at once) contributes its answer mean only
     lat0 = torch.zeros_like(lat)
-    assert train_rl.aggregate(per, lat0, tok, True).item() == pytest.approx((15 + 5) / 2)
+    assert colar.aggregate(per, lat0, tok, True).item() == pytest.approx((15 + 5) / 2)
 
 
 def test_rollout_seed_gives_every_process_and_step_its_own_stream():
@@ -135,7 +135,7 @@ def test_replay_batch_keeps_exactly_the_answer_actions():
             dict(n_latents=0, latents=[], answer=[], finished=True, hit_cap=False),  # <|eot|> at once, empty answer
             dict(n_latents=1, latents=z[5:6], answer=[6, TOK.pad], finished=True, hit_cap=True)]  # cap, closed
     questions = ["23", "4", "567", "8"]  # prompts of 5, 4, 6 and 4 ids: [q] <|speed|> '2' <|bot|>
-    b, lat = train_rl.replay_batch(TOK, questions, outs, C, "cpu")
+    b, lat = colar.replay_batch(TOK, questions, outs, C, "cpu")
     _ = -1
     # inputs: prompt | a slot per latent | <|eot|> | answer, then padding (23: <|pad|>, 1: <|eot|>); the last token
     # is never an input, so T = 10
@@ -153,7 +153,7 @@ def test_replay_batch_keeps_exactly_the_answer_actions():
     assert b.eot_at.tolist() == [6, 6, 5, 4]
     assert lat.shape == (4, 10, 3) and torch.equal(lat[b.latent_in], torch.stack(z))
     assert not lat[~b.latent_in].any()
-    assert train_rl.replay_batch(TOK, [], [], C, "cpu") == (None, None)
+    assert colar.replay_batch(TOK, [], [], C, "cpu") == (None, None)
 
 
 def latent_model(seed=1):
@@ -202,8 +202,8 @@ def test_action_log_probs_match_slow_reference(go_on):
     assert len({o["n_latents"] for o in outs}) >= 3
     assert any(o["hit_cap"] for o in outs) and not all(o["hit_cap"] for o in outs)
     assert any(o["finished"] for o in outs) and any(o["answer"] for o in outs)
-    b, lat = train_rl.replay_batch(TOK, questions, outs, C, "cpu")
-    logp, sigma = train_rl.action_log_probs(model, head, b, lat, TOK.eot if go_on else None)
+    b, lat = colar.replay_batch(TOK, questions, outs, C, "cpu")
+    logp, sigma = colar.action_log_probs(model, head, b, lat, TOK.eot if go_on else None)
     assert sigma.item() >= 0.3 - 1e-9  # the floor
     acts = b.targets != -1
     for i, (p, r) in enumerate(zip(prompts, outs)):
@@ -221,9 +221,9 @@ def test_greedy_rollout_latents_are_the_head_means():
     model, head = latent_model()
     prompts = [colar.prompt(TOK, q, C) for q in QUESTIONS]
     outs = generate_latent(model, head, TOK, prompts, 3, 5, keep_latents=True)
-    b, lat = train_rl.replay_batch(TOK, QUESTIONS, outs, C, "cpu")
+    b, lat = colar.replay_batch(TOK, QUESTIONS, outs, C, "cpu")
     assert b.latent_out.any()
-    logp, _ = train_rl.action_log_probs(model, head, b, lat)
+    logp, _ = colar.action_log_probs(model, head, b, lat)
     x = torch.where(b.latent_in[..., None], lat, model.wte(b.idx))
     _, _, h = model(embeds=x, mask=b.mask)
     _, log_sigma = head(h[b.latent_out])
@@ -236,18 +236,18 @@ def test_rl_step_moves_log_prob_with_the_advantage(sign, go_on_id):
     model, head = latent_model()
     questions, _, outs = sampled_rollouts(model, head, seed=1)
     i = next(k for k, o in enumerate(outs) if o["n_latents"] >= 2 and not o["hit_cap"])
-    b, lat = train_rl.replay_batch(TOK, [questions[i]], [outs[i]], C, "cpu")
+    b, lat = colar.replay_batch(TOK, [questions[i]], [outs[i]], C, "cpu")
 
     def objective():  # what the update should raise (A > 0) or lower (A < 0): mean latent + mean answer log-prob
         with torch.no_grad():
-            logp, _ = train_rl.action_log_probs(model, head, b, lat, go_on_id)
+            logp, _ = colar.action_log_probs(model, head, b, lat, go_on_id)
         return (logp[b.latent_out].mean() + logp[b.targets != -1].mean()).item()
 
     before = objective()
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=1e-3)
     cfg = SimpleNamespace(epochs=1, minibatch=8, clip_eps=0.2, length_average=True, grad_clip=0.0)
-    trainee = Trainee(model, head, partial(train_rl.rl_loss, cfg=cfg, go_on_id=go_on_id))
+    trainee = Trainee(model, head, partial(colar.rl_loss, cfg=cfg, go_on_id=go_on_id))
     loss, norm, sigma = train_rl.rl_step(trainee, model, head, optimizer, params, b, lat, torch.tensor([sign]), cfg,
                                          torch.Generator().manual_seed(0), go_on_id)
     after = objective()
@@ -299,10 +299,10 @@ def test_train_rl_nan_stops_and_keeps_the_checkpoint(tiny_runs, tmp_path, monkey
     cfg = rl_cfg(tiny_runs, tmp_path / "nan", max_steps=6, stop_at=2)
     train_rl.main(cfg)
     kept = read_pointer(cfg.out_dir, "latest")
-    real = train_rl.group_advantages
-    monkeypatch.setattr(train_rl, "group_advantages",  # every group has signal, so the loss is computed
+    real = colar.group_advantages
+    monkeypatch.setattr(colar, "group_advantages",  # every group has signal, so the loss is computed
                         lambda r, g: (real(r, g)[0], torch.ones(r.numel() // g, dtype=torch.bool)))
-    monkeypatch.setattr(train_rl, "aggregate", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(colar, "aggregate", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(UserError, match=r"became nan at step 3.*ckpt_000002.pt is kept"):
         train_rl.main(replace(cfg, stop_at=0, resume=True))
     assert read_pointer(cfg.out_dir, "latest") == kept
@@ -358,7 +358,7 @@ def test_rl_step_with_no_rollouts_returns_zeros_and_no_sigma():
     model, head = latent_model()
     params = list(model.parameters()) + list(head.parameters())
     cfg = SimpleNamespace(epochs=1, minibatch=8, clip_eps=0.2, length_average=True, grad_clip=0.0)
-    trainee = Trainee(model, head, partial(train_rl.rl_loss, cfg=cfg))
+    trainee = Trainee(model, head, partial(colar.rl_loss, cfg=cfg))
     before = [p.detach().clone() for p in params]
     loss, norm, sigma = train_rl.rl_step(trainee, model, head, torch.optim.SGD(params, lr=1e-3), params, None, None,
                                          torch.zeros(0), cfg, torch.Generator().manual_seed(0), None)
