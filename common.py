@@ -136,6 +136,26 @@ def check_writable(path, flag):
         raise UserError(f"{flag} {path} cannot be written: no permission to write {target}")
 
 
+def read_records(path, flag):
+    """The evaluation records in the JSON list at `path` ([] when there is no file yet), read before any work: a file
+    the records could not be merged into (not JSON, not a list of records, not writable) is refused with one line."""
+    check_writable(path, flag)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {flag} {path}: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise UserError(f"{flag} {path} is not valid JSON ({e}): fix or move it, the records go into it") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"method", "c", "decode", "split"} <= set(r)
+                                                for r in records):
+        raise UserError(f"{flag} {path} is not a JSON list of evaluation records: fix or move it, the records go "
+                        f"into it")
+    return records
+
+
 def trained_speeds(run):
     """The compression factors a run (its config dict) was trained on: its --c_values, else 1..c_max; [1] for CoT
     and [0] for No-CoT."""

@@ -16,7 +16,6 @@ where it stopped when run again with the same flags.
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
 """
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
-from common import UserError, check_writable, parse_config, pick_device, print_config, run_cli
+from common import UserError, parse_config, pick_device, print_config, read_records, run_cli
 from data.format import check_split, read_split
 from tokenizer import KINDS
 
@@ -110,7 +109,7 @@ def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
     records are never taken for this one's), question count and seeds."""
     ckpt = resolve_checkpoint(run_dir)
     sha = file_sha256(ckpt)
-    old = read_results(cfg.results)
+    old = read_records(cfg.results, "--results")
     n = len(read_split(os.path.join(cfg.data_dir, "test.txt")))
     n, seeds = min(n, cfg.n_test or n), parse_seeds(cfg.seeds)
     mine = [r for r in old if r["method"] == name and r.get("checkpoint_sha256") == sha and r["split"] == "test"]
@@ -134,25 +133,6 @@ def parse_seeds(text):
     return seeds
 
 
-def read_results(path):
-    """The evaluation records in the results file ([] before the first evaluation); a file the evaluations could not
-    be merged into is refused."""
-    check_writable(path, "--results")
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            records = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read --results {path}: {e.strerror or e}") from None
-    except ValueError as e:  # not JSON, or not UTF-8
-        raise UserError(f"--results {path} is not valid JSON ({e}): fix or move it") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and {"method", "split", "n", "seeds"} <= set(r)
-                                                for r in records):
-        raise UserError(f"--results {path} is not a JSON list of evaluation records: fix or move it")
-    return records
-
-
 def check_inputs(cfg):
     """Everything the stages will need that can be checked now, so that a bad value stops the demo before its first
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
@@ -171,7 +151,7 @@ def check_inputs(cfg):
     if cfg.tokenizer not in KINDS:
         raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
     pick_device(cfg.device)
-    read_results(cfg.results)
+    read_records(cfg.results, "--results")
     for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{flag} {path} is a file, not a folder")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from checkpoint import file_sha256
-from common import UserError, check_writable, parse_config, pick_device, run_cli, trained_speeds
+from common import UserError, parse_config, read_records, pick_device, run_cli, trained_speeds
 from data.format import read_split
 from latent_head import log_sigma_floor
 from sample import load_model, score
@@ -69,30 +69,10 @@ def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", 
     return record
 
 
-def read_records(path):
-    """The records of the JSON list at `path` ([] when there is no file yet); anything records cannot be merged into
-    is refused, before any evaluation."""
-    check_writable(path, "--out")
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read --out {path}: {e.strerror or e}") from None
-    except ValueError as e:  # not JSON, or not UTF-8
-        raise UserError(f"--out {path} is not valid JSON ({e}): fix or move it, the records go into it") from None
-    if not isinstance(old, list) or not all(isinstance(r, dict) and {"method", "c", "decode", "split"} <= set(r)
-                                            for r in old):
-        raise UserError(f"--out {path} is not a JSON list of evaluation records: fix or move it, the records go "
-                        f"into it")
-    return old
-
-
 def merge_records(path, records):
     """Write records to the JSON list at `path`, replacing those with the same (method, c, decode, split)."""
     key = lambda r: (r["method"], r["c"], r["decode"], r["split"])  # noqa: E731
-    old = read_records(path)
+    old = read_records(path, "--out")
     new_keys = {key(r) for r in records}
     merged = [r for r in old if key(r) not in new_keys] + records
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -160,7 +140,7 @@ def main(cfg):
         raise UserError(f"need --n >= 0, --max_latents >= 0 and --batch_size > 0, got {cfg.n}, {cfg.max_latents} and "
                         f"{cfg.batch_size}")
     if cfg.out:
-        read_records(cfg.out)  # a file the records could not be merged into is refused now, not after the evaluation
+        read_records(cfg.out, "--out")  # a file the records could not be merged into is refused now, not after the evaluation
     device = pick_device(cfg.device)
     examples = read_examples(cfg.data_dir, cfg.split, cfg.n) if cfg.data_dir else None  # before the model is read
     model, head, tok, ckpt = load_model(cfg.ckpt, device)

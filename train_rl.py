@@ -64,7 +64,7 @@ from checkpoint import (check_same, finite_model, generator_states, kept_checkpo
                         read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
 from common import (EpochSampler, Trainee, UserError, all_mean, barrier, cleanup_distributed, make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, trained_speeds, wrap_ddp)
-from data.format import answers_match, check_split, read_split
+from data.format import answers_match, check_split, read_train_val
 from latent_head import LatentHead
 from model import GPT, GPTConfig
 from sample import generate_latent, score
@@ -195,13 +195,7 @@ def starting_point(cfg):
 def setup_data(cfg, base):
     """The training and validation questions, the tokenizer and the model config; no rollout may be cut short by
     the model's context."""
-    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
-    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
-    if not train:
-        raise UserError(f"no training examples in {os.path.join(cfg.data_dir, 'train.txt')}")
-    if not val:
-        raise UserError(f"no validation examples in {os.path.join(cfg.data_dir, 'val.txt')}: model selection "
-                        f"needs some")
+    train, val = read_train_val(cfg.data_dir)
     tok, model_cfg = Tokenizer.from_spec(base["tokenizer"]), GPTConfig(**base["model_config"])
     longest, question = max((len(colar.prompt(tok, q, cfg.c)), q) for q, _, _ in train + val)
     room = model_cfg.block_size - longest - 1  # for the latents and the answer, beside the <|eot|>

@@ -42,7 +42,7 @@ from checkpoint import (check_same, finite_model, generator_states, kept_checkpo
                         read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
 from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, cleanup_distributed, make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, wrap_ddp)
-from data.format import check_split, read_split
+from data.format import check_split, read_train_val
 from latent_head import LatentHead
 from model import GPT, GPTConfig
 from sample import score
@@ -299,13 +299,7 @@ def build_model(cfg, model_cfg, init, device):
 def setup_data(cfg, base):
     """The tokenizer (the starting model's, or a new one), the encoded training examples, the validation examples
     used for selection and the model config (the starting model's, or a new one sized for the data)."""
-    train = read_split(os.path.join(cfg.data_dir, "train.txt"))
-    val = read_split(os.path.join(cfg.data_dir, "val.txt"))
-    if not train:
-        raise UserError(f"no training examples in {os.path.join(cfg.data_dir, 'train.txt')}")
-    if not val:
-        raise UserError(f"no validation examples in {os.path.join(cfg.data_dir, 'val.txt')}: model selection "
-                        f"needs some")
+    train, val = read_train_val(cfg.data_dir)
     tok = Tokenizer.from_spec(base["tokenizer"]) if base else build_tokenizer(cfg, train + val)
     encoded = colar.encode(tok, train, cfg.mode)
     model_cfg = (GPTConfig(**base["model_config"]) if base

@@ -75,6 +75,18 @@ def read_split(path):
     return [parse_line(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
 
 
+def read_train_val(data_dir):
+    """A data folder's training and validation examples; neither may be empty (a run keeps its checkpoints by
+    validation accuracy)."""
+    train = read_split(os.path.join(data_dir, "train.txt"))
+    val = read_split(os.path.join(data_dir, "val.txt"))
+    if not train:
+        raise DataError(f"no training examples in {os.path.join(data_dir, 'train.txt')}")
+    if not val:
+        raise DataError(f"no validation examples in {os.path.join(data_dir, 'val.txt')}: model selection needs some")
+    return train, val
+
+
 def write_split(path, examples):
     with open(path, "w", encoding="utf-8") as f:
         for q, steps, a in examples:
