@@ -79,15 +79,20 @@ def _config_value(name, kind, value, path):
     return value if kind is _parse_bool else kind(value)
 
 
+def read_json(path, flag, fix=""):
+    """The JSON value in the file `path` that `flag` names; one line saying why when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {flag} {path}: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise UserError(f"{flag} {path} is not valid JSON ({e}){fix}") from None
+
+
 def _read_config(cls, path):
     """The field values of a --config JSON file, each checked against its field's type."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            values = json.load(fh)
-    except OSError as e:
-        raise UserError(f"cannot read --config {path}: {e.strerror or e}") from None
-    except ValueError as e:  # not JSON, or not UTF-8
-        raise UserError(f"--config {path} is not valid JSON ({e})") from None
+    values = read_json(path, "--config")
     if not isinstance(values, dict):
         raise UserError(f"--config {path} should hold a JSON object of field values, not a {type(values).__name__}")
     kinds = {f.name: _field_kind(f) for f in dataclasses.fields(cls)}
@@ -142,13 +147,7 @@ def read_records(path, flag):
     check_writable(path, flag)
     if not os.path.exists(path):
         return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            records = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read {flag} {path}: {e.strerror or e}") from None
-    except ValueError as e:  # not JSON, or not UTF-8
-        raise UserError(f"{flag} {path} is not valid JSON ({e}): fix or move it, the records go into it") from None
+    records = read_json(path, flag, ": fix or move it, the records go into it")
     if not isinstance(records, list) or not all(isinstance(r, dict) and {"method", "c", "decode", "split"} <= set(r)
                                                 for r in records):
         raise UserError(f"{flag} {path} is not a JSON list of evaluation records: fix or move it, the records go "
