@@ -251,7 +251,7 @@ def train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, ste
     trainee.train()
     optimizer.zero_grad(set_to_none=True)
     accum = len(examples) // cfg.batch_size
-    figures = torch.zeros(5, dtype=torch.float64)
+    means, tokens = torch.zeros(4, dtype=torch.float64), 0  # this process's step means; its real positions
     for micro in range(accum):
         b = colar.layout(tok, examples[micro * cfg.batch_size:(micro + 1) * cfg.batch_size], c, latent=bool(opts))
         b = b.to(device)
@@ -261,16 +261,17 @@ def train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, ste
                 ce, lat, stats = trainee(b, c, tok.eot, gen, **opts)
                 loss = ce + cfg.latent_weight * lat
             (loss / accum).backward()
-        figures += torch.tensor([ce.item(), lat.item(), stats.get("norm", 0), stats.get("sigma", 0),
-                                 accum * int(b.mask.sum())], dtype=torch.float64) / accum
-    ce, lat, norm, sigma, n_tokens = all_mean(figures.tolist(), device)
+        means += torch.tensor([ce.item(), lat.item(), stats.get("norm", 0), stats.get("sigma", 0)],
+                              dtype=torch.float64) / accum
+        tokens += int(b.mask.sum())
+    ce, lat, norm, sigma, tokens = all_mean(means.tolist() + [tokens], device)  # means over processes
     if not math.isfinite(ce + lat):  # the same in every process, so all of them stop
         raise UserError(f"loss became {ce + cfg.latent_weight * lat} at step {step + 1}: lower --lr; "
                         f"{kept_checkpoint(cfg.out_dir)}")
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
     optimizer.step()
-    return ce, lat, norm, sigma, round(n_tokens * (dist.get_world_size() if dist.is_initialized() else 1))
+    return ce, lat, norm, sigma, round(tokens * (dist.get_world_size() if dist.is_initialized() else 1))
 
 
 def validate(model, head, tok, val, c_values, max_latents):
