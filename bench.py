@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import colar
-from common import UserError, autocast, make_optimizer, parse_config, pick_device, print_config, run_cli
+from common import UserError, autocast, check_flags, make_optimizer, parse_config, pick_device, print_config, run_cli
 from data.format import read_split
 from data.synthetic import SynthConfig, generate as make_synthetic
 from latent_head import LatentHead
@@ -171,11 +171,10 @@ def load_examples(cfg, n):
 
 
 def main(cfg):
-    for name in ("n_layer", "n_head", "n_embd", "c_max", "batch_size", "questions", "repeats"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.warmup < 0 or cfg.n_embd % cfg.n_head:
-        raise UserError("need --warmup >= 0 and --n_embd divisible by --n_head")
+    check_flags(cfg, positive=("n_layer", "n_head", "n_embd", "c_max", "batch_size", "questions", "repeats"),
+                nonnegative=("warmup",))
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
     print_config(cfg)
     device = pick_device(cfg.device)
     precision = "bf16 autocast" if isinstance(autocast(device), torch.autocast) else "fp32"

@@ -3,6 +3,7 @@ Run folders and checkpoints, in one place: a new run never overwrites a folder t
 of the same script and settings and continues exactly (optimizer, data position, every process's random state), one
 live run per folder (a lock that a crashed run does not leave held), atomic step-stamped checkpoints with `latest`
 and `best` pointers, nothing saved that is not finite, and a one-line error for every way a save or a load can fail.
+Also the one starting point that is not a checkpoint: GPT-2's pretrained weights, shaped like one.
 """
 import atexit
 import contextlib
@@ -11,11 +12,14 @@ import os
 import pickle
 import re
 import socket
+from dataclasses import asdict, replace
 
 import torch
 import torch.distributed as dist
 
-from common import UserError, autocast, is_main, print0
+from common import UserError, autocast, is_main, print0, read_json
+from model import GPT
+from tokenizer import Tokenizer
 
 try:
     import fcntl  # the run-folder lock (Linux, macOS)
@@ -283,3 +287,38 @@ def restore_training_state(ckpt, optimizer, sampler, gen):
         gen.set_state(states[rank])
     print0(f"resumed {ckpt['path']} at step {ckpt['step']}")
     return ckpt["step"], ckpt["best_val"]
+
+
+# --- GPT-2 as a starting point ------------------------------------------------------------------------------------
+def is_pretrained(init_from):
+    """Whether --init_from names GPT-2: a size, or a folder in Hugging Face's layout (config.json, as save_pretrained
+    writes it; our run folders have a `latest` pointer instead)."""
+    return init_from in GPT.PRETRAINED or (os.path.isdir(init_from) and not read_pointer(init_from, "latest")
+                                           and os.path.isfile(os.path.join(init_from, "config.json")))
+
+
+def pretrained_start(init_from, dropout=0.0):
+    """GPT-2's weights (init_from names the size or the folder) as a starting point shaped like a checkpoint dict:
+    the full GPT-2 vocabulary plus our special tokens, whose new embedding rows GPT.from_hf_gpt2 describes."""
+    tok = Tokenizer("gpt2")
+    if os.path.isdir(init_from):  # its embeddings must read the ids of GPT-2's tokenizer, the only one it can use
+        hf = read_json(os.path.join(init_from, "config.json"), "--init_from")
+        n = hf.get("vocab_size") if isinstance(hf, dict) and hf.get("model_type") == "gpt2" else tok.special["<|bot|>"]
+        if n != tok.special["<|bot|>"]:  # (another model type is refused by GPT.from_pretrained)
+            raise UserError(f"--init_from {init_from}: its vocabulary has {n} ids, GPT-2's tokenizer "
+                            f"{tok.special['<|bot|>']:,}; the weights would not match the ids they read")
+    try:
+        model = GPT.from_pretrained(init_from, vocab_size=tok.n_vocab)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:  # a folder not of a GPT-2 that model.py can represent
+        raise UserError(f"--init_from {init_from}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # no network and nothing in Hugging Face's cache; a folder without readable weights
+        what = (f"{init_from}'s weights from Hugging Face (offline, and not cached?)" if init_from in GPT.PRETRAINED
+                else f"GPT-2's weights from {init_from}")
+        raise UserError(f"cannot load {what}: {str(e).splitlines()[0]}") from None
+    m = replace(model.cfg, dropout=dropout)
+    shape = {"tokenizer": "gpt2", "number_digits": 3, "n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd,
+             "pos_emb": m.pos_emb}
+    return {"model": model.state_dict(), "model_config": asdict(m), "config": shape, "tokenizer": tok.spec(),
+            "path": f"pretrained {init_from}"}

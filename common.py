@@ -126,6 +126,17 @@ def print_config(cfg):
     print0(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
 
 
+def check_flags(cfg, choices=None, positive=(), nonnegative=()):
+    """One line for the first flag out of range: a value not among its choices, a number not > 0, or not >= 0."""
+    for name, options in (choices or {}).items():
+        if getattr(cfg, name) not in options:
+            raise UserError(f"--{name} must be one of {', '.join(map(str, options))}, got {getattr(cfg, name)!r}")
+    for names, low, word in ((positive, 1e-300, "positive"), (nonnegative, 0, ">= 0")):
+        for name in names:
+            if not getattr(cfg, name) >= low:  # also refuses NaN
+                raise UserError(f"--{name} must be {word}, got {getattr(cfg, name)}")
+
+
 def check_writable(path, flag):
     """Refuse, before any work, an output file that could not be written when the work is done: a folder, a path
     through a file, a place without write permission."""

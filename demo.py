@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
-from common import UserError, parse_config, pick_device, print_config, read_records, run_cli
+from common import UserError, check_flags, parse_config, pick_device, print_config, read_records, run_cli
 from data.format import check_split, read_split
 from tokenizer import KINDS
 
@@ -52,6 +52,7 @@ class DemoConfig:
     n_test: int = 0                   # test questions to evaluate (0: all)
     max_latents: int = 64             # cap on latents per answer: validation, RL rollouts and evaluation
     seeds: str = "0,1,2,3,4"          # seeds for sampled decoding
+    train_seed: int = 1337            # seeds every training stage (weights, data order, draws): one per trained model
     device: str = "auto"              # auto, cpu, cuda, mps
 
 
@@ -138,18 +139,10 @@ def check_inputs(cfg):
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
     data source and the folders."""
     parse_seeds(cfg.seeds)
-    for name in ("batch_size", "max_steps", "colar_steps", "rl_steps"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.max_latents <= 0:
-        raise UserError(f"--max_latents must be positive, got {cfg.max_latents}")
-    if cfg.n_test < 0 or cfg.rl_eval_n < 0:
-        raise UserError(f"--n_test and --rl_eval_n must be >= 0 (0: all), got {cfg.n_test} and {cfg.rl_eval_n}")
-    if not cfg.colar_lr > 0 or not 0 <= cfg.rl_length_penalty <= 1:
-        raise UserError(f"need --colar_lr > 0 and 0 <= --rl_length_penalty <= 1, got {cfg.colar_lr} and "
-                        f"{cfg.rl_length_penalty}")
-    if cfg.tokenizer not in KINDS:
-        raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
+    check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty"),
+                positive=("batch_size", "max_steps", "colar_steps", "rl_steps", "max_latents", "colar_lr"))
+    if cfg.rl_length_penalty > 1:
+        raise UserError(f"--rl_length_penalty must be at most 1, got {cfg.rl_length_penalty}")
     pick_device(cfg.device)
     read_records(cfg.results, "--results")
     for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
@@ -166,8 +159,7 @@ def resolve(cfg):
     """The config the demo runs: --task gsm8k's values, or --quick's (into out_dir/quick, a --results *_quick.json),
     each where the command line left a field at its default; the records go to out_dir/results/ (demo.json,
     demo_quick.json or gsm8k_demo.json, the reference's name) unless --results names a file."""
-    if cfg.task not in ("synth", "gsm8k"):
-        raise UserError(f"--task must be synth or gsm8k, got {cfg.task!r}")
+    check_flags(cfg, dict(task=("synth", "gsm8k")))
     if cfg.quick and cfg.task != "synth":
         raise UserError("--quick is a version of the synthetic task's demo; --task gsm8k has no quick version")
     if not 1 <= cfg.rl_c <= 5:
@@ -211,7 +203,7 @@ def main(cfg):
     times = {"data": time.time() - t0}
     out = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
     base = dict(data_dir=cfg.data_dir, tokenizer=cfg.tokenizer, batch_size=cfg.batch_size, max_steps=cfg.max_steps,
-                max_latents=cfg.max_latents, device=cfg.device)
+                max_latents=cfg.max_latents, device=cfg.device, seed=cfg.train_seed)
     colar = {**base, "mode": "colar", "out_dir": out("colar"), "init_from": out("cot"), "max_steps": cfg.colar_steps,
              "lr": cfg.colar_lr, "eval_n": 200, "eval_every": max(1, cfg.colar_steps // 6)}
     stages = [("cot", "train_sft.py", {**base, "mode": "cot", "out_dir": out("cot")}),
@@ -221,7 +213,7 @@ def main(cfg):
                                                 max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
                                                 eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
                                                 length_penalty=cfg.rl_length_penalty, max_latents=cfg.max_latents,
-                                                device=cfg.device))]
+                                                device=cfg.device, seed=cfg.train_seed))]
     evals = [("cot", None), ("nocot", None), ("colar", None), ("colar_rl", [1, 2, 3, 4, 5])]
     if cfg.ablations:
         for name, switch in {**ABLATIONS, **UNSEEN}.items():

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from common import UserError, check_writable, parse_config, run_cli
+from common import UserError, check_flags, check_writable, parse_config, run_cli
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
@@ -96,6 +96,28 @@ def table(records, split="test", reference=None):
     return "\n".join(lines)
 
 
+def spread_table(runs, split="test"):
+    """One row per (method, c) that every run has (each run: the records of one trained model, the same recipe with
+    another training seed): greedy and sampled accuracy as the mean over the runs with their range, the runs' mean
+    sampling half-width (the spread within one model) and the mean greedy #L."""
+    per_run = [rows(r, split) for r in runs]
+    lines = [f"| method | c | accuracy, greedy (%): mean (range) over {len(runs)} training runs | accuracy, sampled (%): "
+             f"mean (range) | sampling ± within a run (%) | #L, greedy |", "|---|---:|---:|---:|---:|---:|"]
+
+    def spread(key, decode, field="accuracy", scale=100.0, with_range=True):
+        xs = [scale * run[key][decode][field] for run in per_run
+              if decode in run[key] and run[key][decode].get(field) is not None]
+        if len(xs) < len(runs):
+            return DASH
+        return f"{sum(xs) / len(xs):.1f}" + (f" ({min(xs):.1f}–{max(xs):.1f})" if with_range else "")
+    for key in per_run[0]:
+        if all(key in run for run in per_run):
+            cols = [spread(key, "greedy"), spread(key, "sampled"), spread(key, "sampled", "ci95", with_range=False),
+                    spread(key, "greedy", "mean_len", 1.0, with_range=False)]
+            lines.append("| " + " | ".join([LABELS.get(key[0], key[0]), str(key[1])] + cols) + " |")
+    return "\n".join(lines)
+
+
 def pareto_front(points):
     """The (mean_len, accuracy) points that no other point dominates (one as short or shorter and as accurate or more,
     and strictly better in one of the two), sorted by length; equal points do not dominate each other."""
@@ -151,22 +173,27 @@ class ReportConfig:
     png: str = ""                       # write the accuracy-vs-#L plot to this PNG file (needs matplotlib)
     decode: str = "sampled"             # the plot's decoding: sampled or greedy
     reference: str = ""                 # another run's records, shown beside these (e.g. results/demo.json)
+    training_runs: str = ""             # records of the same recipe trained with other seeds, comma-separated: the
+                                        # table becomes the spread over the training runs (--results and these)
 
 
 def main(cfg):
-    if cfg.decode not in ("sampled", "greedy"):
-        raise UserError(f"--decode must be sampled or greedy, got {cfg.decode!r}")
+    check_flags(cfg, dict(decode=("sampled", "greedy")))
     paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
     if not paths:
         raise UserError("--results names no file")
     for flag, path in (("--md", cfg.md), ("--png", cfg.png)):
         if path:
             check_writable(path, flag)
+    others = [p.strip() for p in cfg.training_runs.split(",") if p.strip()]
     records = load_records(paths)
     reference = load_records([cfg.reference]) if cfg.reference else None
-    if not any(r["split"] == cfg.split for r in records):
-        splits = sorted({r["split"] for r in records})
-        raise UserError(f"no records of the {cfg.split} split in {', '.join(paths)} (splits there: {splits})")
+    for path, recs in [(", ".join(paths), records)] + [(p, load_records([p])) for p in others]:
+        if not any(r["split"] == cfg.split for r in recs):
+            splits = sorted({r["split"] for r in recs})
+            raise UserError(f"no records of the {cfg.split} split in {path} (splits there: {splits})")
+    if others:
+        return write_spread(cfg, [records] + [load_records([p]) for p in others], paths + others)
     notes = [ABLATIONS[m] for m in ABLATIONS if any(r["method"] == m and r["split"] == cfg.split for r in records)]
     text = (table(records, cfg.split, reference) + f"\n\n{cfg.split} split; sampled accuracy is the mean over the "
             f"sampling seeds of one trained model ± the half-width of its 95% t-interval (not a spread over training "
@@ -185,6 +212,20 @@ def main(cfg):
             print(f"plot written to {cfg.png}")
         else:
             print("plot skipped: matplotlib is not installed (pip install matplotlib, or pip install .[plot])")
+    return text
+
+
+def write_spread(cfg, runs, paths):
+    """The spread-over-training-runs table, printed and written to --md."""
+    text = (spread_table(runs, cfg.split) + f"\n\n{cfg.split} split; each of the {len(runs)} runs is one trained "
+            f"model of the same recipe ({', '.join(paths)}); the sampling ± is the mean over the runs of each one's "
+            f"95% t-interval half-width over its sampling seeds.")
+    print(text)
+    if cfg.md:
+        os.makedirs(os.path.dirname(cfg.md) or ".", exist_ok=True)
+        with open(cfg.md, "w") as f:
+            f.write(text + "\n")
+        print(f"table written to {cfg.md}")
     return text
 
 

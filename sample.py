@@ -14,7 +14,7 @@ import torch
 
 from colar import prompt
 from checkpoint import load_checkpoint
-from common import UserError, autocast, parse_config, pick_device, run_cli, trained_speeds
+from common import UserError, autocast, check_flags, parse_config, pick_device, run_cli, trained_speeds
 from data.format import answers_match
 from latent_head import LatentHead
 from model import GPT, GPTConfig, KVCache
@@ -242,8 +242,7 @@ class SampleConfig:
 
 
 def main(cfg):
-    if cfg.decode not in ("greedy", "sampled"):
-        raise UserError(f"--decode must be greedy or sampled, got {cfg.decode!r}")
+    check_flags(cfg, dict(decode=("greedy", "sampled")))
     questions = [cfg.question] if cfg.question else []
     if cfg.questions_file:
         try:

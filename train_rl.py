@@ -62,8 +62,9 @@ import torch.distributed as dist
 import colar
 from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
                         read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
-from common import (EpochSampler, Trainee, UserError, all_mean, barrier, cleanup_distributed, make_optimizer,
-                    parse_config, print0, print_config, run_cli, setup_distributed, trained_speeds, wrap_ddp)
+from common import (EpochSampler, Trainee, UserError, all_mean, barrier, check_flags, cleanup_distributed,
+                    make_optimizer, parse_config, print0, print_config, run_cli, setup_distributed, trained_speeds,
+                    wrap_ddp)
 from data.format import answers_match, check_split, read_train_val
 from latent_head import LatentHead
 from model import GPT, GPTConfig
@@ -153,20 +154,15 @@ def rollout_seed(seed, step, rank):
 
 
 def check_config(cfg):
-    for name in ("c", "group", "questions", "minibatch", "epochs", "max_latents", "max_answer_tokens", "max_steps",
-                 "eval_every", "log_every"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.stop_actions not in ("final", "all"):
-        raise UserError(f"--stop_actions must be final or all, got {cfg.stop_actions!r}")
+    check_flags(cfg, dict(stop_actions=("final", "all")), nonnegative=("eval_n",),
+                positive=("c", "group", "questions", "minibatch", "epochs", "max_latents", "max_answer_tokens",
+                          "max_steps", "eval_every", "log_every"))
     if cfg.group < 2:
         raise UserError(f"--group must be at least 2 (advantages compare rollouts of one question), got {cfg.group}")
     if not cfg.lr > 0 or not 0 < cfg.clip_eps < 1 or cfg.sigma_min < 0 or not 0 <= cfg.length_penalty <= 1:
         raise UserError(f"need lr > 0, 0 < clip_eps < 1, sigma_min >= 0 and 0 <= length_penalty <= 1, got "
                         f"lr={cfg.lr}, clip_eps={cfg.clip_eps}, sigma_min={cfg.sigma_min}, "
                         f"length_penalty={cfg.length_penalty}")
-    if cfg.eval_n < 0:
-        raise UserError(f"--eval_n must be >= 0 (0: all), got {cfg.eval_n}")
     for split in ("train", "val"):  # before the starting checkpoint is loaded
         check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
 

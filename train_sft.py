@@ -38,9 +38,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colar
-from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
-                        read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
-from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, cleanup_distributed, make_optimizer,
+from checkpoint import (check_same, finite_model, generator_states, is_pretrained, kept_checkpoint, load_checkpoint,
+                        open_run, pretrained_start, read_pointer, release_run, restore_training_state, save_checkpoint,
+                        training_state)
+from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, check_flags, cleanup_distributed,
+                    make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, wrap_ddp)
 from data.format import check_split, read_train_val
 from latent_head import LatentHead
@@ -152,34 +154,6 @@ def new_model_config(cfg, tok, encoded):
                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, pos_emb=cfg.pos_emb)
 
 
-def is_pretrained(init_from):
-    """Whether --init_from names GPT-2: a size, or a folder in Hugging Face's layout (config.json, as save_pretrained
-    writes it; our run folders have a `latest` pointer instead)."""
-    return init_from in GPT.PRETRAINED or (os.path.isdir(init_from) and not read_pointer(init_from, "latest")
-                                           and os.path.isfile(os.path.join(init_from, "config.json")))
-
-
-def pretrained_start(cfg):
-    """GPT-2's weights (cfg.init_from names the size or the folder) as a starting point shaped like a checkpoint
-    dict: the full GPT-2 vocabulary plus our special tokens, whose new embedding rows GPT.from_hf_gpt2 describes."""
-    tok = Tokenizer("gpt2")
-    try:
-        model = GPT.from_pretrained(cfg.init_from, vocab_size=tok.n_vocab)
-    except ImportError as e:
-        raise UserError(str(e)) from None
-    except ValueError as e:  # a folder not of a GPT-2 that model.py can represent
-        raise UserError(f"--init_from {cfg.init_from}: {str(e).splitlines()[0]}") from None
-    except OSError as e:  # no network and nothing in Hugging Face's cache; a folder without readable weights
-        what = (f"{cfg.init_from}'s weights from Hugging Face (offline, and not cached?)"
-                if cfg.init_from in GPT.PRETRAINED else f"GPT-2's weights from {cfg.init_from}")
-        raise UserError(f"cannot load {what}: {str(e).splitlines()[0]}") from None
-    m = replace(model.cfg, dropout=cfg.dropout)
-    shape = {"tokenizer": "gpt2", "number_digits": cfg.number_digits, "n_layer": m.n_layer, "n_head": m.n_head,
-             "n_embd": m.n_embd, "pos_emb": m.pos_emb}
-    return {"model": model.state_dict(), "model_config": asdict(m), "config": shape, "tokenizer": tok.spec(),
-            "path": f"pretrained {cfg.init_from}"}
-
-
 def starting_point(cfg):
     """(cfg, checkpoint to resume or None, starting model to initialise from or None). Resuming or starting from
     another model, that model's tokenizer and shape win over the flags."""
@@ -192,7 +166,8 @@ def starting_point(cfg):
             return cfg, ckpt, None
         if not cfg.init_from:
             return cfg, None, None
-        init = pretrained_start(cfg) if is_pretrained(cfg.init_from) else load_checkpoint(cfg.init_from)
+        init = (pretrained_start(cfg.init_from, cfg.dropout) if is_pretrained(cfg.init_from)
+                else load_checkpoint(cfg.init_from))
         return replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS}), None, init
     except UserError:
         release_run(cfg.out_dir)  # a refused run leaves the folder as it found it
@@ -200,12 +175,10 @@ def starting_point(cfg):
 
 
 def check_config(cfg):
-    if cfg.mode not in ("cot", "nocot", "colar"):
-        raise UserError(f"--mode must be cot, nocot or colar, got {cfg.mode!r}")
-    if cfg.pool not in ("sqrt", "mean"):
-        raise UserError(f"--pool must be sqrt or mean, got {cfg.pool!r}")
-    if cfg.latent_loss not in ("soft_mse", "nll"):
-        raise UserError(f"--latent_loss must be soft_mse or nll, got {cfg.latent_loss!r}")
+    check_flags(cfg, dict(mode=("cot", "nocot", "colar"), pool=("sqrt", "mean"), latent_loss=("soft_mse", "nll"),
+                          tokenizer=KINDS, pos_emb=("rope", "learned")),
+                positive=("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every", "lr"),
+                nonnegative=("total_batch_size", "eval_n", "block_size", "max_latents", "min_lr", "dropout"))
     if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
         raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
                         f"Hugging Face's layout (no config.json)")
@@ -213,24 +186,9 @@ def check_config(cfg):
         raise UserError("--init_from a checkpoint is for --mode colar (it starts CoLaR from a CoT run)")
     if is_pretrained(cfg.init_from) and cfg.tokenizer != "gpt2":
         raise UserError(f"--init_from {cfg.init_from} needs --tokenizer gpt2 (the pretrained model reads GPT-2's ids)")
-    if cfg.tokenizer not in KINDS:
-        raise UserError(f"--tokenizer must be one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
-    if cfg.pos_emb not in ("rope", "learned"):
-        raise UserError(f"--pos_emb must be rope or learned, got {cfg.pos_emb!r}")
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
-    for name in ("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.total_batch_size < 0:
-        raise UserError(f"--total_batch_size must be >= 0 (0: --batch_size per process), got {cfg.total_batch_size}")
-    if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr):
-        raise UserError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={cfg.lr}, min_lr={cfg.min_lr}")
-    for name in ("eval_n", "block_size", "max_latents"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.n_embd % cfg.n_head or cfg.min_lr > cfg.lr or cfg.dropout >= 1:
+        raise UserError(f"need --n_embd divisible by --n_head, --min_lr <= --lr and --dropout < 1, got n_embd "
+                        f"{cfg.n_embd}, n_head {cfg.n_head}, min_lr {cfg.min_lr}, lr {cfg.lr}, dropout {cfg.dropout}")
     for split in ("train", "val"):  # before a starting model is loaded or downloaded
         check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
 

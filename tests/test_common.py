@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT, tiny_gpt
 
 from checkpoint import open_run, save_checkpoint
-from common import EpochSampler, UserError, make_optimizer, parse_config, pick_device, run_cli, trained_speeds
+from common import (EpochSampler, UserError, check_flags, make_optimizer, parse_config, pick_device, run_cli,
+                    trained_speeds)
 from latent_head import LatentHead
 
 SCRIPTS = ("train_sft", "train_rl", "evaluate", "demo", "bench", "report", "latents")  # each run as python X.py
@@ -71,6 +72,23 @@ def test_run_cli_turns_user_errors_into_one_line(capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: bad value 3\n"
     assert run_cli(lambda cfg: cfg.n + 1, Cfg()) == 4
+
+
+def test_check_flags_names_the_first_flag_out_of_range():
+    @dataclass
+    class C:
+        mode: str = "cot"
+        lr: float = 1e-3
+        n: int = 0
+
+    ok = dict(choices=dict(mode=("cot", "nocot")), positive=("lr",), nonnegative=("n",))
+    check_flags(C(), **ok)  # 0 is >= 0
+    for bad, line in ((C(mode="co"), "--mode must be one of cot, nocot, got 'co'"),
+                      (C(lr=0.0), "--lr must be positive, got 0.0"), (C(lr=float("nan")), "--lr must be positive, got nan"),
+                      (C(n=-1), "--n must be >= 0, got -1")):
+        with pytest.raises(UserError) as e:
+            check_flags(bad, **ok)
+        assert str(e.value) == line
 
 
 def test_pick_device():
@@ -165,7 +183,8 @@ def test_import_rules_see_imports():
 def test_common_imports_nothing_from_the_project():
     mine = imported_modules(os.path.join(ROOT, "common.py")) & (project_modules() | {"."})
     assert not mine, f"common.py imports project modules: {sorted(mine)}"
-    assert imported_modules(os.path.join(ROOT, "checkpoint.py")) & project_modules() == {"common"}
+    # run folders build on the library modules only: the flags, the model and the tokenizer (GPT-2's starting point)
+    assert imported_modules(os.path.join(ROOT, "checkpoint.py")) & project_modules() == {"common", "model", "tokenizer"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

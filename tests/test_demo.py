@@ -31,10 +31,12 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     results = str(tmp_path / "out" / "results" / "demo.json")  # by default, under out_dir
     reference = tmp_path / "reference.json"  # none yet: the report has no reference column
     cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), reference=str(reference), max_steps=2,
-                          max_latents=6, colar_steps=2, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu")
+                          max_latents=6, colar_steps=2, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu",
+                          train_seed=7)
     text = demo.main(cfg)
     out = capfd.readouterr().out  # the demo's lines and its subprocesses' (written to the real stdout)
     assert commands(out) == ["train_sft.py"] * 3 + ["train_rl.py"] + ["evaluate.py"] * 4 + ["report.py"]
+    assert [s.split().count("--seed=7") for s in out.splitlines() if s.startswith("$ python train")] == [1] * 4
     assert out.count("done: 2 steps") == 3 and out.count("done: 1 steps") == 1  # the training subprocesses' logs
     assert len(stage_lines(out, "skipped")) == 1  # only the data, made above
     assert "--reference" not in out and "reference, sampled" not in out

@@ -225,3 +225,6 @@ def test_init_from_a_folder_errors(tiny_data, tmp_path, offline):
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="needs --tokenizer gpt2"):
         train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "e"), init_from=str(tmp_path / "eps"), tokenizer="char"))
+    hf_gpt2().save_pretrained(tmp_path / "small")  # a GPT-2 of 100 ids cannot read GPT-2's tokenizer's 50,257
+    with pytest.raises(UserError, match="its vocabulary has 100 ids, GPT-2's tokenizer 50,257"):
+        train_sft.main(gpt2_cfg(tiny_data, str(tmp_path / "f"), init_from=str(tmp_path / "small")))

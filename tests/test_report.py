@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from common import UserError, run_cli
-from report import ReportConfig, load_records, main, pareto_front, plot, table
+from report import ReportConfig, load_records, main, pareto_front, plot, spread_table, table
 
 
 def rec(method, c, decode, accuracy, mean_len, ci95=None, split="test"):
@@ -72,6 +72,29 @@ def test_table_cells():
     assert rows[("CoLaR + RL", "5")] == ["40.5 ± 0.7", "40.5", "11.3", "11.3"]
     with_len_ci = dict(rec("colar", 5, "sampled", 0.608, 11.3291, 0.0104), len_ci95=0.0512)
     assert body(table([with_len_ci]))[0][2:] == ["60.8 ± 1.0", "–", "11.3 ± 0.1", "–"]
+
+
+def test_spread_over_training_runs_hand_worked(tmp_path, capsys):
+    runs = [[rec("cot", 1, "greedy", 0.98, 52.0), rec("cot", 1, "sampled", 0.97, 52.0, 0.010),
+             rec("colar", 2, "greedy", 0.50, 26.0), rec("nocot", 0, "greedy", 0.01, 0.0)],
+            [rec("cot", 1, "greedy", 0.96, 52.0), rec("cot", 1, "sampled", 0.95, 52.0, 0.020),
+             rec("colar", 2, "greedy", 0.70, 27.0)],  # no No-CoT: that row is left out
+            [rec("cot", 1, "greedy", 1.00, 52.0), rec("cot", 1, "sampled", 0.99, 52.0, 0.030),
+             rec("colar", 2, "greedy", 0.60, 28.0), rec("colar", 2, "sampled", 0.6, 28.0, 0.01)]]
+    md = spread_table(runs)
+    assert "over 3 training runs" in md.splitlines()[0]
+    # means 98.0, 97.0, ci (1 + 2 + 3) / 3 = 2.0; CoLaR: (50 + 70 + 60) / 3 = 60.0, #L (26 + 27 + 28) / 3 = 27.0,
+    # sampled in one run only: a dash
+    assert body(md) == [["CoT", "1", "98.0 (96.0–100.0)", "97.0 (95.0–99.0)", "2.0", "52.0"],
+                        ["CoLaR", "2", "60.0 (50.0–70.0)", "–", "–", "27.0"]]
+    paths = []
+    for i, r in enumerate(runs):
+        paths.append(str(tmp_path / f"run{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(r, f)
+    out = str(tmp_path / "spread.md")
+    text = main(ReportConfig(results=paths[0], training_runs=",".join(paths[1:]), md=out))
+    assert text.startswith(md) and open(out).read() == text + "\n"
 
 
 def test_table_missing_values():
