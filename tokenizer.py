@@ -3,12 +3,18 @@ Tokenizers, all built on tiktoken, and the special tokens of the sequence layout
 
     [question] <|speed|> c <|bot|> [reasoning chain] <|eot|> [answer] <|eos|>
 
-Three kinds:
+Four kinds:
 - "char":   one token per character (every digit is its own token). 256 byte tokens, so any text encodes.
 - "number": like "char", but runs of digits are cut into groups of up to `number_digits` digits, left to right, and each
             group is one token (as Llama-3's tokenizer does with 3). Why it matters for CoLaR: compression sums the
             embeddings of a chunk of tokens, which forgets their order, so with one token per digit the chunks `=92` and
             `=29` compress to the same vector; with whole numbers as tokens they do not.
+- "place":  like "char", but a digit's token also says its place in its run of digits: the digits of `5632` are
+            four different tokens from those of `2365` (digit d at place i, 0..PLACES-1, the later places sharing the
+            last), so a sum of digit embeddings keeps which digit sat where. Places count from the run's first
+            digit: with the digits written least-significant first (data/multiplication.py) the place is the power
+            of ten, and the model is told each digit's column, as position-aware digit embeddings do (McLeish et al.
+            2024, "Transformers Can Do Arithmetic with the Right Embeddings").
 - "gpt2":   GPT-2's BPE. With `keep_ids` (the ids the training data uses) the vocabulary is reduced to those ids, so a
             from-scratch model need not carry 50,257 embeddings; unknown ids then become <|unk|>.
 `<<` and `>>` (the step delimiters of GSM8K-Aug) are single tokens in "char" and "number".
@@ -20,7 +26,8 @@ import os
 import tiktoken
 
 SPECIALS = ["<|bot|>", "<|eot|>", "<|eos|>", "<|pad|>", "<|speed|>", "<|unk|>"]
-KINDS = ("char", "number", "gpt2")
+KINDS = ("char", "number", "place", "gpt2")
+PLACES = 32  # places a "place" token tells apart (iCoT's 11x11 products have 22 digits)
 
 
 def _compact_encoding(number_digits):
@@ -71,10 +78,13 @@ class Tokenizer:
                 base = len(self.keep_ids)
             self.special = {s: base + i for i, s in enumerate(SPECIALS)}
         else:
-            self.enc = _compact_encoding(1 if kind == "char" else number_digits)
+            self.enc = _compact_encoding(number_digits if kind == "number" else 1)
             self.special = {s: self.enc._special_tokens[s] for s in SPECIALS}
         self.id_to_special = {i: s for s, i in self.special.items()}
         self.n_vocab = max(self.special.values()) + 1
+        if kind == "place":  # digit d at place i >= 1 is id n_vocab + 10 (i - 1) + d; at place 0, its character's id
+            self.digit0, self.place0 = ord("0"), self.n_vocab
+            self.n_vocab += 10 * (PLACES - 1)
         self.bot, self.eot, self.eos = self.special["<|bot|>"], self.special["<|eot|>"], self.special["<|eos|>"]
         self.pad, self.speed, self.unk = self.special["<|pad|>"], self.special["<|speed|>"], self.special["<|unk|>"]
 
@@ -103,6 +113,15 @@ class Tokenizer:
         ids = self.enc.encode_ordinary(text)
         if self.kind == "gpt2" and self.keep_ids is not None:
             ids = [self.to_model.get(i, self.unk) for i in ids]
+        if self.kind == "place":
+            place = 0
+            for j, i in enumerate(ids):
+                d = i - self.digit0
+                if 0 <= d <= 9:
+                    ids[j] = i if place == 0 else self.place0 + 10 * (min(place, PLACES - 1) - 1) + d
+                    place += 1
+                else:
+                    place = 0
         return ids
 
     def decode(self, ids):
@@ -122,4 +141,6 @@ class Tokenizer:
     def _decode_plain(self, ids):
         if self.kind == "gpt2" and self.keep_ids is not None:
             ids = [self.keep_ids[i] for i in ids]
+        if self.kind == "place":  # every place of a digit reads as that digit
+            ids = [self.digit0 + (i - self.place0) % 10 if i >= self.place0 else i for i in ids]
         return self.enc.decode(ids, errors="replace")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from colar import prompt
-from tokenizer import SPECIALS, Tokenizer
+from tokenizer import PLACES, SPECIALS, Tokenizer
 
 TEXTS = [
     "0123456789",
@@ -33,7 +33,7 @@ def pieces(tok, text):
 
 
 # --- round trips -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,nd", [("char", 3), ("number", 2), ("number", 3)])
+@pytest.mark.parametrize("kind,nd", [("char", 3), ("number", 2), ("number", 3), ("place", 3)])
 @pytest.mark.parametrize("text", TEXTS)
 def test_round_trip_compact(kind, nd, text):
     tok = Tokenizer(kind, number_digits=nd)
@@ -88,8 +88,20 @@ def test_number_groups_of_digits():
         Tokenizer("bytes")
 
 
+def test_place_tokens_tell_where_a_digit_sits():
+    tok, char = Tokenizer("place"), Tokenizer("char")
+    assert pieces(tok, "<<5632*7434>>") == pieces(char, "<<5632*7434>>")  # cut as "char" cuts, read back the same
+    ids = tok.encode("5632*7434")
+    # place 0 keeps the character's id; digit d at place i >= 1 is one id of its own: 264 + 10 (i - 1) + d
+    assert tok.place0 == char.n_vocab == 264 and tok.n_vocab == 264 + 10 * (PLACES - 1)
+    assert ids == [ord("5"), 264 + 6, 274 + 3, 284 + 2, ord("*"), ord("7"), 264 + 4, 274 + 3, 284 + 4]
+    assert sorted(tok.encode("92")) != sorted(tok.encode("29"))  # a sum of embeddings keeps the order
+    assert tok.encode("7" * 40)[-1] == tok.encode("7" * PLACES)[-1] == 264 + 10 * (PLACES - 2) + 7  # the last place
+    assert tok.decode(tok.encode("x1234567890123456789012345678901234")) == "x1234567890123456789012345678901234"
+
+
 # --- special tokens --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["char", "number", "gpt2"])
+@pytest.mark.parametrize("kind", ["char", "number", "place", "gpt2"])
 def test_special_tokens(kind, gpt2):
     tok = gpt2 if kind == "gpt2" else Tokenizer(kind)
     ids = [tok.bot, tok.eot, tok.eos, tok.pad, tok.speed, tok.unk]
@@ -134,7 +146,7 @@ def test_gpt2_reduced_vocabulary(gpt2):
     assert again.encode("the cat ate the dog") == tok.encode("the cat ate the dog")
 
 
-@pytest.mark.parametrize("kind,nd", [("char", 3), ("number", 2), ("number", 4)])
+@pytest.mark.parametrize("kind,nd", [("char", 3), ("number", 2), ("number", 4), ("place", 3)])
 def test_spec_round_trip_compact(kind, nd):
     tok = Tokenizer.build(kind, number_digits=nd)
     again = Tokenizer.from_spec(json.loads(json.dumps(tok.spec())))
