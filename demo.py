@@ -15,6 +15,7 @@ where it stopped when run again with the same flags.
     python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, out/quick/results)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
+    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication (mult5: 5x5), public test file
 """
 import os
 import subprocess
@@ -30,9 +31,10 @@ from tokenizer import KINDS
 
 @dataclass
 class DemoConfig:
-    task: str = "synth"               # synth (the synthetic task) or gsm8k (sets the GSM8K values below)
+    task: str = "synth"               # synth (the synthetic task), gsm8k, mult4 or mult5 (each sets its values below)
     data_dir: str = "data/synth"      # where the task's train/val/test files are written
     gsm8k_source: str = ""            # gsm8k: data.gsm8k's --source (empty: $COLAR_DATA, else downloaded)
+    mult_test_file: str = ""          # mult4/5: iCoT's test_bigbench.txt (empty: in $COLAR_DATA, else downloaded)
     steps_min: int = 6                # synth: fewest operations per question (data/synthetic.py)
     steps_max: int = 8                # synth: most operations per question
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
@@ -66,6 +68,13 @@ QUICK = dict(data_dir="data/synth_quick", steps_min=3, steps_max=4, max_steps=60
 # the steps fit a CPU (the 13.6k-way softmax makes a step about 6x slower than on the synthetic task)
 GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8k_demo.json", tokenizer="gpt2",
              batch_size=32, max_steps=400, colar_steps=800, rl_steps=60, rl_eval_n=200)
+
+# --task mult4 / mult5: iCoT's multiplication (data/multiplication.py), digits least-significant first, a chain of
+# the partial products and running sums that ends with the product, "place" tokens (a digit's token tells its place)
+MULT = dict(tokenizer="place", max_steps=8000, colar_steps=6000, max_latents=96, rl_c=2, rl_eval_n=200)
+TASKS = {"gsm8k": GSM8K,
+         **{f"mult{n}": dict(MULT, data_dir=f"data/mult{n}", out_dir=f"out/mult{n}", reference=f"results/mult{n}.json")
+            for n in (4, 5)}}
 
 # the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
 # generalisation test of its Figure 5: train on c in {1, 3, 5}, evaluate at every c (2 and 4 never seen)
@@ -153,26 +162,28 @@ def check_inputs(cfg):
             check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
     elif cfg.task == "gsm8k" and cfg.gsm8k_source and not os.path.isdir(cfg.gsm8k_source):
         raise UserError(f"--gsm8k_source {cfg.gsm8k_source} is not a folder (it should hold gsm8k/ and gsm8k_aug/)")
+    elif cfg.task.startswith("mult") and cfg.mult_test_file and not os.path.isfile(cfg.mult_test_file):
+        raise UserError(f"--mult_test_file {cfg.mult_test_file} is not a file (iCoT's test_bigbench.txt)")
 
 
 def resolve(cfg):
     """The config the demo runs: --task gsm8k's values, or --quick's (into out_dir/quick, a --results *_quick.json),
     each where the command line left a field at its default; the records go to out_dir/results/ (demo.json,
-    demo_quick.json or gsm8k_demo.json, the reference's name) unless --results names a file."""
-    check_flags(cfg, dict(task=("synth", "gsm8k")))
+    demo_quick.json, gsm8k_demo.json, mult4.json: the reference's name) unless --results names a file."""
+    check_flags(cfg, dict(task=("synth",) + tuple(TASKS)))
     if cfg.quick and cfg.task != "synth":
-        raise UserError("--quick is a version of the synthetic task's demo; --task gsm8k has no quick version")
+        raise UserError(f"--quick is a version of the synthetic task's demo; --task {cfg.task} has no quick version")
     if not 1 <= cfg.rl_c <= 5:
         raise UserError(f"--rl_c must be one of the trained speeds 1..5, got {cfg.rl_c}")
     given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}  # on the command line
     unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
-    if cfg.task == "gsm8k":  # a preset sets only what the command line left at its default
-        cfg = replace(cfg, **unset(GSM8K))
+    if cfg.task in TASKS:  # a preset sets only what the command line left at its default
+        cfg = replace(cfg, **unset(TASKS[cfg.task]))
     if cfg.quick:
         cfg = replace(cfg, **unset(QUICK), out_dir=os.path.join(cfg.out_dir, "quick"),
                       results=cfg.results and os.path.splitext(cfg.results)[0] + "_quick.json")
     if not cfg.results:
-        name = ("gsm8k_demo" if cfg.task == "gsm8k" else "demo") + ("_quick" if cfg.quick else "") + ".json"
+        name = {"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task, cfg.task) + ".json"
         cfg = replace(cfg, results=os.path.join(cfg.out_dir, "results", name))
     return cfg
 
@@ -196,6 +207,10 @@ def main(cfg):
         print("== data: GSM8K")
         source = [f"--source={cfg.gsm8k_source}"] if cfg.gsm8k_source else []
         run(["-m", "data.gsm8k", f"--out={cfg.data_dir}"] + source)
+    elif cfg.task.startswith("mult"):
+        print(f"== data: iCoT's {cfg.task[4:]}x{cfg.task[4:]} multiplication")
+        test_file = [f"--test_file={cfg.mult_test_file}"] if cfg.mult_test_file else []
+        run(["-m", "data.multiplication", f"--digits={cfg.task[4:]}", f"--out={cfg.data_dir}"] + test_file)
     else:
         print("== data: generating the synthetic task")
         run(["-m", "data.synthetic", f"--out={cfg.data_dir}", f"--steps_min={cfg.steps_min}",

@@ -92,7 +92,10 @@ def test_demo_presets():
         "data/gsm8k", "gpt2", "out/gsm8k", "out/gsm8k/results/gsm8k_demo.json", "results/gsm8k_demo.json")
     mine = demo.resolve(demo.DemoConfig(task="gsm8k", batch_size=16, results="r.json"))  # flags given win
     assert (mine.batch_size, mine.results, mine.max_steps) == (16, "r.json", demo.GSM8K["max_steps"])
-    for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True)):
+    m = demo.resolve(demo.DemoConfig(task="mult5"))
+    assert (m.data_dir, m.tokenizer, m.out_dir, m.results, m.reference) == (
+        "data/mult5", "place", "out/mult5", "out/mult5/results/mult5.json", "results/mult5.json")
+    for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True), dict(task="mult4", quick=True)):
         with pytest.raises(UserError):
             demo.resolve(demo.DemoConfig(**bad))
 

@@ -226,10 +226,11 @@ def test_report_output_that_is_a_folder(tmp_path, capsys):
 
 
 # --- late validation: checked before the expensive work -------------------------------------------------------------
-@pytest.mark.parametrize("case", ["seeds", "malformed results", "gsm8k source"])
+@pytest.mark.parametrize("case", ["seeds", "malformed results", "gsm8k source", "mult test file"])
 def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
-    """Bad --seeds, a malformed --results file and a missing --gsm8k_source are refused before the data stage, at
-    once. (The "seeds" case runs the real command line, in a new process; the others run it in this process.)"""
+    """Bad --seeds, a malformed --results file, a missing --gsm8k_source or --mult_test_file are refused before the
+    data stage, at once. (The "seeds" case runs the real command line, in a new process; the others run it in this
+    process.)"""
     results = tmp_path / "results" / "demo.json"
     args = ["--data_dir", tmp_path / "data", "--out_dir", tmp_path / "out", "--results", results, "--device", "cpu",
             "--max_steps", 2, "--colar_steps", 2, "--rl_steps", 1, "--rl_eval_n", 2, "--n_test", 2]
@@ -237,13 +238,16 @@ def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
         args += ["--seeds", "1,x"]
     elif case == "malformed results":
         write(str(results), '[{"method": "cot",')
-    else:
+    elif case == "gsm8k source":
         args += ["--task", "gsm8k", "--gsm8k_source", tmp_path / "missing"]
+    else:
+        args += ["--task", "mult4", "--mult_test_file", tmp_path / "missing.txt"]
     if case == "seeds":
         line, stdout, seconds = refused_command("demo.py", *args)
     else:
         line, stdout, seconds = refused(capsys, "demo.py", *args)
-    assert {"seeds": "--seeds", "gsm8k source": "--gsm8k_source"}.get(case, "--results") in line
+    assert {"seeds": "--seeds", "gsm8k source": "--gsm8k_source", "mult test file": "--mult_test_file"}.get(
+        case, "--results") in line
     assert not os.path.exists(tmp_path / "data") and not os.path.exists(tmp_path / "out")  # no stage ran
     assert "$ python" not in stdout and seconds < 30
 
