@@ -84,7 +84,8 @@ def test_check_flags_names_the_first_flag_out_of_range():
     ok = dict(choices=dict(mode=("cot", "nocot")), positive=("lr",), nonnegative=("n",))
     check_flags(C(), **ok)  # 0 is >= 0
     for bad, line in ((C(mode="co"), "--mode must be one of cot, nocot, got 'co'"),
-                      (C(lr=0.0), "--lr must be positive, got 0.0"), (C(lr=float("nan")), "--lr must be positive, got nan"),
+                      (C(lr=0.0), "--lr must be positive, got 0.0"),
+                      (C(lr=float("nan")), "--lr must be positive, got nan"),
                       (C(n=-1), "--n must be >= 0, got -1")):
         with pytest.raises(UserError) as e:
             check_flags(bad, **ok)
