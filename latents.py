@@ -11,6 +11,14 @@ latent k resembles its own chunk. Each panel's title gives the answer and whethe
     python latents.py --ckpt out/colar --c 1,5 --data_dir data/gsm8k --split test --out results/latents_gsm8k.png
     python latents.py --ckpt out/colar --question "3+4*2||<<3+4=7>> <<7*2=4>> #### 4"
 
+With --probe N, no picture: on the first N examples of --split, per speed, where compressed reasoning fails,
+reading or writing. "read" is the accuracy when the model is fed the true compressed chain (each chunk's
+sum / sqrt(n), as in SFT), then <|eot|>, and answers greedily (checked teacher-forced: every answer token the argmax);
+"generated" the greedy accuracy with its own latents; "nearest" per latent position k, how often the k-th generated
+latent is nearer (cosine) to its own example's true chunk k than to the true chunk k of any other probed example.
+
+    python latents.py --ckpt out/mult4/colar --data_dir data/mult4 --probe 200
+
 The image needs matplotlib, an optional dependency (pip install matplotlib, or pip install .[plot]).
 """
 import os
@@ -19,7 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import colar
 from common import UserError, check_writable, parse_config, pick_device, run_cli, trained_speeds
+from compress import compress
 from data.format import answers_match, chain_text, parse_line, read_split
 from sample import answer_questions, load_model
 
@@ -33,6 +43,7 @@ class LatentsConfig:
     c: str = ""                      # speeds, comma-separated (e.g. 1,3,5); "": those the checkpoint was trained on
     max_latents: int = 64            # cap on latents per answer
     out: str = "results/latents.png"  # the PNG written
+    probe: int = 0                   # > 0: no picture; reading and writing measured on this many --split examples
     device: str = "auto"             # auto, cpu, cuda, mps
 
 
@@ -45,6 +56,57 @@ def chunk_spans(K, T, c):
     """For each latent k = 1..K, the columns [start, end) of its chunk among T chain tokens at speed c (empty past
     the chain's end, where a latent has no chunk of its own)."""
     return [(min(k * c, T), min((k + 1) * c, T)) for k in range(K)]
+
+
+def true_chunks(model, b, c, pool="sqrt"):
+    """The compressed embeddings of a Batch's text chains at speed c: (B, K, C), zero past a row's chain, and the
+    (B, K) mask of the real ones."""
+    z, zmask, _ = compress(model.wte(b.chain), b.chain, b.chain_mask, c, pool)
+    return z, zmask
+
+
+@torch.no_grad()
+def true_chain_logits(model, tok, examples, c, pool="sqrt"):
+    """The logits (B, T, V) of the examples laid out at speed c with their true compressed chains in the latent slots
+    (as in SFT), and the Batch."""
+    b = colar.layout(tok, colar.encode(tok, examples, "colar"), c, latent=True).to(model.wte.weight.device)
+    z, zmask = true_chunks(model, b, c, pool)
+    x = model.wte(b.idx).masked_scatter(b.latent_in[..., None], z[zmask])
+    return model(embeds=x, mask=b.mask)[0], b
+
+
+def read_true_chain(model, tok, examples, c, pool="sqrt"):
+    """For each example, whether the model answers right when fed its true compressed chain at speed c and then
+    <|eot|>: teacher-forced, every answer token and the closing <|eos|> must be the argmax (what greedy decoding
+    would then write). Returns a list of bools."""
+    logits, b = true_chain_logits(model, tok, examples, c, pool)
+    after = torch.arange(b.idx.size(1), device=logits.device)[None] > b.eot_at[:, None]  # the answer and <|eos|>
+    judged = after & (b.targets >= 0)
+    right = (logits.argmax(-1) == b.targets) | ~judged
+    return right.all(1).tolist()
+
+
+@torch.no_grad()
+def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
+    """Reading against writing at speed c (see the top of the file): {"read", "generated", "nearest": [rate per
+    latent position], "latents": mean generated, "chunks": mean true}."""
+    read = read_true_chain(model, tok, examples, c, pool)
+    results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
+                               keep_latents=True)
+    generated = [answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples)]
+    b = colar.layout(tok, colar.encode(tok, examples, "colar"), c, latent=True).to(model.wte.weight.device)
+    z, zmask = true_chunks(model, b, c, pool)
+    nearest = []
+    for k in range(zmask.size(1)):
+        rows = [i for i, r in enumerate(results) if zmask[i, k] and len(r["latents"]) > k]
+        if len(rows) < 2:
+            break
+        gen = torch.stack([results[i]["latents"][k] for i in rows]).to(z.device)  # (n, C)
+        sims = similarity(gen, z[rows, k])  # (n, n): generated latent i against true chunk k of example j
+        nearest.append((sims.argmax(1) == torch.arange(len(rows), device=z.device)).float().mean().item())
+    n = max(1, len(examples))
+    return {"read": sum(read) / n, "generated": sum(generated) / n, "nearest": nearest,
+            "latents": sum(r["length"] for r in results) / n, "chunks": zmask.sum().item() / n}
 
 
 def token_label(tok, i):
@@ -93,6 +155,8 @@ def main(cfg):
         raise UserError(f"--c must be comma-separated whole numbers, got {cfg.c!r}") from None
     if speeds and min(speeds) < 1:
         raise UserError(f"--c must be >= 1 for a CoLaR model, got {cfg.c}")
+    if cfg.probe > 0:
+        return main_probe(cfg, speeds)
     check_writable(cfg.out, "--out")  # before the model answers, not when the picture is drawn
     if cfg.question:
         question, steps, answer = parse_line(cfg.question, "--question")
@@ -124,6 +188,24 @@ def main(cfg):
     draw(panels, [token_label(tok, i) for i in ids], cfg.out)
     print(f"wrote {cfg.out}")
     return panels
+
+
+def main_probe(cfg, speeds):
+    examples = read_split(os.path.join(cfg.data_dir, f"{cfg.split}.txt"))[:cfg.probe]
+    if not examples:
+        raise UserError(f"{cfg.data_dir}/{cfg.split}.txt has no examples")
+    model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
+    if head is None:
+        raise UserError(f"{ckpt['path']} has no latent head: --probe needs a CoLaR checkpoint (mode colar)")
+    pool = ckpt["config"].get("pool", "sqrt")
+    out = {}
+    print(f"{ckpt['path']}, {len(examples)} examples of {cfg.data_dir}/{cfg.split}.txt, greedy")
+    for c in speeds or trained_speeds(ckpt["config"]):
+        r = out[c] = probe(model, head, tok, examples, c, cfg.max_latents, pool)
+        print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
+              f"{r['latents']:.1f} for {r['chunks']:.1f} chunks | nearest own chunk by position: "
+              + " ".join(f"{100 * x:.0f}" for x in r["nearest"]))
+    return out
 
 
 if __name__ == "__main__":

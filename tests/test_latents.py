@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import colar
 import latents
 import train_sft
 from common import UserError
@@ -100,3 +101,72 @@ def test_picture_is_written(runs, tmp_path):
                                                 max_latents=4, out=str(out), device="cpu"))
     assert len(panels) == 2
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the probe: reading the true compressed chain against writing latents ------------------------------------------
+def slow_true_chain_logits(model, tok, example, c):
+    """Independent of latents.true_chain_logits: one example, unpadded, its true chunks summed / sqrt(n) by hand,
+    <|eot|>, then the reference answer and <|eos|>; the logits from <|eot|> on, and the ids they should predict."""
+    q, steps, answer = example
+    chain = tok.encode(chain_text(steps))
+    E = model.wte.weight
+    xs = [E[i] for i in colar.prompt(tok, q, c)]
+    for k in range(0, len(chain), c):
+        part = chain[k:k + c]
+        xs.append(sum(E[i] for i in part) / math.sqrt(len(part)))
+    tail = [tok.eot] + tok.encode(" " + answer) + [tok.eos]
+    xs += [E[i] for i in tail[:-1]]
+    with torch.no_grad():
+        logits = model(embeds=torch.stack(xs)[None])[0][0]
+    return logits[-(len(tail) - 1):], tail[1:]
+
+
+def test_true_chain_logits_and_verdicts_against_a_slow_reference(tiny_runs):
+    model, head, tok, _ = load_model(tiny_runs["colar"])
+    examples = read_split(f"{tiny_runs['data']}/val.txt")[:6]
+    for c in (1, 2, 3):
+        logits, b = latents.true_chain_logits(model, tok, examples, c)
+        verdicts = latents.read_true_chain(model, tok, examples, c)
+        for i, ex in enumerate(examples):
+            ref, want = slow_true_chain_logits(model, tok, ex, c)
+            start = int(b.eot_at[i]) + 1  # the position of <|eot|>: it predicts the first answer token
+            torch.testing.assert_close(logits[i, start:start + len(ref)], ref, atol=1e-4, rtol=1e-4)
+            assert verdicts[i] == (ref.argmax(-1).tolist() == want)
+
+
+def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
+    model, head, tok, _ = load_model(tiny_runs["colar"])
+    examples = read_split(f"{tiny_runs['data']}/val.txt")[:4]
+    c = 2
+    b = colar.layout(tok, colar.encode(tok, examples, "colar"), c, latent=True)
+    z, zmask = latents.true_chunks(model, b, c)
+    per_row = [list(z[i][zmask[i]]) for i in range(len(examples))]  # each example's true chunks, in order
+
+    def fake(latents_of):
+        def answer_questions(model, tok, questions, c, **kw):
+            return [{"answer": "", "length": len(latents_of(i)), "latents": latents_of(i)} for i in range(len(questions))]
+        return answer_questions
+    K = min(len(r) for r in per_row)
+
+    def expected(k, source):
+        """Generated latent i is the true chunk k of example source(i): a hit when that chunk equals example i's own
+        and no earlier example has the same chunk (an exact tie goes to the first)."""
+        n = len(per_row)
+        first = lambda v: next(j for j in range(n) if torch.equal(per_row[j][k], v))  # noqa: E731
+        return sum(first(per_row[source(i)][k]) == i for i in range(n)) / n
+    monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[i]))  # its own chunks
+    r = latents.probe(model, head, tok, examples, c)
+    assert r["nearest"][:K] == [expected(k, lambda i: i) for k in range(K)] and r["generated"] == 0.0
+    assert max(r["nearest"]) == 1.0 and r["chunks"] == r["latents"] == zmask.sum().item() / len(examples)
+    nxt = lambda i: (i + 1) % len(per_row)  # noqa: E731
+    monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[nxt(i)]))  # the next example's
+    shifted = latents.probe(model, head, tok, examples, c)["nearest"]
+    assert shifted[:K] == [expected(k, nxt) for k in range(K)] and min(shifted) < 1.0
+
+
+def test_probe_cli_prints_a_line_per_speed(tiny_runs, capsys):
+    out = latents.main(latents.LatentsConfig(ckpt=tiny_runs["colar"], data_dir=tiny_runs["data"], probe=3,
+                                             max_latents=8, device="cpu"))
+    assert sorted(out) == [1, 2] and all(0 <= out[c]["read"] <= 1 for c in out)
+    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("c=")]
+    assert len(lines) == 2 and "read (true chain)" in lines[0]
