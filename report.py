@@ -193,7 +193,11 @@ def main(cfg):
             splits = sorted({r["split"] for r in recs})
             raise UserError(f"no records of the {cfg.split} split in {path} (splits there: {splits})")
     if others:
-        return write_spread(cfg, [records] + [load_records([p]) for p in others], paths + others)
+        runs = [records] + [load_records([p]) for p in others]
+        return write_table(cfg, spread_table(runs, cfg.split) + f"\n\n{cfg.split} split; each of the {len(runs)} "
+                           f"runs is one trained model of the same recipe ({', '.join(paths + others)}); the sampling "
+                           f"± is the mean over the runs of each one's 95% t-interval half-width over its sampling "
+                           f"seeds.")
     notes = [ABLATIONS[m] for m in ABLATIONS if any(r["method"] == m and r["split"] == cfg.split for r in records)]
     text = (table(records, cfg.split, reference) + f"\n\n{cfg.split} split; sampled accuracy is the mean over the "
             f"sampling seeds of one trained model ± the half-width of its 95% t-interval (not a spread over training "
@@ -201,12 +205,7 @@ def main(cfg):
             + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}."
             + (f" The reference column is from {cfg.reference}, another training run: its ± is over the sampling "
                f"seeds of that run only, not over training runs." if cfg.reference else ""))
-    print(text)
-    if cfg.md:
-        os.makedirs(os.path.dirname(cfg.md) or ".", exist_ok=True)
-        with open(cfg.md, "w") as f:
-            f.write(text + "\n")
-        print(f"table written to {cfg.md}")
+    write_table(cfg, text)
     if cfg.png:
         if plot(records, cfg.png, cfg.split, cfg.decode, reference, f"reference ({cfg.reference})"):
             print(f"plot written to {cfg.png}")
@@ -215,11 +214,8 @@ def main(cfg):
     return text
 
 
-def write_spread(cfg, runs, paths):
-    """The spread-over-training-runs table, printed and written to --md."""
-    text = (spread_table(runs, cfg.split) + f"\n\n{cfg.split} split; each of the {len(runs)} runs is one trained "
-            f"model of the same recipe ({', '.join(paths)}); the sampling ± is the mean over the runs of each one's "
-            f"95% t-interval half-width over its sampling seeds.")
+def write_table(cfg, text):
+    """Print the table with its notes, and write it to --md when given."""
     print(text)
     if cfg.md:
         os.makedirs(os.path.dirname(cfg.md) or ".", exist_ok=True)
