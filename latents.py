@@ -23,6 +23,7 @@ The image needs matplotlib, an optional dependency (pip install matplotlib, or p
 """
 import os
 from dataclasses import dataclass
+from statistics import fmean
 
 import torch
 import torch.nn.functional as F
@@ -203,8 +204,8 @@ def main_probe(cfg, speeds):
     for c in speeds or trained_speeds(ckpt["config"]):
         r = out[c] = probe(model, head, tok, examples, c, cfg.max_latents, pool)
         print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
-              f"{r['latents']:.1f} for {r['chunks']:.1f} chunks | nearest own chunk by position: "
-              + " ".join(f"{100 * x:.0f}" for x in r["nearest"]))
+              f"{r['latents']:.1f} for {r['chunks']:.1f} chunks | nearest own chunk {100 * fmean(r['nearest'] or [0]):.0f}%, "
+              f"by position: " + " ".join(f"{100 * x:.0f}" for x in r["nearest"]))
     return out
 
 
