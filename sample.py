@@ -70,14 +70,22 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
     device = next(model.parameters()).device
     idx, mask, pos = left_pad(prompts, pad_id, device)
     max_new_tokens = min(max_new_tokens, model.cfg.block_size - idx.size(1))
-    out = [[] for _ in prompts]
     if max_new_tokens <= 0:
-        return out
+        return [[] for _ in prompts]
     cache = KVCache(model.cfg.n_layer)
     with autocast(device):  # bf16 on CUDA, fp32 elsewhere
         logits = model(idx, pos=pos, mask=mask, cache=cache)[0][:, -1]  # (B, V)
-    rows = torch.arange(len(prompts), device=device)  # which prompt each batch row answers
-    next_pos = mask.sum(1)  # (B,) position of the next token of each row
+    return decode(model, cache, logits, mask.sum(1), max_new_tokens, stop_id, temperature, top_p, generator)
+
+
+@torch.no_grad()
+def decode(model, cache, logits, next_pos, max_new_tokens, stop_id, temperature=0.0, top_p=1.0, generator=None):
+    """The token-by-token loop of `generate`, from a filled cache: logits (B, V) at each row's last position and
+    next_pos (B,) the position of its next token. Returns the new ids of each row, the stop token included when it
+    was reached."""
+    device = logits.device
+    out = [[] for _ in range(logits.size(0))]
+    rows = torch.arange(logits.size(0), device=device)  # which prompt each batch row answers
     for step in range(max_new_tokens):
         tok = pick_tokens(logits, temperature, top_p, generator)
         for r, t in zip(rows.tolist(), tok.tolist()):

@@ -1,0 +1,98 @@
+"""baselines.py: Coconut's curriculum schedule and layout by hand, its multi-pass forward through one KV cache against a
+naive loop that re-runs the whole sequence for every thought (values and gradients), and its inference against the
+same naive loop, one question at a time.
+
+Run: .venv/bin/python -m pytest tests/test_baselines.py
+"""
+import torch
+import torch.nn.functional as F
+from conftest import tiny_gpt
+
+from baselines import answer_with_thoughts, coconut_stage, thought_forward, thought_layout
+from colar import prompt
+from tokenizer import Tokenizer
+
+TOK = Tokenizer("char")
+EXAMPLES = [("1+2*3", ["1+2=3", "3*3=9"], "9"), ("12-5", ["12-5=7"], "7"), ("2*2+1", ["2*2=4", "4+1=5"], "5")]
+
+
+def test_coconut_stage_by_hand():
+    assert [coconut_stage(s, 10, 3) for s in (0, 9, 10, 19, 20, 30, 99)] == [0, 0, 1, 1, 2, 3, 3]
+
+
+def test_thought_layout_by_hand():
+    b = thought_layout(TOK, EXAMPLES, stage=1, c_thought=2)
+    # prompts: "1+2*3" + speed, 1, bot = 8 ids; "12-5" 7 ids (one column of left padding); "2*2+1" 8 ids
+    assert b.start == 8
+    row1 = b.idx[1][b.mask[1]].tolist()
+    assert row1[:7] == prompt(TOK, "12-5", 1) and not b.mask[1, 0]
+    # row 1 has one step: all of it becomes 2 thoughts, then <|eot|> (forced, not learned), the answer, <|eos|>
+    assert b.thought[1].nonzero().squeeze(1).tolist() == [8, 9]
+    assert row1[7:] == [TOK.pad, TOK.pad, TOK.eot] + TOK.encode(" 7")  # <|eos|> is only predicted
+    t1 = b.targets[1].tolist()
+    assert t1[:6] == [-1] * 6 and t1[6] == TOK.bot  # the speed digit predicts <|bot|>
+    assert t1[7:10] == [-1, -1, -1]  # <|bot|> and thought 1 predict thoughts; thought 2 the forced <|eot|>
+    assert t1[10:13] == TOK.encode(" 7") + [TOK.eos] and set(t1[13:]) <= {-1}
+    # row 0 keeps its second step as text, learned from the last thought on
+    rest = TOK.encode("<<3*3=9>>")
+    assert b.idx[0, 10:10 + len(rest)].tolist() == rest and b.targets[0, 9] == rest[0]
+    assert (b.pos[0, :b.mask[0].sum()] == torch.arange(int(b.mask[0].sum()))).all()
+    # stage 0 is CoT: no thoughts, every chain token learned
+    b0 = thought_layout(TOK, EXAMPLES, stage=0, c_thought=2)
+    assert not b0.thought.any() and (b0.targets >= 0).sum(1).tolist() == [
+        1 + len(TOK.encode("<<1+2=3>> <<3*3=9>>")) + 1 + 2 + 1, 1 + len(TOK.encode("<<12-5=7>>")) + 1 + 2 + 1,
+        1 + len(TOK.encode("<<2*2=4>> <<4+1=5>>")) + 1 + 2 + 1]
+
+
+def naive_forward(model, b, think=lambda h: h):
+    """The whole sequence re-run for every thought column, no cache: each thought is the final hidden state at the
+    column before it, from a pass that already holds the earlier thoughts."""
+    x = model.wte(b.idx)
+    for col in range(b.start, b.idx.size(1)):
+        if b.thought[:, col].any():
+            h = model(embeds=x, pos=b.pos, mask=b.mask)[2]
+            x = torch.where(b.thought[:, col, None, None] & (torch.arange(x.size(1)) == col)[None, :, None],
+                            think(h[:, col - 1])[:, None], x)
+    return model(embeds=x, pos=b.pos, mask=b.mask)[0]
+
+
+def test_thought_forward_matches_a_naive_loop_values_and_gradients():
+    model = tiny_gpt(TOK.n_vocab, 64, n_layer=2, n_embd=16, init="sharp").double().train()
+    b = thought_layout(TOK, EXAMPLES, stage=2, c_thought=2)
+    real = b.mask
+    grads = []
+    for forward in (thought_forward, naive_forward):
+        model.zero_grad()
+        logits = forward(model, b)
+        grads.append(logits)
+        F.cross_entropy(logits.flatten(0, 1), b.targets.flatten(), ignore_index=-1).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(grads[0][real], grads[2][real], atol=1e-9, rtol=1e-9)
+    for g_cached, g_naive in zip(grads[1], grads[3]):
+        torch.testing.assert_close(g_cached, g_naive, atol=1e-9, rtol=1e-9)
+    assert b.thought.sum(1).tolist() == [4, 2, 4]  # every row had thoughts, row 1 fewer
+
+
+def naive_answer(model, tok, question, n_thoughts, max_tokens):
+    xs = [model.wte.weight[i] for i in prompt(tok, question, 1)]
+    with torch.no_grad():
+        for _ in range(n_thoughts):
+            xs.append(model(embeds=torch.stack(xs)[None])[2][0, -1])
+        xs.append(model.wte.weight[tok.eot])
+        out = []
+        for _ in range(max_tokens):
+            nxt = int(model(embeds=torch.stack(xs)[None])[0][0, -1].argmax())
+            if nxt == tok.eos:
+                break
+            out.append(nxt)
+            xs.append(model.wte.weight[nxt])
+    return tok.decode(out).strip()
+
+
+def test_answer_with_thoughts_matches_a_naive_loop():
+    model = tiny_gpt(TOK.n_vocab, 64, n_layer=2, n_embd=16, init="sharp", seed=1).double()
+    questions = [q for q, _, _ in EXAMPLES]
+    got = answer_with_thoughts(model, TOK, questions, n_thoughts=3, max_answer_tokens=6)
+    want = [naive_answer(model, TOK, q, 3, 6) for q in questions]
+    assert [r["answer"] for r in got] == want and len(set(want)) > 1  # padded rows answer as if alone
+    assert all(r["length"] == 3 for r in got)
