@@ -1,36 +1,60 @@
 """
-The latent baselines CoLaR is measured against, on the same model, data and evaluation. So far:
+The latent baselines CoLaR is measured against, on the same model, data and evaluation (train_sft.py --mode ...).
 
-Coconut (Hao et al. 2024, "Training Large Language Models to Reason in a Continuous Latent Space"). A continuous
+coconut (Hao et al. 2024, "Training Large Language Models to Reason in a Continuous Latent Space"). A continuous
 thought is the model's final hidden state at the previous position, fed back as the next input embedding, with no
-head in between. Training is a curriculum from the CoT model: at stage k the first k reasoning steps are replaced by
-k x c_thought thoughts (all steps once k reaches their number), the loss is the cross-entropy on the remaining
-steps and the answer only, and the optimizer is reset at each stage. A row is laid out as
+head in between. Training is a curriculum from the CoT model: at stage k = 1, 2, ... the first k reasoning steps
+are replaced by k x c_thought thoughts; at the last stage every step is, by stages x c_thought thoughts (as many as
+inference uses); the loss is the cross-entropy on the remaining steps and the answer only, and the optimizer is reset
+at each stage. A row is laid out as
 
     [question] <|speed|> 1 <|bot|> [thoughts] [remaining steps] <|eot|> [answer] <|eos|>
 
 (Coconut marks the thoughts' end with its own token and writes the remaining steps after it; here <|eot|> keeps
 its one meaning, the end of the reasoning, so the answer is found the same way for every method). Thought t + 1
 depends on thought t, so a training step runs one forward pass per thought column, all through one KV cache; the
-rows are left-padded so that their thoughts share columns. At inference: the prompt, a fixed number of thoughts,
-<|eot|>, then the answer.
+rows are left-padded so that their thoughts share columns. At inference (sample.answer_with_thoughts): the prompt, a
+fixed number of thoughts, <|eot|>, then the answer.
+
+pause (Coconut's "pause as thought" ablation; Goyal et al. 2024's pause tokens): the same curriculum and layout, but
+every thought is one learned vector: as much extra computation before the answer, nothing carried from one thought
+to the next. The control for "is it the latents, or just more positions?".
 """
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from colar import prompt
-from common import autocast
 from data.format import chain_text
 from model import KVCache
-from sample import decode, left_pad
 
 
 # --- Coconut -------------------------------------------------------------------------------------------------------
-def coconut_stage(step, stage_steps, max_stage):
-    """The curriculum stage at a (0-based) training step: one more stage every stage_steps steps, up to max_stage."""
-    return min(step // stage_steps, max_stage)
+BASELINES = ("coconut", "pause")
+
+
+def coconut_stage(step, stage_steps, stages):
+    """The curriculum stage at a (0-based) training step: 1 for the first stage_steps steps, one more every
+    stage_steps steps after, the last (stages) to the end. (Stage 0, CoT, is the model training starts from.)"""
+    return min(1 + step // stage_steps, stages)
+
+
+class PauseThought(nn.Module):
+    """Pause as thought: every thought is the same learned vector, whatever came before."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.vector = nn.Parameter(torch.randn(n_embd) * 0.02)  # the scale of a fresh token embedding
+
+    def forward(self, h):
+        return self.vector.to(h.dtype).expand_as(h)
+
+
+def thinker(mode, n_embd):
+    """The module that turns a hidden state into the next thought: none for coconut (the state itself)."""
+    return PauseThought(n_embd) if mode == "pause" else None
 
 
 @dataclass
@@ -48,17 +72,19 @@ class ThoughtBatch:
                             self.thought.to(device), self.start)
 
 
-def thought_layout(tok, examples, stage, c_thought):
-    """(question, steps, answer) examples at Coconut stage `stage`: the first min(stage, steps) steps become
-    c_thought thoughts each, the others stay text. The position before each thought learns nothing; the last thought
-    learns the first remaining token, unless that is <|eot|> (which inference then feeds itself)."""
+def thought_layout(tok, examples, stage, c_thought, stages):
+    """(question, steps, answer) examples at curriculum stage `stage` (1..stages): below the last stage the first
+    min(stage, steps) steps become c_thought thoughts each and the others stay text; at the last stage every step
+    goes, for stages x c_thought thoughts. The position before each thought learns nothing; the last thought learns
+    the first remaining token, unless that is <|eot|> (which inference then feeds itself)."""
     rows = []
     for q, steps, answer in examples:
-        k = min(stage, len(steps))
+        k = len(steps) if stage >= stages else min(stage, len(steps))
+        K = stages * c_thought if stage >= stages else k * c_thought
         head = prompt(tok, q, 1)
         rest = tok.encode(chain_text(steps[k:])) if k < len(steps) else []
-        seq = head + [tok.pad] * (k * c_thought) + rest + [tok.eot] + tok.encode(" " + answer) + [tok.eos]
-        rows.append((seq, len(head), k * c_thought, bool(rest)))
+        seq = head + [tok.pad] * K + rest + [tok.eot] + tok.encode(" " + answer) + [tok.eos]
+        rows.append((seq, len(head), K, bool(rest)))
     start = max(P for _, P, _, _ in rows)
     T = max(start - P + len(seq) for seq, P, _, _ in rows) - 1  # the last token is only ever predicted
     B = len(rows)
@@ -77,10 +103,11 @@ def thought_layout(tok, examples, stage, c_thought):
     return b
 
 
-def thought_forward(model, b, think=lambda h: h):
+def thought_forward(model, b, think=None):
     """Logits (B, T, V) of a ThoughtBatch, each thought being think(final hidden state at the previous position):
     the columns before the first thought in one pass, then one pass per thought column, then the rest, all through
     one KV cache (so the cost is one pass over the sequence, in pieces); gradients flow through the thoughts."""
+    think = think or (lambda h: h)
     x = model.wte(b.idx)
     cache = KVCache(model.cfg.n_layer)
     S, K = b.start, int(b.thought.sum(1).max())
@@ -97,31 +124,9 @@ def thought_forward(model, b, think=lambda h: h):
     return torch.cat(parts, dim=1)
 
 
-def thought_loss(model, b, think=lambda h: h):
-    """The mean cross-entropy over a ThoughtBatch's targets."""
+def thought_loss(model, think, b):
+    """A baseline's training loss (as colar.sft_loss returns one): the mean cross-entropy over a ThoughtBatch's
+    targets, no latent loss, no statistics."""
     logits = thought_forward(model, b, think)
-    return F.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(), ignore_index=-1)
-
-
-@torch.no_grad()
-def answer_with_thoughts(model, tok, questions, n_thoughts, think=lambda h: h, temperature=0.0, top_p=1.0, seed=0,
-                         max_answer_tokens=32):
-    """Coconut's inference: the prompt, n_thoughts thoughts, <|eot|>, then the answer token by token (greedy at
-    temperature 0). Returns one dict per question: answer (text), finished (closed by <|eos|>), length (n_thoughts)."""
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    idx, mask, pos = left_pad([prompt(tok, q, 1) for q in questions], tok.pad, device)
-    cache = KVCache(model.cfg.n_layer)
-    with autocast(device):
-        _, _, h = model(idx, pos=pos, mask=mask, cache=cache)
-        next_pos = mask.sum(1)
-        for _ in range(n_thoughts):
-            _, _, h = model(embeds=think(h[:, -1])[:, None], pos=next_pos[:, None], cache=cache)
-            next_pos = next_pos + 1
-        eot = torch.full((len(questions), 1), tok.eot, device=device)
-        logits = model(eot, pos=next_pos[:, None], cache=cache)[0][:, -1]
-    room = model.cfg.block_size - int(next_pos.max()) - 1
-    outs = decode(model, cache, logits, next_pos + 1, min(max_answer_tokens, room), tok.eos, temperature, top_p,
-                  generator)
-    return [{"answer": tok.decode(o[:o.index(tok.eos)] if tok.eos in o else o).strip(), "finished": tok.eos in o,
-             "length": n_thoughts} for o in outs]
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(), ignore_index=-1)
+    return ce, torch.zeros((), device=ce.device), {}

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from baselines import BASELINES
 from checkpoint import file_sha256
 from common import UserError, parse_config, read_records, pick_device, run_cli, trained_speeds
 from data.format import read_split
-from latent_head import log_sigma_floor
+from latent_head import LatentHead, log_sigma_floor
 from sample import load_model, score
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -50,14 +51,17 @@ def ci95(values):
 
 
 def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", checkpoint="",
-             temperature=1.0, top_p=0.9, batch_size=256, head=None, max_latents=64, latent_temperature=1.0):
+             temperature=1.0, top_p=0.9, batch_size=256, head=None, max_latents=64, latent_temperature=1.0, thoughts=0):
     """One record: greedy decoding once, or sampled decoding once per seed (answer tokens at `temperature` and
-    `top_p`, latents at `latent_temperature`, the stop decision sampled like a token)."""
+    `top_p`, latents at `latent_temperature`, the stop decision sampled like a token). thoughts > 0: a baseline's
+    fixed number of thoughts, `head` its thought module (None for Coconut)."""
     t0 = time.time()
+    latent = dict(max_latents=max_latents, thoughts=thoughts, think=head if thoughts else None)
+    head = None if thoughts else head
     if decode == "greedy":
-        runs = [score(model, tok, examples, c, 0.0, 1.0, 0, batch_size, head, max_latents=max_latents)]
+        runs = [score(model, tok, examples, c, 0.0, 1.0, 0, batch_size, head, **latent)]
     else:
-        runs = [score(model, tok, examples, c, temperature, top_p, s, batch_size, head, max_latents=max_latents,
+        runs = [score(model, tok, examples, c, temperature, top_p, s, batch_size, head, **latent,
                       latent_temperature=latent_temperature, stop="sampled") for s in seeds]
     accs, lens = [a for a, _, _ in runs], [n for _, n, _ in runs]
     record = {"method": method, "c": c, "decode": decode, "split": split, "n": len(examples),
@@ -145,10 +149,15 @@ def main(cfg):
     examples = read_examples(cfg.data_dir, cfg.split, cfg.n) if cfg.data_dir else None  # before the model is read
     model, head, tok, ckpt = load_model(cfg.ckpt, device)
     run = ckpt["config"]
-    if cfg.sigma_min >= 0 and head is not None:  # e.g. to sample an SFT model as an RL run with that floor would
+    if cfg.sigma_min >= 0 and isinstance(head, LatentHead):  # e.g. to sample an SFT model as an RL run with that floor would
         head.log_sigma_min = log_sigma_floor(cfg.sigma_min)
     mode = run.get("mode", "cot") + ("_rl" if "rl_config" in ckpt else "")  # the method name of its records
-    if head is None:
+    thoughts = run["stages"] * run["c_thought"] if mode in BASELINES else 0
+    if thoughts:
+        if cfg.c:
+            raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} is a {mode} model ({thoughts} thoughts)")
+        cs = [0]  # (c = 0 in its records: a baseline has no speed)
+    elif head is None:
         if cfg.c:
             raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} was trained in {mode} mode")
         cs = [0 if mode == "nocot" else 1]
@@ -161,7 +170,7 @@ def main(cfg):
     if examples is None:  # the split of the data the model was trained on
         examples = read_examples(run["data_dir"], cfg.split, cfg.n)
     runs = [(cfg.method or mode, c, d, head) for c in cs for d in decodes]
-    if head is not None and cfg.text_cot:  # the same model, thinking in text tokens instead of latents
+    if head is not None and cfg.text_cot and not thoughts:  # the same model, thinking in text tokens instead of latents
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
     records, sha = [], file_sha256(ckpt["path"])
     bar = tqdm(runs, desc="evaluating", unit="run", disable=not sys.stderr.isatty())
@@ -169,7 +178,7 @@ def main(cfg):
         bar.set_postfix_str(f"{method} c={c} {d}")
         r = evaluate(model, tok, examples, method, c, d, seeds, cfg.split, ckpt["path"], cfg.temperature, cfg.top_p,
                      cfg.batch_size, head=with_head, max_latents=cfg.max_latents,
-                     latent_temperature=cfg.latent_temperature)
+                     latent_temperature=cfg.latent_temperature, thoughts=thoughts)
         tqdm.write(format_record(r))
         records.append({**r, "checkpoint_sha256": sha})
     if cfg.out:

@@ -14,12 +14,13 @@ import json
 import os
 from dataclasses import dataclass
 
+from baselines import BASELINES
 from common import UserError, check_flags, check_writable, parse_config, run_cli
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
           "colar_nll": "CoLaR-NLL", "colar_oc": "CoLaR-OC", "colar_rl": "CoLaR + RL", "colar_text": "CoLaR writing text",
-          "colar_135": "CoLaR trained on c in {1, 3, 5}"}
+          "colar_135": "CoLaR trained on c in {1, 3, 5}", "coconut": "Coconut", "pause": "Pause as thought"}
 ABLATIONS = {"colar_dl": "DL = deterministic latents", "colar_mp": "MP = mean pooling",
              "colar_nll": "NLL = NLL latent loss",
              "colar_oc": "OC = no CE labels at the compressed positions (--chunk_labels false)"}
@@ -92,7 +93,8 @@ def table(records, split="test", reference=None):
         lines = [lines[0] + " reference, sampled (%) |", lines[1] + "---:|"]
     for (method, c), by_decode in rows(records, split).items():
         extra = [] if ref is None else [reference_cell(ref.get((method, c), {}))]
-        lines.append("| " + " | ".join([LABELS.get(method, method), str(c)] + cells(by_decode) + extra) + " |")
+        speed = DASH if method in BASELINES else str(c)  # a baseline has no speed
+        lines.append("| " + " | ".join([LABELS.get(method, method), speed] + cells(by_decode) + extra) + " |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from baselines import BASELINES, thinker
 from colar import prompt
 from checkpoint import load_checkpoint
 from common import UserError, autocast, check_flags, parse_config, pick_device, run_cli, trained_speeds
@@ -28,8 +29,10 @@ def load_model(path, device="cpu", which="best"):
     head = None
     try:
         model.load_state_dict(ckpt["model"])
-        if ckpt.get("latent_head") is not None:
-            head = LatentHead(model.cfg.n_embd, **ckpt["latent_config"])
+        if ckpt.get("latent_head") is not None:  # CoLaR's latent head, or a baseline's thought module
+            mode = ckpt["config"].get("mode")
+            head = thinker(mode, model.cfg.n_embd) if mode in BASELINES else LatentHead(model.cfg.n_embd,
+                                                                                           **ckpt["latent_config"])
             head.load_state_dict(ckpt["latent_head"])
             head = head.to(device).eval()
     except (RuntimeError, TypeError, KeyError) as e:
@@ -103,6 +106,29 @@ def decode(model, cache, logits, next_pos, max_new_tokens, stop_id, temperature=
     return out
 
 
+@torch.no_grad()
+def answer_with_thoughts(model, tok, questions, n_thoughts, think=lambda h: h, temperature=0.0, top_p=1.0,
+                         generator=None, max_answer_tokens=32):
+    """Coconut's inference: the prompt, n_thoughts thoughts, <|eot|>, then the answer token by token (greedy at
+    temperature 0). Returns one dict per question: answer (text), finished (closed by <|eos|>), length (n_thoughts)."""
+    device = next(model.parameters()).device
+    idx, mask, pos = left_pad([prompt(tok, q, 1) for q in questions], tok.pad, device)
+    cache = KVCache(model.cfg.n_layer)
+    with autocast(device):
+        _, _, h = model(idx, pos=pos, mask=mask, cache=cache)
+        next_pos = mask.sum(1)
+        for _ in range(n_thoughts):
+            _, _, h = model(embeds=think(h[:, -1])[:, None], pos=next_pos[:, None], cache=cache)
+            next_pos = next_pos + 1
+        eot = torch.full((len(questions), 1), tok.eot, device=device)
+        logits = model(eot, pos=next_pos[:, None], cache=cache)[0][:, -1]
+    room = model.cfg.block_size - int(next_pos.max()) - 1
+    outs = decode(model, cache, logits, next_pos + 1, min(max_answer_tokens, room), tok.eos, temperature, top_p,
+                  generator)
+    return [{"answer": tok.decode(o[:o.index(tok.eos)] if tok.eos in o else o).strip(), "finished": tok.eos in o,
+             "length": n_thoughts, "chain": [], "hit_cap": False, "latents": [], "lm_top": []} for o in outs]
+
+
 def split_output(tok, ids, chain_given=False):
     """Generated ids -> (chain ids, answer text, finished). The chain ends at <|eot|>, the answer at <|eos|>;
     finished means an answer was given and closed: <|eot|> (unless the chain was given) and then <|eos|>."""
@@ -119,9 +145,11 @@ def split_output(tok, ids, chain_given=False):
 
 @torch.no_grad()
 def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, seed=0, max_new_tokens=0, batch_size=256,
-                     head=None, latent_temperature=0.0, max_latents=64, stop="greedy", keep_latents=False):
+                     head=None, latent_temperature=0.0, max_latents=64, stop="greedy", keep_latents=False, thoughts=0,
+                     think=None):
     """Answer with no chain (c = 0, No-CoT: <|eot|> follows <|bot|> at once), a text chain of thought (c = 1, no
-    latent head), or CoLaR latents at speed c (with a latent head; c = 1 then means uncompressed latents).
+    latent head), CoLaR latents at speed c (with a latent head; c = 1 then means uncompressed latents), or, with
+    thoughts > 0, a fixed number of a baseline's thoughts (think(h): the next input; default h itself, Coconut).
     Returns one dict per question: chain (text-chain ids), length (chain tokens or latents), answer (text),
     finished (the answer was closed by <|eos|>), hit_cap (latents only: stopped by max_latents), latents."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -135,6 +163,10 @@ def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, see
                 raise UserError(f"the prompt is {len(p)} tokens but the model's context is {model.cfg.block_size}: "
                                 f"{q[:60]!r}")
             prompts.append(p)
+        if thoughts > 0:
+            results += answer_with_thoughts(model, tok, questions[i:i + batch_size], thoughts, think or (lambda h: h),
+                                            temperature, top_p, generator, max_new)
+            continue
         if head is not None and c >= 1:
             for o in generate_latent(model, head, tok, prompts, max_latents, max_new, latent_temperature, temperature,
                                      top_p, stop, generator, keep_latents):

@@ -11,6 +11,8 @@ Modes (the sequence each example becomes; colar.py lays them out and holds the l
   learns to predict the next compressed embedding there, and the <|eot|> embedding after the last chunk. Loss:
   CE + latent_weight * latent loss. Ablations: --pool mean (MP), --latent_loss nll (NLL), --deterministic true (DL),
   --chunk_labels false (OC: no chunk labels; the <|eot|> label that drives the stop decision is kept).
+- coconut, pause: the latent baselines (baselines.py), a curriculum from the CoT model in --stages stages of
+  --stage_steps steps, the optimizer reset at each: [question] <|speed|> 1 <|bot|> [thoughts] [steps left] <|eot|> ...
 
     python train_sft.py                                   # CoT on the synthetic task (data/synth), ~5 minutes on CPU
     python train_sft.py --mode nocot --out_dir out/nocot  # the No-CoT baseline
@@ -38,6 +40,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colar
+from baselines import BASELINES, coconut_stage, thinker, thought_layout, thought_loss
 from checkpoint import (check_same, finite_model, generator_states, is_pretrained, kept_checkpoint, load_checkpoint,
                         open_run, pretrained_start, read_pointer, release_run, restore_training_state, save_checkpoint,
                         training_state)
@@ -55,7 +58,8 @@ from tokenizer import KINDS, Tokenizer
 class TrainConfig:
     # data
     data_dir: str = "data/synth"   # folder with train.txt and val.txt in GSM8K-Aug format
-    mode: str = "cot"              # cot (question -> chain -> answer), nocot (question -> answer) or colar
+    mode: str = "cot"              # cot (question -> chain -> answer), nocot (question -> answer), colar, or a
+                                   # baseline: coconut, pause (baselines.py)
     tokenizer: str = "char"        # char, number (whole numbers as tokens) or gpt2 (BPE reduced to the data's ids)
     number_digits: int = 3         # for tokenizer=number: digits per number token
     # model
@@ -79,6 +83,10 @@ class TrainConfig:
     chunk_labels: bool = True      # CE labels drawn from the next chunk (false: the OC ablation)
     self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own detached predictions
     max_latents: int = 64          # cap on latents at inference (validation)
+    # baselines (mode coconut or pause)
+    c_thought: int = 2             # thoughts per reasoning step replaced
+    stages: int = 3                # curriculum stages; the last replaces every step by stages x c_thought thoughts
+    stage_steps: int = 0           # training steps per stage, the last stage to the end (0: max_steps // (stages + 1))
     # optimisation
     batch_size: int = 64           # sequences per forward pass, on each process
     total_batch_size: int = 0      # sequences per optimizer step, over processes and micro-steps (0: batch_size each)
@@ -102,7 +110,7 @@ class TrainConfig:
 
 SHAPE_KEYS = ("tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb")  # fixed by --init_from
 RESUME_KEYS = ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_from", "latent_hidden", "deterministic",
-               "pool", "latent_loss", "chunk_labels") + SHAPE_KEYS  # a resumed run keeps these
+               "pool", "latent_loss", "chunk_labels", "c_thought", "stages", "stage_steps") + SHAPE_KEYS  # kept on resume
 
 
 def get_lr(step, cfg):
@@ -114,9 +122,9 @@ def get_lr(step, cfg):
 
 
 def parse_c_values(cfg):
-    """The speeds a step draws from: 1..c_max or --c_values for colar; 1 for cot, 0 for nocot."""
+    """The speeds a step draws from: 1..c_max or --c_values for colar; 0 for nocot, 1 for the others."""
     if cfg.mode != "colar":
-        return [1 if cfg.mode == "cot" else 0]
+        return [0 if cfg.mode == "nocot" else 1]
     try:
         values = ([int(v) for v in cfg.c_values.split(",") if v.strip()] if cfg.c_values
                   else list(range(1, cfg.c_max + 1)))
@@ -175,15 +183,18 @@ def starting_point(cfg):
 
 
 def check_config(cfg):
-    check_flags(cfg, dict(mode=("cot", "nocot", "colar"), pool=("sqrt", "mean"), latent_loss=("soft_mse", "nll"),
+    check_flags(cfg, dict(mode=("cot", "nocot", "colar") + BASELINES, pool=("sqrt", "mean"),
+                          latent_loss=("soft_mse", "nll"),
                           tokenizer=KINDS, pos_emb=("rope", "learned")),
-                positive=("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every", "lr"),
-                nonnegative=("total_batch_size", "eval_n", "block_size", "max_latents", "min_lr", "dropout"))
+                positive=("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every", "lr",
+                          "c_thought", "stages"),
+                nonnegative=("total_batch_size", "eval_n", "block_size", "max_latents", "min_lr", "dropout",
+                             "stage_steps"))
     if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
         raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
                         f"Hugging Face's layout (no config.json)")
-    if cfg.init_from and cfg.mode != "colar" and not is_pretrained(cfg.init_from):
-        raise UserError("--init_from a checkpoint is for --mode colar (it starts CoLaR from a CoT run)")
+    if cfg.init_from and cfg.mode in ("cot", "nocot") and not is_pretrained(cfg.init_from):
+        raise UserError("--init_from a checkpoint is for --mode colar or a baseline (they start from a CoT run)")
     if is_pretrained(cfg.init_from) and cfg.tokenizer != "gpt2":
         raise UserError(f"--init_from {cfg.init_from} needs --tokenizer gpt2 (the pretrained model reads GPT-2's ids)")
     if cfg.n_embd % cfg.n_head or cfg.min_lr > cfg.lr or cfg.dropout >= 1:
@@ -201,22 +212,21 @@ def draw_c(c_values, gen, device):
     return int(c)
 
 
-def train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, step):
-    """One optimizer step over this process's examples, in micro-batches of cfg.batch_size (the loss divided by their
-    number; under DDP the gradients are averaged over processes at the last one). Stops, before the weights change,
-    when the loss is not finite. Returns the step's mean CE, latent loss, target norm and sigma over every process,
-    and the tokens of every process."""
+def train_step(trainee, optimizer, batches, loss_kw, cfg, device, step):
+    """One optimizer step over this process's micro-batches (the loss divided by their number; under DDP the
+    gradients are averaged over processes at the last one); trainee(b, **loss_kw) gives each one's losses. Stops,
+    before the weights change, when the loss is not finite. Returns the step's mean CE, latent loss, target norm and
+    sigma over every process, and the tokens of every process."""
     trainee.train()
     optimizer.zero_grad(set_to_none=True)
-    accum = len(examples) // cfg.batch_size
+    accum = len(batches)
     means, tokens = torch.zeros(4, dtype=torch.float64), 0  # this process's step means; its real positions
-    for micro in range(accum):
-        b = colar.layout(tok, examples[micro * cfg.batch_size:(micro + 1) * cfg.batch_size], c, latent=bool(opts))
+    for micro, b in enumerate(batches):
         b = b.to(device)
         sync = micro == accum - 1 or not isinstance(trainee, DDP)
         with contextlib.nullcontext() if sync else trainee.no_sync():
             with autocast(device):  # bf16 on CUDA, fp32 elsewhere; the backward pass runs outside it
-                ce, lat, stats = trainee(b, c, tok.eot, gen, **opts)
+                ce, lat, stats = trainee(b, **loss_kw)
                 loss = ce + cfg.latent_weight * lat
             (loss / accum).backward()
         means += torch.tensor([ce.item(), lat.item(), stats.get("norm", 0), stats.get("sigma", 0)],
@@ -232,27 +242,31 @@ def train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, ste
     return ce, lat, norm, sigma, round(tokens * (dist.get_world_size() if dist.is_initialized() else 1))
 
 
-def validate(model, head, tok, val, c_values, max_latents):
-    """Greedy accuracy on the validation examples, averaged over the trained c (latent decoding for colar), and
-    the per-c figures as text."""
-    model.eval()
-    if head:
-        head.eval()
+def validate(model, head, tok, val, c_values, max_latents, thoughts=0, think=None):
+    """Greedy accuracy on the validation examples, averaged over the trained c (latent decoding for colar; a
+    baseline's fixed number of thoughts), and the per-c figures as text."""
+    for m in (model, head, think):
+        if m is not None:
+            m.eval()
+    if thoughts:
+        acc, _, _ = score(model, tok, val, thoughts=thoughts, think=think)
+        return acc, f"{thoughts} thoughts: {100 * acc:.1f}%"
     runs = {c: score(model, tok, val, c, head=head, max_latents=max_latents) for c in sorted(set(c_values))}
     return (sum(r[0] for r in runs.values()) / len(runs),
             " | ".join(f"c={c}: {100 * a:.1f}% len {n:.1f}" for c, (a, n, _) in runs.items()))
 
 
 def build_model(cfg, model_cfg, init, device):
-    """The model (seeded, or the starting model's weights) and, for colar, a new latent head."""
+    """The model (seeded, or the starting model's weights), for colar a new latent head, for pause its thought."""
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     latent_config = {"hidden": cfg.latent_hidden, "deterministic": cfg.deterministic}
     head = LatentHead(model_cfg.n_embd, **latent_config).to(device) if cfg.mode == "colar" else None
+    think = thinker(cfg.mode, model_cfg.n_embd)
     if init:
         model.load_state_dict(init["model"])
         print0(f"initialised from {init['path']}")
-    return model, head, latent_config
+    return model, head, think.to(device) if think else None, latent_config
 
 
 def setup_data(cfg, base):
@@ -263,7 +277,7 @@ def setup_data(cfg, base):
     encoded = colar.encode(tok, train, cfg.mode)
     model_cfg = (GPTConfig(**base["model_config"]) if base
                  else new_model_config(cfg, tok, encoded + colar.encode(tok, val, cfg.mode)))
-    return tok, encoded, val[:cfg.eval_n] if cfg.eval_n > 0 else val, model_cfg  # the tokenizer saw all of val
+    return tok, train, encoded, val[:cfg.eval_n] if cfg.eval_n > 0 else val, model_cfg  # the tokenizer saw all val
 
 
 def main(cfg):
@@ -274,26 +288,32 @@ def main(cfg):
     cfg = replace(cfg, total_batch_size=accum * world * cfg.batch_size)  # the effective batch, saved and checked
     cfg, ckpt, init = starting_point(cfg)
     print_config(cfg)
-    tok, encoded, val, model_cfg = setup_data(cfg, ckpt or init)
-    model, head, latent_config = build_model(cfg, model_cfg, init, device)
-    optimizer = make_optimizer([model] + ([head] if head else []), cfg.lr, cfg.weight_decay)
+    tok, train, encoded, val, model_cfg = setup_data(cfg, ckpt or init)
+    model, head, think, latent_config = build_model(cfg, model_cfg, init, device)
+    aside = head or think  # the module trained beside the model, if any
+    optimizer = make_optimizer([model] + ([aside] if aside else []), cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(encoded), cfg.total_batch_size, cfg.seed)  # whole batches, the same in every process
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)  # c, chunk labels, latent noise
     step, best_val = 0, -1.0
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        if head:
-            head.load_state_dict(ckpt["latent_head"])
+        if aside:
+            aside.load_state_dict(ckpt["latent_head"])
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
-    n_params = model.num_params() + (sum(p.numel() for p in head.parameters()) if head else 0)
+    n_params = model.num_params() + (sum(p.numel() for p in aside.parameters()) if aside else 0)
     print0(f"{len(encoded):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
            f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}\n"
            f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
            f"{accum} micro-step(s)")
     # a deterministic head never uses its log_sigma layer: DDP must expect unused parameters
-    trainee = wrap_ddp(Trainee(model, head, colar.sft_loss), device, world, bool(head and head.deterministic))
+    baseline = cfg.mode in BASELINES
+    loss_fn = thought_loss if baseline else colar.sft_loss
+    trainee = wrap_ddp(Trainee(model, aside, loss_fn), device, world, bool(head and head.deterministic))
     opts = dict(pool=cfg.pool, kind=cfg.latent_loss, alpha=cfg.latent_alpha, chunk_labels=cfg.chunk_labels,
                 self_feed=cfg.self_feed) if head else {}
+    stage_steps = cfg.stage_steps or max(1, cfg.max_steps // (cfg.stages + 1))
+    stage_at = lambda s: coconut_stage(s, stage_steps, cfg.stages)  # noqa: E731 (a baseline's curriculum)
+    thoughts = cfg.stages * cfg.c_thought if baseline else 0  # at inference
 
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     probe = torch.tensor([colar.prompt(tok, encoded[0][0], c_values[0])], device=device)  # for finite_model
@@ -304,15 +324,26 @@ def main(cfg):
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        c = draw_c(c_values, gen, device)
-        examples = [encoded[i] for i in sampler.next()[rank::world]]  # this process's share of the step's batch
-        ce, lat, norm, sigma, n_tokens = train_step(trainee, optimizer, tok, examples, c, gen, cfg, opts, device, step)
+        rows = sampler.next()[rank::world]  # this process's share of the step's batch, in micro-batches
+        parts = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+        if baseline:
+            c = stage_at(step)  # (logged as the stage)
+            if step > 0 and c != stage_at(step - 1):
+                optimizer.state.clear()  # a new stage starts with a fresh optimizer, as Coconut's curriculum does
+            batches = [thought_layout(tok, [train[i] for i in p], c, cfg.c_thought, cfg.stages) for p in parts]
+            loss_kw = {}
+        else:
+            c = draw_c(c_values, gen, device)
+            batches = [colar.layout(tok, [encoded[i] for i in p], c, latent=bool(opts)) for p in parts]
+            loss_kw = dict(c=c, eot_id=tok.eot, generator=gen, **opts)
+        ce, lat, norm, sigma, n_tokens = train_step(trainee, optimizer, batches, loss_kw, cfg, device, step)
         history.append((step, c, ce, lat))
         step, tokens_seen, t_train = step + 1, tokens_seen + n_tokens, t_train + time.time() - t0
 
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
-            extra = f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head else ""
+            extra = (f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head
+                     else f" | stage {c}" if baseline else "")
             print0(f"step {step}/{cfg.max_steps} | loss {ce + cfg.latent_weight * lat:.4f}{extra} | lr {lr:.2e} | "
                    f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | "
                    f"eta {(last - step) * elapsed / (step - first) / 60:.1f} min", flush=True)
@@ -322,12 +353,12 @@ def main(cfg):
                 if not finite_model(model, head, probe):  # an update can blow the weights up with a finite loss
                     raise UserError(f"training diverged at step {step}: its update left weights or outputs that are "
                                     f"not finite, not saved; lower --lr; {kept_checkpoint(cfg.out_dir)}")
-                acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents)
+                acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents, thoughts, think)
                 is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
                 best_val = max(best_val, acc)
                 path = save_checkpoint(cfg.out_dir, step, {
                     "script": "train_sft", "model": model.state_dict(), "model_config": asdict(model_cfg),
-                    "latent_head": head.state_dict() if head else None, "latent_config": latent_config,
+                    "latent_head": aside.state_dict() if aside else None, "latent_config": latent_config,
                     "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
                     "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
                 print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {100 * best_val:.1f}% | "
@@ -338,7 +369,7 @@ def main(cfg):
     cleanup_distributed()
     print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
            f"best val accuracy {100 * best_val:.1f}%")
-    return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
+    return {"model": model, "head": aside, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "tokens_per_s": tps, "history": history}
 
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_gpt
 
-from baselines import answer_with_thoughts, coconut_stage, thought_forward, thought_layout
+from baselines import coconut_stage, thought_forward, thought_layout
 from colar import prompt
+from sample import answer_with_thoughts
 from tokenizer import Tokenizer
 
 TOK = Tokenizer("char")
@@ -17,11 +18,11 @@ EXAMPLES = [("1+2*3", ["1+2=3", "3*3=9"], "9"), ("12-5", ["12-5=7"], "7"), ("2*2
 
 
 def test_coconut_stage_by_hand():
-    assert [coconut_stage(s, 10, 3) for s in (0, 9, 10, 19, 20, 30, 99)] == [0, 0, 1, 1, 2, 3, 3]
+    assert [coconut_stage(s, 10, 3) for s in (0, 9, 10, 19, 20, 30, 99)] == [1, 1, 2, 2, 3, 3, 3]
 
 
 def test_thought_layout_by_hand():
-    b = thought_layout(TOK, EXAMPLES, stage=1, c_thought=2)
+    b = thought_layout(TOK, EXAMPLES, stage=1, c_thought=2, stages=3)
     # prompts: "1+2*3" + speed, 1, bot = 8 ids; "12-5" 7 ids (one column of left padding); "2*2+1" 8 ids
     assert b.start == 8
     row1 = b.idx[1][b.mask[1]].tolist()
@@ -37,8 +38,12 @@ def test_thought_layout_by_hand():
     rest = TOK.encode("<<3*3=9>>")
     assert b.idx[0, 10:10 + len(rest)].tolist() == rest and b.targets[0, 9] == rest[0]
     assert (b.pos[0, :b.mask[0].sum()] == torch.arange(int(b.mask[0].sum()))).all()
+    # the last stage: every step gone, stages x c_thought = 6 thoughts in every row, then the forced <|eot|>
+    b3 = thought_layout(TOK, EXAMPLES, stage=3, c_thought=2, stages=3)
+    assert b3.thought.sum(1).tolist() == [6, 6, 6] and (b3.idx == TOK.eot).sum(1).tolist() == [1, 1, 1]
+    assert [(t >= 0).sum().item() for t in b3.targets] == [1 + 2 + 1] * 3  # <|bot|>, the answer, <|eos|>
     # stage 0 is CoT: no thoughts, every chain token learned
-    b0 = thought_layout(TOK, EXAMPLES, stage=0, c_thought=2)
+    b0 = thought_layout(TOK, EXAMPLES, stage=0, c_thought=2, stages=3)
     assert not b0.thought.any() and (b0.targets >= 0).sum(1).tolist() == [
         1 + len(TOK.encode("<<1+2=3>> <<3*3=9>>")) + 1 + 2 + 1, 1 + len(TOK.encode("<<12-5=7>>")) + 1 + 2 + 1,
         1 + len(TOK.encode("<<2*2=4>> <<4+1=5>>")) + 1 + 2 + 1]
@@ -58,7 +63,7 @@ def naive_forward(model, b, think=lambda h: h):
 
 def test_thought_forward_matches_a_naive_loop_values_and_gradients():
     model = tiny_gpt(TOK.n_vocab, 64, n_layer=2, n_embd=16, init="sharp").double().train()
-    b = thought_layout(TOK, EXAMPLES, stage=2, c_thought=2)
+    b = thought_layout(TOK, EXAMPLES, stage=2, c_thought=2, stages=3)
     real = b.mask
     grads = []
     for forward in (thought_forward, naive_forward):
@@ -96,3 +101,29 @@ def test_answer_with_thoughts_matches_a_naive_loop():
     want = [naive_answer(model, TOK, q, 3, 6) for q in questions]
     assert [r["answer"] for r in got] == want and len(set(want)) > 1  # padded rows answer as if alone
     assert all(r["length"] == 3 for r in got)
+
+
+# --- training and evaluation through the CLIs' main functions -----------------------------------------------------
+def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_path):
+    import evaluate
+    import train_sft
+    from checkpoint import load_checkpoint
+    from conftest import tiny_train_cfg
+    from baselines import PauseThought
+    from sample import load_model
+    for mode in ("coconut", "pause"):
+        out = str(tmp_path / mode)
+        run = train_sft.main(tiny_train_cfg(tiny_runs["data"], out, mode=mode, init_from=tiny_runs["cot"],
+                                            max_steps=5, stages=2, stage_steps=2, c_thought=1, eval_every=5))
+        assert [c for _, c, _, _ in run["history"]] == [1, 1, 2, 2, 2]  # stage 1 for 2 steps, then the last stage
+        ckpt = load_checkpoint(out, "latest")
+        # the optimizer was reset when stage 2 began (step 2): its step count starts again there
+        assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {3}
+        model, head, tok, _ = load_model(out)
+        assert (head is None) == (mode == "coconut")
+        if mode == "pause":
+            assert isinstance(head, PauseThought) and torch.equal(head.vector, run["head"].vector)
+        records = evaluate.main(evaluate.EvalConfig(ckpt=out, split="val", decode="greedy,sampled", seeds="0,1",
+                                                    device="cpu"))
+        assert [(r["method"], r["c"], r["decode"]) for r in records] == [(mode, 0, "greedy"), (mode, 0, "sampled")]
+        assert all(r["mean_len"] == 2 for r in records)  # stages x c_thought thoughts

@@ -97,6 +97,11 @@ def test_spread_over_training_runs_hand_worked(tmp_path, capsys):
     assert text.startswith(md) and open(out).read() == text + "\n"
 
 
+def test_baselines_have_no_speed():
+    md = table([rec("coconut", 0, "greedy", 0.5, 6.0), rec("pause", 0, "greedy", 0.25, 6.0)])
+    assert body(md) == [["Coconut", "–", "–", "50.0", "–", "6.0"], ["Pause as thought", "–", "–", "25.0", "–", "6.0"]]
+
+
 def test_table_missing_values():
     records = [rec("colar", 3, "greedy", 0.998, 18.6),                 # no sampled record
                rec("cot", 1, "sampled", 0.994, 54.8, 0.002),           # no greedy record
