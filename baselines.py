@@ -19,6 +19,13 @@ fixed number of thoughts, <|eot|>, then the answer.
 pause (Coconut's "pause as thought" ablation; Goyal et al. 2024's pause tokens): the same curriculum and layout, but
 every thought is one learned vector: as much extra computation before the answer, nothing carried from one thought
 to the next. The control for "is it the latents, or just more positions?".
+
+icot (Deng et al. 2024, "From Explicit CoT to Implicit CoT: Learning to Internalize CoT Step by Step"): from the CoT
+model, the chain loses its first tokens, one more every remove_every training steps, with the optimizer reset at
+each, until none is left and the model answers straight after <|bot|> <|eot|>: #L = 0, the reasoning in its layers.
+Each example loses o more tokens, o drawn with P(o) = (1 - e^-lambda) e^(-lambda o) ("removal smoothing", lambda =
+4 in the original), so a change of schedule never arrives all at once. Rows are CoT rows (colar.layout) of the
+shortened chains; the model is decoded as a CoT model, which writes what chain it still has.
 """
 from dataclasses import dataclass
 
@@ -26,13 +33,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import colar
 from colar import prompt
 from data.format import chain_text
 from model import KVCache
 
 
 # --- Coconut -------------------------------------------------------------------------------------------------------
-BASELINES = ("coconut", "pause")
+THOUGHT_MODES = ("coconut", "pause")  # a fixed number of thoughts at inference
+BASELINES = THOUGHT_MODES + ("icot",)
 
 
 def coconut_stage(step, stage_steps, stages):
@@ -130,3 +139,58 @@ def thought_loss(model, think, b):
     logits = thought_forward(model, b, think)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(), ignore_index=-1)
     return ce, torch.zeros((), device=ce.device), {}
+
+
+# --- iCoT, stepwise internalization --------------------------------------------------------------------------------
+def icot_removed(step, remove_every):
+    """Chain tokens scheduled for removal at a (0-based) training step: one more every remove_every steps."""
+    return step // remove_every
+
+
+def removal_offsets(n, lam, generator=None, longest=100):
+    """n extra removals o = 0, 1, ..., drawn with P(o) = (1 - e^-lam) e^(-lam o), the mass beyond `longest` - 1 put
+    on it; lam <= 0 turns smoothing off (all 0)."""
+    if lam <= 0:
+        return torch.zeros(n, dtype=torch.long)
+    o = torch.arange(longest, dtype=torch.float64)
+    p = (1 - torch.exp(torch.tensor(-lam, dtype=torch.float64))) * torch.exp(-lam * o)
+    p[-1] += 1 - p.sum()
+    return torch.multinomial(p, n, replacement=True, generator=generator)
+
+
+def shorten_chains(encoded, removed, offsets):
+    """Encoded (question, chain, answer) examples with each chain's first removed + offsets[i] tokens cut."""
+    return [(q, chain[removed + int(o):], a) for (q, chain, a), o in zip(encoded, offsets)]
+
+
+# --- the curricula, as the trainer sees them -----------------------------------------------------------------------
+class Curriculum:
+    """A baseline's schedule in train_sft.py: where training is at a step (coconut, pause: the stage; icot: the chain
+    tokens removed), whether the optimizer restarts there, the step's rows, and whether a checkpoint there may be
+    selected (icot: only once every chain is gone). cfg: the trainer's config; longest: the longest encoded chain."""
+
+    def __init__(self, cfg, longest):
+        self.cfg, self.longest = cfg, longest
+        self.thoughts = cfg.stages * cfg.c_thought if cfg.mode in THOUGHT_MODES else 0  # at inference
+        self.stage_steps = cfg.stage_steps or max(1, cfg.max_steps // (cfg.stages + 1))
+        self.remove_every = cfg.remove_every or max(1, 2 * cfg.max_steps // (3 * max(1, longest)))
+
+    def at(self, step):
+        if self.thoughts:
+            return coconut_stage(step, self.stage_steps, self.cfg.stages)
+        return icot_removed(step, self.remove_every)
+
+    def restarts(self, step):
+        """A new stage, or one more token removed while chains remain: the optimizer starts afresh."""
+        return step > 0 and self.at(step) != self.at(step - 1) and (self.thoughts or self.at(step) <= self.longest)
+
+    def batch(self, tok, examples, encoded, step, generator):
+        """The rows of a micro-batch: examples (question, steps, answer) and the same encoded."""
+        if self.thoughts:
+            return thought_layout(tok, examples, self.at(step), self.cfg.c_thought, self.cfg.stages)
+        offsets = removal_offsets(len(encoded), self.cfg.removal_lambda, generator)
+        return colar.layout(tok, shorten_chains(encoded, self.at(step), offsets), 1)
+
+    def selectable(self, step):
+        """Whether the checkpoint after `step` steps may be selected by validation."""
+        return self.thoughts > 0 or self.at(step - 1) >= self.longest

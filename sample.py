@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines import BASELINES, thinker
+from baselines import THOUGHT_MODES, thinker
 from colar import prompt
 from checkpoint import load_checkpoint
 from common import UserError, autocast, check_flags, parse_config, pick_device, run_cli, trained_speeds
@@ -31,7 +31,7 @@ def load_model(path, device="cpu", which="best"):
         model.load_state_dict(ckpt["model"])
         if ckpt.get("latent_head") is not None:  # CoLaR's latent head, or a baseline's thought module
             mode = ckpt["config"].get("mode")
-            head = thinker(mode, model.cfg.n_embd) if mode in BASELINES else LatentHead(model.cfg.n_embd,
+            head = thinker(mode, model.cfg.n_embd) if mode in THOUGHT_MODES else LatentHead(model.cfg.n_embd,
                                                                                            **ckpt["latent_config"])
             head.load_state_dict(ckpt["latent_head"])
             head = head.to(device).eval()

@@ -13,6 +13,8 @@ Modes (the sequence each example becomes; colar.py lays them out and holds the l
   --chunk_labels false (OC: no chunk labels; the <|eot|> label that drives the stop decision is kept).
 - coconut, pause: the latent baselines (baselines.py), a curriculum from the CoT model in --stages stages of
   --stage_steps steps, the optimizer reset at each: [question] <|speed|> 1 <|bot|> [thoughts] [steps left] <|eot|> ...
+- icot: from the CoT model, the chain loses one more leading token every --remove_every steps (the optimizer reset
+  at each), until the model answers with no chain; a checkpoint is selected only once the whole chain is gone.
 
     python train_sft.py                                   # CoT on the synthetic task (data/synth), ~5 minutes on CPU
     python train_sft.py --mode nocot --out_dir out/nocot  # the No-CoT baseline
@@ -40,7 +42,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colar
-from baselines import BASELINES, coconut_stage, thinker, thought_layout, thought_loss
+from baselines import BASELINES, THOUGHT_MODES, Curriculum, thinker, thought_loss
 from checkpoint import (check_same, finite_model, generator_states, is_pretrained, kept_checkpoint, load_checkpoint,
                         open_run, pretrained_start, read_pointer, release_run, restore_training_state, save_checkpoint,
                         training_state)
@@ -87,6 +89,8 @@ class TrainConfig:
     c_thought: int = 2             # thoughts per reasoning step replaced
     stages: int = 3                # curriculum stages; the last replaces every step by stages x c_thought thoughts
     stage_steps: int = 0           # training steps per stage, the last stage to the end (0: max_steps // (stages + 1))
+    remove_every: int = 0          # icot: training steps per removed chain token (0: the whole chain gone at 2/3)
+    removal_lambda: float = 4.0    # icot: removal smoothing, P(o more) ~ exp(-lambda o) (0: off)
     # optimisation
     batch_size: int = 64           # sequences per forward pass, on each process
     total_batch_size: int = 0      # sequences per optimizer step, over processes and micro-steps (0: batch_size each)
@@ -110,7 +114,7 @@ class TrainConfig:
 
 SHAPE_KEYS = ("tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb")  # fixed by --init_from
 RESUME_KEYS = ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_from", "latent_hidden", "deterministic",
-               "pool", "latent_loss", "chunk_labels", "c_thought", "stages", "stage_steps") + SHAPE_KEYS  # kept on resume
+               "pool", "latent_loss", "chunk_labels", "c_thought", "stages", "stage_steps", "remove_every", "removal_lambda") + SHAPE_KEYS
 
 
 def get_lr(step, cfg):
@@ -189,7 +193,7 @@ def check_config(cfg):
                 positive=("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every", "lr",
                           "c_thought", "stages"),
                 nonnegative=("total_batch_size", "eval_n", "block_size", "max_latents", "min_lr", "dropout",
-                             "stage_steps"))
+                             "stage_steps", "remove_every", "removal_lambda"))
     if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
         raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
                         f"Hugging Face's layout (no config.json)")
@@ -306,14 +310,11 @@ def main(cfg):
            f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
            f"{accum} micro-step(s)")
     # a deterministic head never uses its log_sigma layer: DDP must expect unused parameters
-    baseline = cfg.mode in BASELINES
-    loss_fn = thought_loss if baseline else colar.sft_loss
+    loss_fn = thought_loss if cfg.mode in THOUGHT_MODES else colar.sft_loss
     trainee = wrap_ddp(Trainee(model, aside, loss_fn), device, world, bool(head and head.deterministic))
     opts = dict(pool=cfg.pool, kind=cfg.latent_loss, alpha=cfg.latent_alpha, chunk_labels=cfg.chunk_labels,
                 self_feed=cfg.self_feed) if head else {}
-    stage_steps = cfg.stage_steps or max(1, cfg.max_steps // (cfg.stages + 1))
-    stage_at = lambda s: coconut_stage(s, stage_steps, cfg.stages)  # noqa: E731 (a baseline's curriculum)
-    thoughts = cfg.stages * cfg.c_thought if baseline else 0  # at inference
+    plan = Curriculum(cfg, max(len(chain) for _, chain, _ in encoded)) if cfg.mode in BASELINES else None
 
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     probe = torch.tensor([colar.prompt(tok, encoded[0][0], c_values[0])], device=device)  # for finite_model
@@ -326,12 +327,12 @@ def main(cfg):
             group["lr"] = lr
         rows = sampler.next()[rank::world]  # this process's share of the step's batch, in micro-batches
         parts = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-        if baseline:
-            c = stage_at(step)  # (logged as the stage)
-            if step > 0 and c != stage_at(step - 1):
-                optimizer.state.clear()  # a new stage starts with a fresh optimizer, as Coconut's curriculum does
-            batches = [thought_layout(tok, [train[i] for i in p], c, cfg.c_thought, cfg.stages) for p in parts]
-            loss_kw = {}
+        if plan:  # a baseline's curriculum: c is its stage, or the chain tokens removed (logged as such)
+            c = plan.at(step)
+            if plan.restarts(step):
+                optimizer.state.clear()  # a fresh optimizer at each change, as Coconut and iCoT do
+            batches = [plan.batch(tok, [train[i] for i in p], [encoded[i] for i in p], step, gen) for p in parts]
+            loss_kw = {} if plan.thoughts else dict(c=1, eot_id=tok.eot, generator=gen)
         else:
             c = draw_c(c_values, gen, device)
             batches = [colar.layout(tok, [encoded[i] for i in p], c, latent=bool(opts)) for p in parts]
@@ -343,7 +344,7 @@ def main(cfg):
         if step % cfg.log_every == 0 or step == last:
             elapsed = time.time() - t_start
             extra = (f" | c {c} | ce {ce:.4f} | latent {lat:.4f} | norm {norm:.3f} | sigma {sigma:.4f}" if head
-                     else f" | stage {c}" if baseline else "")
+                     else "" if not plan else f" | stage {c}" if plan.thoughts else f" | removed {c}")
             print0(f"step {step}/{cfg.max_steps} | loss {ce + cfg.latent_weight * lat:.4f}{extra} | lr {lr:.2e} | "
                    f"{tokens_seen / t_train:,.0f} tok/s | {elapsed / 60:.1f} min | "
                    f"eta {(last - step) * elapsed / (step - first) / 60:.1f} min", flush=True)
@@ -353,16 +354,23 @@ def main(cfg):
                 if not finite_model(model, head, probe):  # an update can blow the weights up with a finite loss
                     raise UserError(f"training diverged at step {step}: its update left weights or outputs that are "
                                     f"not finite, not saved; lower --lr; {kept_checkpoint(cfg.out_dir)}")
-                acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents, thoughts, think)
-                is_best = acc >= best_val  # ties go to the later, longer-trained checkpoint
-                best_val = max(best_val, acc)
+                acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents, plan and plan.thoughts, think)
+                # ties go to the later, longer-trained checkpoint; icot's only once its schedule has removed every chain
+                selectable = not plan or plan.selectable(step)
+                fallback = not selectable and step == last and best_val < 0  # then the last one, said below
+                is_best = (selectable and acc >= best_val) or fallback
+                best_val = max(best_val, acc) if selectable else best_val
                 path = save_checkpoint(cfg.out_dir, step, {
                     "script": "train_sft", "model": model.state_dict(), "model_config": asdict(model_cfg),
                     "latent_head": aside.state_dict() if aside else None, "latent_config": latent_config,
                     "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
                     "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
-                print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {100 * best_val:.1f}% | "
-                      f"saved {path}", flush=True)
+                best = f"{100 * best_val:.1f}%" if best_val >= 0 else "none yet (chains not all removed)"
+                print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {best} | saved {path}",
+                      flush=True)
+                if fallback:
+                    print(f"the schedule had not removed every chain by step {step}: `best` is this last checkpoint; "
+                          f"raise --max_steps or lower --remove_every ({plan.remove_every})", flush=True)
             barrier()
     minutes, tps = (time.time() - t_start) / 60, tokens_seen / max(1e-9, t_train)
     release_run(cfg.out_dir)

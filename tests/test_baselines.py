@@ -127,3 +127,44 @@ def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_p
                                                     device="cpu"))
         assert [(r["method"], r["c"], r["decode"]) for r in records] == [(mode, 0, "greedy"), (mode, 0, "sampled")]
         assert all(r["mean_len"] == 2 for r in records)  # stages x c_thought thoughts
+
+
+# --- iCoT ----------------------------------------------------------------------------------------------------------
+def test_icot_schedule_and_shortening_by_hand():
+    from baselines import icot_removed, shorten_chains
+    assert [icot_removed(s, 3) for s in (0, 2, 3, 5, 6, 9)] == [0, 0, 1, 1, 2, 3]
+    encoded = [([1], [10, 11, 12, 13], [2]), ([3], [20, 21], [4])]
+    assert shorten_chains(encoded, 1, [0, 2]) == [([1], [11, 12, 13], [2]), ([3], [], [4])]
+    assert shorten_chains(encoded, 3, [0, 0]) == [([1], [13], [2]), ([3], [], [4])]  # never fewer than none
+
+
+def test_removal_offsets_follow_the_truncated_exponential():
+    from baselines import removal_offsets
+    assert removal_offsets(5, 0.0).tolist() == [0] * 5  # smoothing off
+    o = removal_offsets(40000, 1.0, torch.Generator().manual_seed(0))
+    # P(o) = (1 - e^-1) e^-o: 0.632, 0.233, 0.086 for o = 0, 1, 2 (binomial sd ~0.0024 at 40,000 draws)
+    for k, p in ((0, 0.6321), (1, 0.2325), (2, 0.0855)):
+        assert abs((o == k).float().mean().item() - p) < 0.012
+    assert removal_offsets(1000, 4.0, torch.Generator().manual_seed(0)).max() <= 3  # P(o >= 4) ~ 1e-7
+
+
+def test_icot_trains_until_the_chain_is_gone_and_selects_only_then(tiny_runs, tmp_path):
+    import colar
+    import evaluate
+    import train_sft
+    from checkpoint import load_checkpoint
+    from conftest import tiny_train_cfg
+    from data.format import read_split
+    train = read_split(f"{tiny_runs['data']}/train.txt")
+    longest = max(len(TOK.encode(colar.example_texts(*ex, "cot")[1])) for ex in train)
+    out = str(tmp_path / "icot")
+    run = train_sft.main(tiny_train_cfg(tiny_runs["data"], out, mode="icot", init_from=tiny_runs["cot"],
+                                        max_steps=longest + 6, remove_every=1, removal_lambda=0.0, eval_every=3))
+    ckpt = load_checkpoint(out, "latest")
+    # one removed token per step, the optimizer reset at each until the schedule passed the longest chain
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {6}
+    best = load_checkpoint(out, "best")
+    assert best["step"] - 1 >= longest  # no checkpoint with chains left was selected
+    records = evaluate.main(evaluate.EvalConfig(ckpt=out, split="val", decode="greedy", device="cpu"))
+    assert [(r["method"], r["c"]) for r in records] == [("icot", 1)]
+    assert run["best_val"] == best["best_val"]
