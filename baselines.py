@@ -26,7 +26,16 @@ each, until none is left and the model answers straight after <|bot|> <|eot|>: #
 Each example loses o more tokens, o drawn with P(o) = (1 - e^-lambda) e^(-lambda o) ("removal smoothing", lambda =
 4 in the original), so a change of schedule never arrives all at once. Rows are CoT rows (colar.layout) of the
 shortened chains; the model is decoded as a CoT model, which writes what chain it still has.
+
+distill (CODI, Shen et al. 2025, "Compressing Chain-of-Thought into Continuous Space via Self-Distillation"): one model
+is both teacher, reading the text chain (a CoT row), and student, thinking in stages x c_thought continuous
+thoughts (each the final hidden state through a small projector: Linear, GELU, Linear, LayerNorm), laid out as
+Coconut's last stage. Loss = teacher CE (chain and answer) + student CE (answer) + distill_weight x the smooth-L1
+distance between the student's and the teacher's hidden states at <|eot|> (the position just before the answer),
+after every block, each divided by the teacher's standard deviation there; the teacher's side carries no gradient.
+No curriculum.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +49,7 @@ from model import KVCache
 
 
 # --- Coconut -------------------------------------------------------------------------------------------------------
-THOUGHT_MODES = ("coconut", "pause")  # a fixed number of thoughts at inference
+THOUGHT_MODES = ("coconut", "pause", "distill")  # a fixed number of thoughts at inference
 BASELINES = THOUGHT_MODES + ("icot",)
 
 
@@ -61,14 +70,25 @@ class PauseThought(nn.Module):
         return self.vector.to(h.dtype).expand_as(h)
 
 
+class Projector(nn.Module):
+    """CODI's projector from a final hidden state to the next thought: Linear, GELU, Linear, LayerNorm."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_embd, n_embd), nn.GELU(), nn.Linear(n_embd, n_embd), nn.LayerNorm(n_embd))
+
+    def forward(self, h):
+        return self.net(h)
+
+
 def thinker(mode, n_embd):
     """The module that turns a hidden state into the next thought: none for coconut (the state itself)."""
-    return PauseThought(n_embd) if mode == "pause" else None
+    return {"pause": PauseThought, "distill": Projector}[mode](n_embd) if mode in ("pause", "distill") else None
 
 
 @dataclass
 class ThoughtBatch:
-    """Rows left-padded so that every prompt ends at column start - 1: thought j of every row sits in column start + j."""
+    """Rows left-padded so that each prompt ends at column start - 1: thought j of each row sits in column start + j."""
     idx: torch.Tensor      # (B, T) input ids; <|pad|> on the left, in thought columns and after a row's end
     mask: torch.Tensor     # (B, T) True at real positions, thoughts included
     pos: torch.Tensor      # (B, T) position ids, counting real positions only
@@ -97,8 +117,9 @@ def thought_layout(tok, examples, stage, c_thought, stages):
     start = max(P for _, P, _, _ in rows)
     T = max(start - P + len(seq) for seq, P, _, _ in rows) - 1  # the last token is only ever predicted
     B = len(rows)
-    b = ThoughtBatch(torch.full((B, T), tok.pad), torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.long),
-                     torch.full((B, T), -1), torch.zeros(B, T, dtype=torch.bool), start)
+    off = lambda: torch.zeros(B, T, dtype=torch.bool)  # noqa: E731
+    b = ThoughtBatch(torch.full((B, T), tok.pad), off(), torch.zeros(B, T, dtype=torch.long), torch.full((B, T), -1),
+                     off(), start)
     for i, (seq, P, K, has_rest) in enumerate(rows):
         o, n = start - P, len(seq) - 1  # the row's left padding; its inputs
         b.idx[i, o:o + n] = torch.tensor(seq[:-1])
@@ -176,6 +197,8 @@ class Curriculum:
         self.remove_every = cfg.remove_every or max(1, 2 * cfg.max_steps // (3 * max(1, longest)))
 
     def at(self, step):
+        if self.cfg.mode == "distill":  # no curriculum: always the last stage's layout
+            return self.cfg.stages
         if self.thoughts:
             return coconut_stage(step, self.stage_steps, self.cfg.stages)
         return icot_removed(step, self.remove_every)
@@ -187,10 +210,61 @@ class Curriculum:
     def batch(self, tok, examples, encoded, step, generator):
         """The rows of a micro-batch: examples (question, steps, answer) and the same encoded."""
         if self.thoughts:
-            return thought_layout(tok, examples, self.at(step), self.cfg.c_thought, self.cfg.stages)
+            student = thought_layout(tok, examples, self.at(step), self.cfg.c_thought, self.cfg.stages)
+            return DistillBatch(colar.layout(tok, encoded, 1), student) if self.cfg.mode == "distill" else student
         offsets = removal_offsets(len(encoded), self.cfg.removal_lambda, generator)
         return colar.layout(tok, shorten_chains(encoded, self.at(step), offsets), 1)
 
     def selectable(self, step):
         """Whether the checkpoint after `step` steps may be selected by validation."""
         return self.thoughts > 0 or self.at(step - 1) >= self.longest
+
+
+# --- Distill (CODI) ------------------------------------------------------------------------------------------------
+@dataclass
+class DistillBatch:
+    """The same examples twice: as CoT rows (the teacher) and as rows of thoughts (the student)."""
+    teacher: colar.Batch
+    student: ThoughtBatch
+
+    def to(self, device):
+        return DistillBatch(self.teacher.to(device), self.student.to(device))
+
+    @property
+    def mask(self):  # every real position of both, for the token count
+        return torch.cat([self.teacher.mask.flatten(), self.student.mask.flatten()])
+
+
+@contextlib.contextmanager
+def block_outputs(model):
+    """The output of each transformer block in the last forward call that ran it, kept in a list while inside."""
+    outs = [None] * len(model.blocks)
+    hooks = [blk.register_forward_hook(lambda m, args, out, k=k: outs.__setitem__(k, out))
+             for k, blk in enumerate(model.blocks)]
+    try:
+        yield outs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def hidden_distance(student, teacher):
+    """The mean over blocks of smooth-L1(student, teacher) / std(teacher): lists of (B, C) states, one per block."""
+    parts = [F.smooth_l1_loss(h_s, h_t) / h_t.std().clamp(min=1e-6) for h_s, h_t in zip(student, teacher)]
+    return sum(parts) / len(parts)
+
+
+def distill_loss(model, projector, b, weight=20.0):
+    """CODI's loss of a DistillBatch: (teacher CE + student CE + weight x hidden-state distance, 0, stats)."""
+    t, s = b.teacher, b.student
+    rows = torch.arange(t.idx.size(0), device=t.idx.device)
+    with block_outputs(model) as outs:
+        _, ce_teacher, _ = model(t.idx, mask=t.mask, targets=t.targets)
+        teacher = [o[rows, t.eot_at + 1].detach() for o in outs]  # at <|eot|>, which predicts the answer
+    with block_outputs(model) as outs:  # the student's <|eot|> opens the last piece of thought_forward
+        logits = thought_forward(model, s, projector)
+        student = [o[:, 0] for o in outs]
+    ce_student = F.cross_entropy(logits.flatten(0, 1).float(), s.targets.flatten(), ignore_index=-1)
+    dist = hidden_distance(student, teacher)
+    stats = {"teacher": ce_teacher.item(), "student": ce_student.item(), "distance": dist.item()}
+    return ce_teacher + ce_student + weight * dist, torch.zeros((), device=dist.device), stats

@@ -13,6 +13,8 @@ Modes (the sequence each example becomes; colar.py lays them out and holds the l
   --chunk_labels false (OC: no chunk labels; the <|eot|> label that drives the stop decision is kept).
 - coconut, pause: the latent baselines (baselines.py), a curriculum from the CoT model in --stages stages of
   --stage_steps steps, the optimizer reset at each: [question] <|speed|> 1 <|bot|> [thoughts] [steps left] <|eot|> ...
+- distill: CODI, one model as teacher (the text chain) and student (stages x c_thought projected thoughts), the
+  student's hidden states at <|eot|> pulled towards the teacher's.
 - icot: from the CoT model, the chain loses one more leading token every --remove_every steps (the optimizer reset
   at each), until the model answers with no chain; a checkpoint is selected only once the whole chain is gone.
 
@@ -42,7 +44,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import colar
-from baselines import BASELINES, THOUGHT_MODES, Curriculum, thinker, thought_loss
+from baselines import BASELINES, Curriculum, distill_loss, thinker, thought_loss
 from checkpoint import (check_same, finite_model, generator_states, is_pretrained, kept_checkpoint, load_checkpoint,
                         open_run, pretrained_start, read_pointer, release_run, restore_training_state, save_checkpoint,
                         training_state)
@@ -91,6 +93,7 @@ class TrainConfig:
     stage_steps: int = 0           # training steps per stage, the last stage to the end (0: max_steps // (stages + 1))
     remove_every: int = 0          # icot: training steps per removed chain token (0: the whole chain gone at 2/3)
     removal_lambda: float = 4.0    # icot: removal smoothing, P(o more) ~ exp(-lambda o) (0: off)
+    distill_weight: float = 20.0   # distill: weight of the teacher-student hidden-state distance
     # optimisation
     batch_size: int = 64           # sequences per forward pass, on each process
     total_batch_size: int = 0      # sequences per optimizer step, over processes and micro-steps (0: batch_size each)
@@ -114,7 +117,8 @@ class TrainConfig:
 
 SHAPE_KEYS = ("tokenizer", "number_digits", "n_layer", "n_head", "n_embd", "pos_emb")  # fixed by --init_from
 RESUME_KEYS = ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_from", "latent_hidden", "deterministic",
-               "pool", "latent_loss", "chunk_labels", "c_thought", "stages", "stage_steps", "remove_every", "removal_lambda") + SHAPE_KEYS
+               "pool", "latent_loss", "chunk_labels", "c_thought", "stages", "stage_steps", "remove_every",
+               "removal_lambda", "distill_weight") + SHAPE_KEYS  # a resumed run keeps these
 
 
 def get_lr(step, cfg):
@@ -193,7 +197,7 @@ def check_config(cfg):
                 positive=("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every", "lr",
                           "c_thought", "stages"),
                 nonnegative=("total_batch_size", "eval_n", "block_size", "max_latents", "min_lr", "dropout",
-                             "stage_steps", "remove_every", "removal_lambda"))
+                             "stage_steps", "remove_every", "removal_lambda", "distill_weight"))
     if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
         raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
                         f"Hugging Face's layout (no config.json)")
@@ -310,7 +314,7 @@ def main(cfg):
            f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
            f"{accum} micro-step(s)")
     # a deterministic head never uses its log_sigma layer: DDP must expect unused parameters
-    loss_fn = thought_loss if cfg.mode in THOUGHT_MODES else colar.sft_loss
+    loss_fn = {"coconut": thought_loss, "pause": thought_loss, "distill": distill_loss}.get(cfg.mode, colar.sft_loss)
     trainee = wrap_ddp(Trainee(model, aside, loss_fn), device, world, bool(head and head.deterministic))
     opts = dict(pool=cfg.pool, kind=cfg.latent_loss, alpha=cfg.latent_alpha, chunk_labels=cfg.chunk_labels,
                 self_feed=cfg.self_feed) if head else {}
@@ -332,7 +336,8 @@ def main(cfg):
             if plan.restarts(step):
                 optimizer.state.clear()  # a fresh optimizer at each change, as Coconut and iCoT do
             batches = [plan.batch(tok, [train[i] for i in p], [encoded[i] for i in p], step, gen) for p in parts]
-            loss_kw = {} if plan.thoughts else dict(c=1, eot_id=tok.eot, generator=gen)
+            loss_kw = ({"weight": cfg.distill_weight} if cfg.mode == "distill" else {} if plan.thoughts
+                       else dict(c=1, eot_id=tok.eot, generator=gen))
         else:
             c = draw_c(c_values, gen, device)
             batches = [colar.layout(tok, [encoded[i] for i in p], c, latent=bool(opts)) for p in parts]

@@ -109,20 +109,24 @@ def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_p
     import train_sft
     from checkpoint import load_checkpoint
     from conftest import tiny_train_cfg
-    from baselines import PauseThought
+    from baselines import PauseThought, Projector
     from sample import load_model
-    for mode in ("coconut", "pause"):
+    for mode in ("coconut", "pause", "distill"):
         out = str(tmp_path / mode)
         run = train_sft.main(tiny_train_cfg(tiny_runs["data"], out, mode=mode, init_from=tiny_runs["cot"],
                                             max_steps=5, stages=2, stage_steps=2, c_thought=1, eval_every=5))
-        assert [c for _, c, _, _ in run["history"]] == [1, 1, 2, 2, 2]  # stage 1 for 2 steps, then the last stage
         ckpt = load_checkpoint(out, "latest")
-        # the optimizer was reset when stage 2 began (step 2): its step count starts again there
-        assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {3}
+        steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+        if mode == "distill":  # no curriculum: the last stage's layout throughout, one optimizer
+            assert [c for _, c, _, _ in run["history"]] == [2] * 5 and steps == {5}
+        else:  # stage 1 for 2 steps, then the last stage; the optimizer reset when stage 2 began (step 2)
+            assert [c for _, c, _, _ in run["history"]] == [1, 1, 2, 2, 2] and steps == {3}
         model, head, tok, _ = load_model(out)
         assert (head is None) == (mode == "coconut")
-        if mode == "pause":
-            assert isinstance(head, PauseThought) and torch.equal(head.vector, run["head"].vector)
+        if mode != "coconut":  # the thought module comes back with the model
+            assert isinstance(head, PauseThought if mode == "pause" else Projector)
+            for a, b in zip(head.parameters(), run["head"].parameters()):
+                assert torch.equal(a, b)
         records = evaluate.main(evaluate.EvalConfig(ckpt=out, split="val", decode="greedy,sampled", seeds="0,1",
                                                     device="cpu"))
         assert [(r["method"], r["c"], r["decode"]) for r in records] == [(mode, 0, "greedy"), (mode, 0, "sampled")]
@@ -168,3 +172,68 @@ def test_icot_trains_until_the_chain_is_gone_and_selects_only_then(tiny_runs, tm
     records = evaluate.main(evaluate.EvalConfig(ckpt=out, split="val", decode="greedy", device="cpu"))
     assert [(r["method"], r["c"]) for r in records] == [("icot", 1)]
     assert run["best_val"] == best["best_val"]
+
+
+# --- Distill (CODI) -------------------------------------------------------------------------------------------------
+def test_hidden_distance_by_hand():
+    from baselines import hidden_distance
+    student, teacher = [torch.tensor([[0.0, 0.0]])], [torch.tensor([[0.5, 3.0]])]
+    # smooth-L1 per entry: 0.5 x 0.5^2 = 0.125 (|d| < 1) and 3 - 0.5 = 2.5; mean 1.3125; std(0.5, 3) = 1.76777
+    assert abs(hidden_distance(student, teacher).item() - 1.3125 / 1.767767) < 1e-5
+    two = hidden_distance(student * 2, teacher + [torch.tensor([[2.0, 2.5]])])
+    # second block: entries 2 and 2.5 -> 1.5 and 2.0, mean 1.75, std 0.353553 -> 4.9497; the mean of both blocks
+    assert abs(two.item() - (1.3125 / 1.767767 + 1.75 / 0.353553) / 2) < 1e-4
+
+
+def block_output_reference(model, embeds, k):
+    """The output of block k by the model's public forward with the blocks after k and the final LayerNorm taken out
+    for the call (the same parameters, so gradients reach them)."""
+    blocks, ln_f = model.blocks, model.ln_f
+    model.blocks, model.ln_f = blocks[:k + 1], torch.nn.Identity()
+    try:
+        return model(embeds=embeds)[2]
+    finally:
+        model.blocks, model.ln_f = blocks, ln_f
+
+
+def test_distill_loss_against_a_reference_built_from_public_forwards():
+    import colar
+    from baselines import DistillBatch, Projector, distill_loss, hidden_distance
+    torch.manual_seed(0)
+    model = tiny_gpt(TOK.n_vocab, 64, n_layer=2, n_embd=16, init="sharp").double().train()
+    proj = Projector(16).double()
+    encoded = colar.encode(TOK, EXAMPLES, "cot")
+    b = DistillBatch(colar.layout(TOK, encoded, 1), thought_layout(TOK, EXAMPLES, 3, 1, 3))
+    loss, _, stats = distill_loss(model, proj, b, weight=5.0)
+    grads = torch.autograd.grad(loss, list(model.parameters()) + list(proj.parameters()))
+
+    # the reference: each example alone and unpadded; teacher states as constants; student thoughts by re-running
+    ce_s, teacher, student = [], [[], []], [[], []]
+    for q, steps, a in EXAMPLES:
+        row = prompt(TOK, q, 1) + TOK.encode(colar.example_texts(q, steps, a, "cot")[1])
+        e_t = model.wte(torch.tensor(row + [TOK.eot] + TOK.encode(" " + a)))[None]
+        want = TOK.encode(" " + a) + [TOK.eos]
+        xs = [model.wte.weight[i] for i in prompt(TOK, q, 1)]
+        for _ in range(3):
+            xs.append(proj(model(embeds=torch.stack(xs)[None])[2][0, -1]))
+        xs += [model.wte.weight[i] for i in [TOK.eot] + TOK.encode(" " + a)]
+        e_s = torch.stack(xs)[None]
+        s_logits = model(embeds=e_s)[0][0]
+        P = len(prompt(TOK, q, 1))
+        ce_s.append(F.cross_entropy(s_logits[P + 3:], torch.tensor(want), reduction="sum"))  # answer and <|eos|>
+        ce_s[-1] = ce_s[-1] + F.cross_entropy(s_logits[P - 2:P - 1], torch.tensor([TOK.bot]), reduction="sum")
+        for k in range(2):
+            with torch.no_grad():
+                teacher[k].append(block_output_reference(model, e_t, k)[0, len(row)])  # at <|eot|>
+            student[k].append(block_output_reference(model, e_s, k)[0, P + 3])
+    n_student = sum(len(TOK.encode(" " + a)) + 2 for _, _, a in EXAMPLES)  # <|bot|>, the answer, <|eos|>
+    ref_student = sum(ce_s) / n_student
+    ref_dist = hidden_distance([torch.stack(s) for s in student], [torch.stack(t) for t in teacher])
+    # (the CE is taken in float32, as in training: agreement to float32 rounding)
+    assert abs(stats["student"] - ref_student.item()) < 1e-5 and abs(stats["distance"] - ref_dist.item()) < 1e-9
+    # the teacher's CE as train_sft's CoT loss computes it; the gradient of the whole against the reference's
+    _, ref_teacher, _ = model(b.teacher.idx, mask=b.teacher.mask, targets=b.teacher.targets)
+    ref = ref_teacher + ref_student + 5.0 * ref_dist
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()) + list(proj.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
