@@ -14,6 +14,7 @@ where it stopped when run again with the same flags.
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
     python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, out/quick/results)
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
+    python demo.py --baselines true     # then the latent baselines: Coconut, pause as thought, iCoT, Distill (CODI)
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
     python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication (mult5: 5x5), public test file
 """
@@ -42,6 +43,8 @@ class DemoConfig:
     reference: str = "results/demo.json"  # a reference run's committed records, shown beside this run's if present
     quick: bool = False               # the ~5-minute version: sets the QUICK values below
     ablations: bool = False           # also train and evaluate the ablations and the unseen-speed model
+    baselines: bool = False           # also train and evaluate the latent baselines (baselines.py), from the CoT model
+    baseline_steps: int = 3000        # training steps of each baseline
     tokenizer: str = "char"           # char, number or gpt2 (train_sft.py --tokenizer)
     batch_size: int = 64              # sequences per training step (SFT)
     max_steps: int = 1200             # training steps of the CoT and No-CoT models
@@ -81,6 +84,9 @@ TASKS = {"gsm8k": GSM8K,
 ABLATIONS = {"colar_dl": dict(deterministic=True), "colar_mp": dict(pool="mean"),
              "colar_nll": dict(latent_loss="nll"), "colar_oc": dict(chunk_labels=False)}
 UNSEEN = {"colar_135": dict(c_values="1,3,5")}
+
+# the latent baselines of the paper's Table 1 and the pause control, each from the CoT model (baselines.py has them)
+BASELINES = ("coconut", "pause", "icot", "distill")
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -149,7 +155,8 @@ def check_inputs(cfg):
     data source and the folders."""
     parse_seeds(cfg.seeds)
     check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty"),
-                positive=("batch_size", "max_steps", "colar_steps", "rl_steps", "max_latents", "colar_lr"))
+                positive=("batch_size", "max_steps", "colar_steps", "rl_steps", "max_latents", "colar_lr",
+                          "baseline_steps"))
     if cfg.rl_length_penalty > 1:
         raise UserError(f"--rl_length_penalty must be at most 1, got {cfg.rl_length_penalty}")
     pick_device(cfg.device)
@@ -234,6 +241,12 @@ def main(cfg):
         for name, switch in {**ABLATIONS, **UNSEEN}.items():
             stages.append((name, "train_sft.py", {**colar, "out_dir": out(name), **switch}))
             evals.append((name, [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
+    if cfg.baselines:
+        for name in BASELINES:
+            stages.append((name, "train_sft.py", {**base, "mode": name, "out_dir": out(name), "init_from": out("cot"),
+                                                  "max_steps": cfg.baseline_steps, "lr": cfg.colar_lr, "eval_n": 200,
+                                                  "eval_every": max(1, cfg.baseline_steps // 6)}))
+            evals.append((name, None))
     for name, script, run_flags in stages:
         t = time.time()
         train_stage(name, script, run_flags)

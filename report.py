@@ -20,7 +20,8 @@ from common import UserError, check_flags, check_writable, parse_config, run_cli
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
           "colar_nll": "CoLaR-NLL", "colar_oc": "CoLaR-OC", "colar_rl": "CoLaR + RL", "colar_text": "CoLaR writing text",
-          "colar_135": "CoLaR trained on c in {1, 3, 5}", "coconut": "Coconut", "pause": "Pause as thought"}
+          "colar_135": "CoLaR trained on c in {1, 3, 5}", "coconut": "Coconut", "pause": "Pause as thought",
+          "icot": "iCoT", "distill": "Distill (CODI)"}
 ABLATIONS = {"colar_dl": "DL = deterministic latents", "colar_mp": "MP = mean pooling",
              "colar_nll": "NLL = NLL latent loss",
              "colar_oc": "OC = no CE labels at the compressed positions (--chunk_labels false)"}
@@ -96,6 +97,28 @@ def table(records, split="test", reference=None):
         speed = DASH if method in BASELINES else str(c)  # a baseline has no speed
         lines.append("| " + " | ".join([LABELS.get(method, method), speed] + cells(by_decode) + extra) + " |")
     return "\n".join(lines)
+
+
+def versus_table(records, split="test"):
+    """The paper's comparison: each baseline beside CoLaR at the speed whose #L is nearest the baseline's (sampled
+    decoding where both have it, else greedy); "" when the records hold no baseline or no CoLaR."""
+    found = rows(records, split)
+    colar = {c: r for (m, c), r in found.items() if m == "colar"}
+    lines = ["| baseline | #L | accuracy (%) | CoLaR at c | #L | accuracy (%) | CoLaR - baseline (points) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for (method, _), base in found.items():
+        if method not in BASELINES or not colar:
+            continue
+        decode = "sampled" if "sampled" in base and all("sampled" in r for r in colar.values()) else "greedy"
+        if decode not in base or not all(decode in r for r in colar.values()):
+            continue
+        b = base[decode]
+        c, mine = min(((c, r[decode]) for c, r in colar.items()),
+                      key=lambda cr: abs(cr[1]["mean_len"] - b["mean_len"]))  # the first of equally near speeds
+        lines.append(f"| {LABELS.get(method, method)} | {b['mean_len']:.1f} | {100 * b['accuracy']:.1f} | {c} | "
+                     f"{mine['mean_len']:.1f} | {100 * mine['accuracy']:.1f} | "
+                     f"{100 * (mine['accuracy'] - b['accuracy']):+.1f} ({decode}) |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def spread_table(runs, split="test"):
@@ -207,6 +230,10 @@ def main(cfg):
             + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}."
             + (f" The reference column is from {cfg.reference}, another training run: its ± is over the sampling "
                f"seeds of that run only, not over training runs." if cfg.reference else ""))
+    versus = versus_table(records, cfg.split)
+    if versus:
+        text += ("\n\nEach latent baseline beside CoLaR at the speed whose #L is nearest its own (the paper's "
+                 "comparison):\n\n" + versus)
     write_table(cfg, text)
     if cfg.png:
         if plot(records, cfg.png, cfg.split, cfg.decode, reference, f"reference ({cfg.reference})"):

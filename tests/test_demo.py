@@ -61,6 +61,19 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     with open(results) as f:
         assert json.load(f) == records
 
+    # --baselines: the four baselines trained from the CoT model and evaluated; the rest skipped
+    text = demo.main(replace(cfg, baselines=True, baseline_steps=2))
+    out = capfd.readouterr().out
+    assert commands(out) == ["train_sft.py"] * 4 + ["evaluate.py"] * 4 + ["report.py"]
+    trained = [s.split() for s in out.splitlines() if s.startswith("$ python train_sft.py")]
+    assert [[a for a in t if a.startswith("--mode=")] for t in trained] == [
+        ["--mode=coconut"], ["--mode=pause"], ["--mode=icot"], ["--mode=distill"]]
+    assert all(f"--init_from={tmp_path / 'out' / 'cot'}" in t for t in trained)
+    for label in ("| Coconut | – |", "| Pause as thought | – |", "| iCoT | – |", "| Distill (CODI) | – |"):
+        assert label in text
+    with open(results) as f:
+        records = json.load(f)
+
     # other settings of the evaluation: evaluated again, training skipped (the commands only recorded)
     # and a reference file now exists: the report is given it, unless it is this run's own results file
     ran = []
@@ -69,7 +82,7 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     demo.main(replace(cfg, n_test=2))
     out = capfd.readouterr().out
     assert out.count("already trained") == 4 and "evaluation of cot (" in out
-    assert [args[0] for args in ran] == ["evaluate.py"] * 4 + ["report.py"]
+    assert [args[0] for args in ran] == ["evaluate.py"] * 4 + ["report.py"]  # (without --baselines: 4 methods)
     assert all("--n=2" in args for args in ran[:4])
     assert ran[-1][1:] == [f"--results={results}", f"--md={results[:-5]}.md", f"--png={results[:-5]}.png",
                            f"--reference={reference}"]

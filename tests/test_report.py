@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from common import UserError, run_cli
-from report import ReportConfig, load_records, main, pareto_front, plot, spread_table, table
+from report import ReportConfig, load_records, main, pareto_front, plot, spread_table, table, versus_table
 
 
 def rec(method, c, decode, accuracy, mean_len, ci95=None, split="test"):
@@ -95,6 +95,20 @@ def test_spread_over_training_runs_hand_worked(tmp_path, capsys):
     out = str(tmp_path / "spread.md")
     text = main(ReportConfig(results=paths[0], training_runs=",".join(paths[1:]), md=out))
     assert text.startswith(md) and open(out).read() == text + "\n"
+
+
+def test_versus_table_pairs_each_baseline_with_the_nearest_speed():
+    records = [rec("colar", c, d, acc, n) for c, acc, n in ((1, 0.99, 60.0), (2, 0.97, 30.0), (5, 0.80, 12.0))
+               for d in ("greedy", "sampled")]
+    records += [rec("coconut", 0, "greedy", 0.40, 6.0), rec("coconut", 0, "sampled", 0.38, 6.0),
+                rec("icot", 0, "greedy", 0.90, 0.0), rec("distill", 0, "greedy", 0.55, 21.5)]
+    got = body(versus_table(records))
+    # Coconut (#L 6) is nearest c = 5 (#L 12), sampled; iCoT (#L 0) too, greedy (it has no sampled record); Distill
+    # (#L 21.5) is 8.5 from c = 2's 30 and 9.5 from c = 5's 12: c = 2
+    assert got == [["Coconut", "6.0", "38.0", "5", "12.0", "80.0", "+42.0 (sampled)"],
+                   ["iCoT", "0.0", "90.0", "5", "12.0", "80.0", "-10.0 (greedy)"],
+                   ["Distill (CODI)", "21.5", "55.0", "2", "30.0", "97.0", "+42.0 (greedy)"]]
+    assert versus_table([rec("coconut", 0, "greedy", 0.4, 6.0)]) == ""  # no CoLaR rows: no comparison
 
 
 def test_baselines_have_no_speed():
