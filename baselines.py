@@ -34,6 +34,15 @@ Coconut's last stage. Loss = teacher CE (chain and answer) + student CE (answer)
 distance between the student's and the teacher's hidden states at <|eot|> (the position just before the answer),
 after every block, each divided by the teacher's standard deviation there; the teacher's side carries no gradient.
 No curriculum.
+
+How these depart from the originals, and why. All four run on this project's small GPT trained from scratch (the
+originals fine-tune pretrained GPT-2 or Llama, CODI with LoRA), from the same CoT checkpoint as CoLaR, with the same
+optimizer, learning-rate schedule and evaluation, so that only the method differs. Schedules count training steps,
+not epochs (a CPU run sees the data a few times at most). Coconut and pause: 3 stages of 2 thoughts (the CoLaR
+authors' rerun; Coconut's own GSM8K setting had 3 epochs per stage), the remaining steps before <|eot|> (above).
+iCoT: one token every remove_every steps, by default the whole chain gone at 2/3 of training (the original removes 8
+tokens per epoch over many more epochs); only checkpoints without chains are selected, as the original does.
+Distill: the projector without dropout; the distance after each block, not also on the input embeddings.
 """
 import contextlib
 from dataclasses import dataclass
