@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -292,6 +293,25 @@ def wrap_ddp(trainee, device, world_size, find_unused=False):
 
 
 # --- optimisation ----------------------------------------------------------------------------------------------
+def get_lr(step, cfg):
+    """Linear warm-up from 0 to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def grad_accum_steps(total_batch_size, batch_size, world_size):
+    """Micro-steps per optimizer step, so that batch_size sequences on each of world_size processes per micro-step
+    add up to total_batch_size (0: one micro-step, batch_size x world_size sequences)."""
+    per_pass = batch_size * world_size
+    total = total_batch_size or per_pass
+    if total % per_pass:
+        raise UserError(f"--total_batch_size {total} is not a multiple of --batch_size {batch_size} x {world_size} "
+                        f"process(es) = {per_pass}")
+    return total // per_pass
+
+
 def make_optimizer(modules, lr, weight_decay, betas=(0.9, 0.95)):
     """AdamW with weight decay on matrices only (not on biases and LayerNorms), over the modules' parameters."""
     params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())

@@ -4,12 +4,9 @@ Supervised training of the small GPT on GSM8K-Aug-format data: explicit CoT, No-
 Modes (the sequence each example becomes; colar.py lays them out and holds the loss):
 - cot:   [question] <|speed|> 1 <|bot|> [chain] <|eot|> [answer] <|eos|>        (explicit chain of thought)
 - nocot: [question] <|speed|> 0 <|bot|> <|eot|> [answer] <|eos|>                (answer at once)
-- colar: [question] <|speed|> c <|bot|> [ceil(L/c) compressed embeddings] <|eot|> [answer] <|eos|>
-  with c drawn from --c_values (default 1..c_max) once per step for the whole batch. The LM head is trained with
-  cross-entropy everywhere after the question; at <|bot|> and at each compressed position its label is one token drawn
-  uniformly from the next chunk (redrawn every step), and <|eot|> after the last chunk. The latent head (latent_head.py)
-  learns to predict the next compressed embedding there, and the <|eot|> embedding after the last chunk. Loss:
-  CE + latent_weight * latent loss. Ablations: --pool mean (MP), --latent_loss nll (NLL), --deterministic true (DL),
+- colar: [question] <|speed|> c <|bot|> [ceil(L/c) compressed embeddings] <|eot|> [answer] <|eos|>, c drawn from
+  --c_values (default 1..c_max) once per step for the whole batch; loss CE + latent_weight * latent loss (colar.py
+  says where each is taken). Ablations: --pool mean (MP), --latent_loss nll (NLL), --deterministic true (DL),
   --chunk_labels false (OC: no chunk labels; the <|eot|> label that drives the stop decision is kept).
 - coconut, pause: the latent baselines (baselines.py), a curriculum from the CoT model in --stages stages of
   --stage_steps steps, the optimizer reset at each: [question] <|speed|> 1 <|bot|> [thoughts] [steps left] <|eot|> ...
@@ -49,7 +46,7 @@ from checkpoint import (check_same, finite_model, generator_states, is_pretraine
                         open_run, pretrained_start, read_pointer, release_run, restore_training_state, save_checkpoint,
                         training_state)
 from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, check_flags, cleanup_distributed,
-                    make_optimizer,
+                    get_lr, grad_accum_steps, make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, wrap_ddp)
 from data.format import check_split, read_train_val
 from latent_head import LatentHead
@@ -121,14 +118,6 @@ RESUME_KEYS = ("mode", "seed", "total_batch_size", "c_max", "c_values", "init_fr
                "removal_lambda", "distill_weight") + SHAPE_KEYS  # a resumed run keeps these
 
 
-def get_lr(step, cfg):
-    """Linear warm-up from 0 to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
 def parse_c_values(cfg):
     """The speeds a step draws from: 1..c_max or --c_values for colar; 0 for nocot, 1 for the others."""
     if cfg.mode != "colar":
@@ -141,17 +130,6 @@ def parse_c_values(cfg):
     if not values or min(values) < 1:
         raise UserError(f"compression factors must be >= 1, got {values}")
     return values
-
-
-def grad_accum_steps(total_batch_size, batch_size, world_size):
-    """Micro-steps per optimizer step, so that batch_size sequences on each of world_size processes per micro-step
-    add up to total_batch_size (0: one micro-step, batch_size x world_size sequences)."""
-    per_pass = batch_size * world_size
-    total = total_batch_size or per_pass
-    if total % per_pass:
-        raise UserError(f"--total_batch_size {total} is not a multiple of --batch_size {batch_size} x {world_size} "
-                        f"process(es) = {per_pass}")
-    return total // per_pass
 
 
 def build_tokenizer(cfg, examples):
@@ -218,6 +196,20 @@ def draw_c(c_values, gen, device):
     if dist.is_initialized():
         dist.broadcast(c, 0)
     return int(c)
+
+
+def step_batches(cfg, plan, tok, train, encoded, rows, step, c_values, gen, opts, device):
+    """A step's c (a baseline's: its stage, or the chain tokens it has removed), this process's micro-batches of the
+    examples `rows`, and the keyword arguments of the loss."""
+    parts = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    if plan:
+        batches = [plan.batch(tok, [train[i] for i in p], [encoded[i] for i in p], step, gen) for p in parts]
+        loss_kw = ({"weight": cfg.distill_weight} if cfg.mode == "distill" else {} if plan.thoughts
+                   else dict(c=1, eot_id=tok.eot, generator=gen))
+        return plan.at(step), batches, loss_kw
+    c = draw_c(c_values, gen, device)
+    batches = [colar.layout(tok, [encoded[i] for i in p], c, latent=bool(opts)) for p in parts]
+    return c, batches, dict(c=c, eot_id=tok.eot, generator=gen, **opts)
 
 
 def train_step(trainee, optimizer, batches, loss_kw, cfg, device, step):
@@ -329,19 +321,10 @@ def main(cfg):
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rows = sampler.next()[rank::world]  # this process's share of the step's batch, in micro-batches
-        parts = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-        if plan:  # a baseline's curriculum: c is its stage, or the chain tokens removed (logged as such)
-            c = plan.at(step)
-            if plan.restarts(step):
-                optimizer.state.clear()  # a fresh optimizer at each change, as Coconut and iCoT do
-            batches = [plan.batch(tok, [train[i] for i in p], [encoded[i] for i in p], step, gen) for p in parts]
-            loss_kw = ({"weight": cfg.distill_weight} if cfg.mode == "distill" else {} if plan.thoughts
-                       else dict(c=1, eot_id=tok.eot, generator=gen))
-        else:
-            c = draw_c(c_values, gen, device)
-            batches = [colar.layout(tok, [encoded[i] for i in p], c, latent=bool(opts)) for p in parts]
-            loss_kw = dict(c=c, eot_id=tok.eot, generator=gen, **opts)
+        if plan and plan.restarts(step):
+            optimizer.state.clear()  # a fresh optimizer at each change of a curriculum, as Coconut and iCoT do
+        rows = sampler.next()[rank::world]  # this process's share of the step's batch
+        c, batches, loss_kw = step_batches(cfg, plan, tok, train, encoded, rows, step, c_values, gen, opts, device)
         ce, lat, norm, sigma, n_tokens = train_step(trainee, optimizer, batches, loss_kw, cfg, device, step)
         history.append((step, c, ce, lat))
         step, tokens_seen, t_train = step + 1, tokens_seen + n_tokens, t_train + time.time() - t0

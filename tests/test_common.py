@@ -7,14 +7,15 @@ import ast
 import json
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import ROOT, tiny_gpt
 
 from checkpoint import open_run, save_checkpoint
-from common import (EpochSampler, UserError, check_flags, make_optimizer, parse_config, pick_device, run_cli,
-                    trained_speeds)
+from common import (EpochSampler, UserError, check_flags, get_lr, grad_accum_steps, make_optimizer, parse_config,
+                    pick_device, run_cli, trained_speeds)
 from latent_head import LatentHead
 
 SCRIPTS = ("train_sft", "train_rl", "evaluate", "demo", "bench", "report", "latents")  # each run as python X.py
@@ -104,6 +105,26 @@ def test_trained_speeds():
     assert trained_speeds({"mode": "nocot"}) == [0]
     assert trained_speeds({"mode": "colar", "c_values": "", "c_max": 3}) == [1, 2, 3]
     assert trained_speeds({"mode": "colar", "c_values": "5,1,3,3", "c_max": 5}) == [1, 3, 5]  # repeats only weight
+
+
+def test_lr_schedule_endpoints():
+    cfg = SimpleNamespace(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    assert get_lr(0, cfg) == pytest.approx(1e-4)          # (0 + 1) / 10 of the peak
+    assert get_lr(9, cfg) == pytest.approx(1e-3)          # end of warm-up: the peak
+    assert get_lr(60, cfg) == pytest.approx(5.5e-4)       # half way through the cosine: the middle
+    assert get_lr(110, cfg) == pytest.approx(1e-4)        # the end: min_lr
+    assert get_lr(500, cfg) == pytest.approx(1e-4)        # past the end: stays at min_lr
+
+
+def test_grad_accum_steps():
+    assert grad_accum_steps(0, 16, 1) == 1      # 0: one pass of batch_size on each process
+    assert grad_accum_steps(0, 8, 4) == 1
+    assert grad_accum_steps(64, 8, 2) == 4      # 64 = 8 per pass x 2 processes x 4 micro-steps
+    assert grad_accum_steps(48, 4, 3) == 4
+    for total, batch, world in [(40, 8, 2), (6, 2, 2), (2, 2, 2), (10, 4, 1)]:
+        with pytest.raises(UserError, match=f"--total_batch_size {total} is not a multiple of --batch_size {batch} "
+                                            f"x {world} process"):
+            grad_accum_steps(total, batch, world)
 
 
 def test_make_optimizer_groups_and_deduplicates():

@@ -76,18 +76,6 @@ def torchrun(cfg, ranks, script="ddp_worker.py"):
     return run, [torch.load(f, weights_only=True) if os.path.exists(f) else None for f in files]
 
 
-def test_grad_accum_steps():
-    assert train_sft.grad_accum_steps(0, 64, 1) == 1      # today's single process
-    assert train_sft.grad_accum_steps(0, 4, 2) == 1       # 0: one batch per process
-    assert train_sft.grad_accum_steps(64, 8, 1) == 8
-    assert train_sft.grad_accum_steps(8, 2, 2) == 2
-    assert train_sft.grad_accum_steps(48, 4, 3) == 4
-    for total, batch, world in [(6, 2, 2), (2, 2, 2), (10, 4, 1)]:
-        with pytest.raises(UserError, match=f"--total_batch_size {total} is not a multiple of --batch_size {batch} "
-                                            f"x {world} process"):
-            train_sft.grad_accum_steps(total, batch, world)
-
-
 def test_bad_total_batch_size_is_a_clear_error(even_data, tmp_path):
     with pytest.raises(UserError, match="not a multiple"):
         train_sft.main(tiny_cfg(even_data, tmp_path / "a", "cot", batch_size=3, total_batch_size=8))

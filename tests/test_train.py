@@ -19,24 +19,6 @@ from data.format import read_split
 from sample import load_model
 
 
-def test_lr_schedule_endpoints():
-    cfg = train_sft.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
-    assert train_sft.get_lr(0, cfg) == pytest.approx(1e-4)          # (0 + 1) / 10 of the peak
-    assert train_sft.get_lr(9, cfg) == pytest.approx(1e-3)          # end of warm-up: the peak
-    assert train_sft.get_lr(60, cfg) == pytest.approx(5.5e-4)       # half way through the cosine: the middle
-    assert train_sft.get_lr(110, cfg) == pytest.approx(1e-4)        # the end: min_lr
-    assert train_sft.get_lr(500, cfg) == pytest.approx(1e-4)        # past the end: stays at min_lr
-
-
-def test_grad_accum_steps():
-    assert train_sft.grad_accum_steps(0, 16, 1) == 1      # 0: one pass of batch_size on each process
-    assert train_sft.grad_accum_steps(0, 8, 4) == 1
-    assert train_sft.grad_accum_steps(64, 8, 2) == 4      # 64 = 8 per pass x 2 processes x 4 micro-steps
-    assert train_sft.grad_accum_steps(16, 16, 1) == 1
-    with pytest.raises(UserError, match="not a multiple of --batch_size 8 x 2 process"):
-        train_sft.grad_accum_steps(40, 8, 2)
-
-
 def test_reduced_gpt2_vocabulary_covers_every_training_token():
     """Regression: the vocabulary was built from whole lines, where the chain's leading `<<` follows a space and is
     another BPE token than the `<<` that starts the separately encoded chain, so every chain began with <|unk|>."""
