@@ -8,7 +8,6 @@ from conftest import tiny_gpt, tiny_train_cfg
 
 import colar
 import sample
-import train_rl
 import train_sft
 from common import autocast
 from latent_head import LatentHead
