@@ -60,8 +60,8 @@ class TrainConfig:
     # data
     data_dir: str = "data/synth"   # folder with train.txt and val.txt in GSM8K-Aug format
     mode: str = "cot"              # cot (question -> chain -> answer), nocot (question -> answer), colar, or a
-                                   # baseline: coconut, pause (baselines.py)
-    tokenizer: str = "char"        # char, number (whole numbers as tokens) or gpt2 (BPE reduced to the data's ids)
+                                   # baseline: coconut, pause, icot, distill (baselines.py)
+    tokenizer: str = "char"        # char, number (digit groups), place (digits that know their place) or gpt2
     number_digits: int = 3         # for tokenizer=number: digits per number token
     # model
     n_layer: int = 4               # transformer blocks
@@ -84,8 +84,8 @@ class TrainConfig:
     chunk_labels: bool = True      # CE labels drawn from the next chunk (false: the OC ablation)
     self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own detached predictions
     max_latents: int = 64          # cap on latents at inference (validation)
-    # baselines (mode coconut or pause)
-    c_thought: int = 2             # thoughts per reasoning step replaced
+    # baselines (baselines.py)
+    c_thought: int = 2             # coconut, pause, distill: thoughts per reasoning step replaced
     stages: int = 3                # curriculum stages; the last replaces every step by stages x c_thought thoughts
     stage_steps: int = 0           # training steps per stage, the last stage to the end (0: max_steps // (stages + 1))
     remove_every: int = 0          # icot: training steps per removed chain token (0: the whole chain gone at 2/3)
