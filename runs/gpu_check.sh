@@ -4,7 +4,7 @@
 # torchrun with the nccl backend on every GPU. Logs and records go to $OUT; a summary is printed at the end.
 #
 #   bash runs/gpu_check.sh
-#   PY=python3 OUT=/tmp/gpu_check T_TESTS=150 bash runs/gpu_check.sh
+#   PY=python3 OUT=out/gpu_check T_TESTS=150 bash runs/gpu_check.sh
 #
 # Needs a Python with a CUDA build of torch and the packages: pip install -r requirements.txt, then
 # pip install -e ".[test,plot,hf,gpt2]". One H100 ran these checks (tests cut at 150 s, bench at 90 s) in 6.6 minutes

@@ -1,5 +1,5 @@
 """Shared test set-up and helpers: the repository root importable, one thread, a tiny GPT, a char tokenizer, a tiny
-synthetic data set and one tiny CoT -> CoLaR training run, built once per session.
+synthetic data set and one tiny CoT -> CoLaR training run, built once per test run.
 
     from conftest import tiny_gpt, tiny_train_cfg      # plain helpers
     def test_x(tok, tiny_data, tiny_runs): ...          # fixtures
