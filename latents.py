@@ -70,34 +70,37 @@ def true_chunks(model, b, c, pool="sqrt"):
 @torch.no_grad()
 def true_chain_logits(model, tok, examples, c, pool="sqrt"):
     """The logits (B, T, V) of the examples laid out at speed c with their true compressed chains in the latent slots
-    (as in SFT), and the Batch."""
+    (as in SFT), the Batch, and the compressed chains (true_chunks)."""
     b = colar.layout(tok, colar.encode(tok, examples, "colar"), c, latent=True).to(model.wte.weight.device)
     z, zmask = true_chunks(model, b, c, pool)
     x = model.wte(b.idx).masked_scatter(b.latent_in[..., None], z[zmask])
-    return model(embeds=x, mask=b.mask)[0], b
+    return model(embeds=x, mask=b.mask)[0], b, z, zmask
+
+
+def answered_right(logits, b):
+    """Per row, whether every answer token and the closing <|eos|> after <|eot|> is the argmax."""
+    after = torch.arange(b.idx.size(1), device=logits.device)[None] > b.eot_at[:, None]  # the answer and <|eos|>
+    judged = after & (b.targets >= 0)
+    return ((logits.argmax(-1) == b.targets) | ~judged).all(1).tolist()
 
 
 def read_true_chain(model, tok, examples, c, pool="sqrt"):
     """For each example, whether the model answers right when fed its true compressed chain at speed c and then
     <|eot|>: teacher-forced, every answer token and the closing <|eos|> must be the argmax (what greedy decoding
     would then write). Returns a list of bools."""
-    logits, b = true_chain_logits(model, tok, examples, c, pool)
-    after = torch.arange(b.idx.size(1), device=logits.device)[None] > b.eot_at[:, None]  # the answer and <|eos|>
-    judged = after & (b.targets >= 0)
-    right = (logits.argmax(-1) == b.targets) | ~judged
-    return right.all(1).tolist()
+    logits, b, _, _ = true_chain_logits(model, tok, examples, c, pool)
+    return answered_right(logits, b)
 
 
 @torch.no_grad()
 def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
     """Reading against writing at speed c (see the top of the file): {"read", "generated", "nearest": [rate per
     latent position], "latents": mean generated, "chunks": mean true}."""
-    read = read_true_chain(model, tok, examples, c, pool)
+    logits, b, z, zmask = true_chain_logits(model, tok, examples, c, pool)
+    read = answered_right(logits, b)
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
                                keep_latents=True)
     generated = [answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples)]
-    b = colar.layout(tok, colar.encode(tok, examples, "colar"), c, latent=True).to(model.wte.weight.device)
-    z, zmask = true_chunks(model, b, c, pool)
     nearest = []
     for k in range(zmask.size(1)):
         rows = [i for i, r in enumerate(results) if zmask[i, k] and len(r["latents"]) > k]

@@ -125,7 +125,7 @@ def test_true_chain_logits_and_verdicts_against_a_slow_reference(tiny_runs):
     model, head, tok, _ = load_model(tiny_runs["colar"])
     examples = read_split(f"{tiny_runs['data']}/val.txt")[:6]
     for c in (1, 2, 3):
-        logits, b = latents.true_chain_logits(model, tok, examples, c)
+        logits, b, _, _ = latents.true_chain_logits(model, tok, examples, c)
         verdicts = latents.read_true_chain(model, tok, examples, c)
         for i, ex in enumerate(examples):
             ref, want = slow_true_chain_logits(model, tok, ex, c)
