@@ -62,6 +62,11 @@ THOUGHT_MODES = ("coconut", "pause", "distill")  # a fixed number of thoughts at
 BASELINES = THOUGHT_MODES + ("icot",)
 
 
+def inference_thoughts(mode, stages, c_thought):
+    """The fixed number of thoughts a baseline of this mode thinks at inference (0: it has none)."""
+    return stages * c_thought if mode in THOUGHT_MODES else 0
+
+
 def coconut_stage(step, stage_steps, stages):
     """The curriculum stage at a (0-based) training step: 1 for the first stage_steps steps, one more every
     stage_steps steps after, the last (stages) to the end. (Stage 0, CoT, is the model training starts from.)"""
@@ -201,7 +206,7 @@ class Curriculum:
 
     def __init__(self, cfg, longest):
         self.cfg, self.longest = cfg, longest
-        self.thoughts = cfg.stages * cfg.c_thought if cfg.mode in THOUGHT_MODES else 0  # at inference
+        self.thoughts = inference_thoughts(cfg.mode, cfg.stages, cfg.c_thought)
         self.stage_steps = cfg.stage_steps or max(1, cfg.max_steps // (cfg.stages + 1))
         self.remove_every = cfg.remove_every or max(1, 2 * cfg.max_steps // (3 * max(1, longest)))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from baselines import THOUGHT_MODES
+from baselines import inference_thoughts
 from checkpoint import file_sha256
 from common import UserError, parse_config, read_records, pick_device, run_cli, trained_speeds
 from data.format import read_split
@@ -152,7 +152,7 @@ def main(cfg):
     if cfg.sigma_min >= 0 and isinstance(head, LatentHead):  # e.g. to sample an SFT model as an RL run with that floor would
         head.log_sigma_min = log_sigma_floor(cfg.sigma_min)
     mode = run.get("mode", "cot") + ("_rl" if "rl_config" in ckpt else "")  # the method name of its records
-    thoughts = run["stages"] * run["c_thought"] if mode in THOUGHT_MODES else 0
+    thoughts = inference_thoughts(mode, run.get("stages", 0), run.get("c_thought", 0))
     if thoughts:
         if cfg.c:
             raise UserError(f"--c is for CoLaR checkpoints; {ckpt['path']} is a {mode} model ({thoughts} thoughts)")
