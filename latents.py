@@ -14,9 +14,10 @@ latent k resembles its own chunk. Each panel's title gives the answer and whethe
 With --probe N, no picture: on the first N examples of --split, per speed, where compressed reasoning fails,
 reading or writing. "read" is the accuracy when the model is fed the true compressed chain (each chunk's
 sum / sqrt(n), as in SFT), then <|eot|>, and answers greedily (checked teacher-forced: every answer token the argmax);
-"generated" the greedy accuracy with its own latents; "nearest" per latent position k, how often the k-th generated
-latent is at least as near (cosine) to its own example's true chunk k as to the true chunk k of any other probed
-example (an identical chunk of another example ties, and counts as a hit).
+"generated" the greedy accuracy with its own latents. Per latent position k, "nearest" says how often the k-th
+generated latent is at least as near (cosine) to its own example's true chunk k as to the true chunk k of any other
+probed example (an identical chunk of another example ties, and counts as a hit); "written" the same for the latent
+the head predicts from the true chain before it (teacher-forced: one step of writing, no earlier error carried).
 
     python latents.py --ckpt out/mult4/colar --data_dir data/mult4 --probe 200
 
@@ -69,12 +70,36 @@ def true_chunks(model, b, c, pool="sqrt"):
 
 @torch.no_grad()
 def true_chain_logits(model, tok, examples, c, pool="sqrt"):
-    """The logits (B, T, V) of the examples laid out at speed c with their true compressed chains in the latent slots
-    (as in SFT), the Batch, and the compressed chains (true_chunks)."""
+    """The logits (B, T, V) and hidden states (B, T, C) of the examples laid out at speed c with their true compressed
+    chains in the latent slots (as in SFT), the Batch, and the compressed chains (true_chunks)."""
     b = colar.layout(tok, colar.encode(tok, examples, "colar"), c, latent=True).to(model.wte.weight.device)
     z, zmask = true_chunks(model, b, c, pool)
     x = model.wte(b.idx).masked_scatter(b.latent_in[..., None], z[zmask])
-    return model(embeds=x, mask=b.mask)[0], b, z, zmask
+    logits, _, h = model(embeds=x, mask=b.mask)
+    return logits, h, b, z, zmask
+
+
+def written_latents(head, h, b):
+    """Per example, the latents the head writes (greedy: mu, in embedding space) from the true chain before each
+    one: the k-th is predicted where true chunk k is the target (b.latent_out), so it can be compared with it."""
+    pred = head.sample(h, temperature=0.0)  # (B, T, C)
+    return [list(pred[i][b.latent_out[i]]) for i in range(len(pred))]
+
+
+def nearest_rates(latents_of, z, zmask):
+    """Per latent position k: the fraction of examples whose k-th latent (latents_of[i][k]) is at least as near to
+    their own true chunk k as to the true chunk k of any other example (see the top of the file); it stops at the
+    first position that fewer than two examples reach."""
+    rates = []
+    for k in range(zmask.size(1)):
+        rows = [i for i, lat in enumerate(latents_of) if zmask[i, k] and len(lat) > k]
+        if len(rows) < 2:
+            break
+        mine = torch.stack([latents_of[i][k] for i in rows]).to(z.device)  # (n, C)
+        sims = similarity(mine, z[rows, k])  # (n, n): latent i against true chunk k of example j
+        own = sims.diagonal()  # a hit: the own chunk is among the nearest (another example's identical chunk ties)
+        rates.append((own >= sims.max(1).values - 1e-6).float().mean().item())
+    return rates
 
 
 def answered_right(logits, b):
@@ -88,30 +113,23 @@ def read_true_chain(model, tok, examples, c, pool="sqrt"):
     """For each example, whether the model answers right when fed its true compressed chain at speed c and then
     <|eot|>: teacher-forced, every answer token and the closing <|eos|> must be the argmax (what greedy decoding
     would then write). Returns a list of bools."""
-    logits, b, _, _ = true_chain_logits(model, tok, examples, c, pool)
+    logits, _, b, _, _ = true_chain_logits(model, tok, examples, c, pool)
     return answered_right(logits, b)
 
 
 @torch.no_grad()
 def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
-    """Reading against writing at speed c (see the top of the file): {"read", "generated", "nearest": [rate per
-    latent position], "latents": mean generated, "chunks": mean true}."""
-    logits, b, z, zmask = true_chain_logits(model, tok, examples, c, pool)
+    """Reading against writing at speed c (see the top of the file): {"read", "generated", "nearest" and "written":
+    [rate per latent position], "latents": mean generated, "chunks": mean true}."""
+    logits, h, b, z, zmask = true_chain_logits(model, tok, examples, c, pool)
     read = answered_right(logits, b)
+    written = nearest_rates(written_latents(head, h, b), z, zmask)
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
                                keep_latents=True)
     generated = [answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples)]
-    nearest = []
-    for k in range(zmask.size(1)):
-        rows = [i for i, r in enumerate(results) if zmask[i, k] and len(r["latents"]) > k]
-        if len(rows) < 2:
-            break
-        gen = torch.stack([results[i]["latents"][k] for i in rows]).to(z.device)  # (n, C)
-        sims = similarity(gen, z[rows, k])  # (n, n): generated latent i against true chunk k of example j
-        own = sims.diagonal()  # a hit: the own chunk is among the nearest (another example's identical chunk ties)
-        nearest.append((own >= sims.max(1).values - 1e-6).float().mean().item())
+    nearest = nearest_rates([r["latents"] for r in results], z, zmask)
     n = max(1, len(examples))
-    return {"read": sum(read) / n, "generated": sum(generated) / n, "nearest": nearest,
+    return {"read": sum(read) / n, "generated": sum(generated) / n, "nearest": nearest, "written": written,
             "latents": sum(r["length"] for r in results) / n, "chunks": zmask.sum().item() / n}
 
 
@@ -208,9 +226,12 @@ def main_probe(cfg, speeds):
     print(f"{ckpt['path']}, {len(examples)} examples of {cfg.data_dir}/{cfg.split}.txt, greedy")
     for c in speeds or trained_speeds(ckpt["config"]):
         r = out[c] = probe(model, head, tok, examples, c, cfg.max_latents, pool)
+        by_position = lambda rates: f"{100 * fmean(rates or [0]):.0f}%, by position: " + " ".join(  # noqa: E731
+            f"{100 * x:.0f}" for x in rates)
         print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
-              f"{r['latents']:.1f} for {r['chunks']:.1f} chunks | nearest own chunk {100 * fmean(r['nearest'] or [0]):.0f}%, "
-              f"by position: " + " ".join(f"{100 * x:.0f}" for x in r["nearest"]))
+              f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "
+              f"{by_position(r['nearest'])}\n  written from the true chain, nearest its own chunk "
+              f"{by_position(r['written'])}")
     return out
 
 

@@ -10,12 +10,11 @@ another run (the committed results/demo.json) are shown beside them: a column of
 
 The plot needs matplotlib, an optional dependency (`pip install matplotlib`); without it the table is still written.
 """
-import json
 import os
 from dataclasses import dataclass
 
 from baselines import BASELINES
-from common import UserError, check_flags, check_writable, parse_config, run_cli
+from common import UserError, check_flags, check_writable, parse_config, read_json, run_cli
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
@@ -34,13 +33,7 @@ def load_records(paths):
     UserError that names it."""
     records = []
     for path in paths:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except OSError as e:
-            raise UserError(f"cannot read results file {path}: {e.strerror or e}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"results file {path} is not valid JSON ({e})") from None
+        data = read_json(path, "results file")
         if not isinstance(data, list):
             raise UserError(f"results file {path} should hold a JSON list of records, not a {type(data).__name__}")
         for i, r in enumerate(data):

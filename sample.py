@@ -70,15 +70,22 @@ def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, t
     """Decode every prompt (a list of id lists) until it emits `stop_id` or has `max_new_tokens` new tokens.
     Finished rows leave the batch (and its cache), so they cost nothing more. Returns the new ids of each prompt,
     the stop token included when it was reached."""
-    device = next(model.parameters()).device
-    idx, mask, pos = left_pad(prompts, pad_id, device)
-    max_new_tokens = min(max_new_tokens, model.cfg.block_size - idx.size(1))
+    max_new_tokens = min(max_new_tokens, model.cfg.block_size - max(len(p) for p in prompts))
     if max_new_tokens <= 0:
         return [[] for _ in prompts]
+    cache, logits, _, next_pos = prefill(model, prompts, pad_id)
+    return decode(model, cache, logits, next_pos, max_new_tokens, stop_id, temperature, top_p, generator)
+
+
+def prefill(model, prompts, pad_id):
+    """The prompts (lists of ids), left-padded, through the model into a new KV cache. Returns the cache, the logits
+    (B, V) and hidden states (B, C) at each row's last position, and next_pos (B,): the position of its next input."""
+    device = next(model.parameters()).device
+    idx, mask, pos = left_pad(prompts, pad_id, device)
     cache = KVCache(model.cfg.n_layer)
     with autocast(device):  # bf16 on CUDA, fp32 elsewhere
-        logits = model(idx, pos=pos, mask=mask, cache=cache)[0][:, -1]  # (B, V)
-    return decode(model, cache, logits, mask.sum(1), max_new_tokens, stop_id, temperature, top_p, generator)
+        logits, _, h = model(idx, pos=pos, mask=mask, cache=cache)
+    return cache, logits[:, -1], h[:, -1], mask.sum(1)
 
 
 @torch.no_grad()
@@ -112,14 +119,11 @@ def answer_with_thoughts(model, tok, questions, n_thoughts, think=lambda h: h, t
     """Coconut's inference: the prompt, n_thoughts thoughts, <|eot|>, then the answer token by token (greedy at
     temperature 0). Returns one dict per question: answer (text), finished (closed by <|eos|>), length (n_thoughts)."""
     device = next(model.parameters()).device
-    idx, mask, pos = left_pad([prompt(tok, q, 1) for q in questions], tok.pad, device)
-    cache = KVCache(model.cfg.n_layer)
+    cache, _, h, next_pos = prefill(model, [prompt(tok, q, 1) for q in questions], tok.pad)
     with autocast(device):
-        _, _, h = model(idx, pos=pos, mask=mask, cache=cache)
-        next_pos = mask.sum(1)
         for _ in range(n_thoughts):
-            _, _, h = model(embeds=think(h[:, -1])[:, None], pos=next_pos[:, None], cache=cache)
-            next_pos = next_pos + 1
+            _, _, h = model(embeds=think(h)[:, None], pos=next_pos[:, None], cache=cache)
+            h, next_pos = h[:, -1], next_pos + 1
         eot = torch.full((len(questions), 1), tok.eot, device=device)
         logits = model(eot, pos=next_pos[:, None], cache=cache)[0][:, -1]
     room = model.cfg.block_size - int(next_pos.max()) - 1
@@ -193,17 +197,13 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
     Returns one dict per prompt: n_latents, answer (ids, without <|eos|>), finished, hit_cap, and with keep_latents
     latents (the fed vectors) and lm_top (the LM head's 3 likeliest tokens where each latent was produced)."""
     device = next(model.parameters()).device
-    idx, mask, pos = left_pad(prompts, tok.pad, device)
-    max_steps = min(max_latents + 1 + max_answer_tokens, model.cfg.block_size - idx.size(1))
+    max_steps = min(max_latents + 1 + max_answer_tokens, model.cfg.block_size - max(len(p) for p in prompts))
     B = len(prompts)
     out = [{"n_latents": 0, "answer": [], "finished": False, "hit_cap": False, "latents": [], "lm_top": []}
            for _ in range(B)]
-    cache = KVCache(model.cfg.n_layer)
-    with autocast(device):  # the model in bf16 on CUDA (fp32 elsewhere); the latent head outside, in its own dtype
-        logits, _, h = model(idx, pos=pos, mask=mask, cache=cache)
-    logits, h = logits[:, -1], h[:, -1]  # (B, V), (B, C)
+    # the model runs in bf16 on CUDA (fp32 elsewhere); the latent head outside autocast, in its own dtype
+    cache, logits, h, next_pos = prefill(model, prompts, tok.pad)  # (B, V), (B, C), (B,)
     rows = torch.arange(B, device=device)  # which prompt each batch row answers
-    next_pos = mask.sum(1)
     thinking = torch.ones(B, dtype=torch.bool, device=device)
     n_lat = torch.zeros(B, dtype=torch.long, device=device)  # (b,) latents fed so far by each row
     eot_emb = model.wte.weight[tok.eot]

@@ -106,7 +106,8 @@ def test_picture_is_written(runs, tmp_path):
 # --- the probe: reading the true compressed chain against writing latents ------------------------------------------
 def slow_true_chain_logits(model, tok, example, c):
     """Independent of latents.true_chain_logits: one example, unpadded, its true chunks summed / sqrt(n) by hand,
-    <|eot|>, then the reference answer and <|eos|>; the logits from <|eot|> on, and the ids they should predict."""
+    <|eot|>, then the reference answer and <|eos|>; the logits from <|eot|> on, the ids they should predict, and the
+    hidden states at the prompt's last position and at each chunk but the last (from which the chunks are written)."""
     q, steps, answer = example
     chain = tok.encode(chain_text(steps))
     E = model.wte.weight
@@ -117,21 +118,25 @@ def slow_true_chain_logits(model, tok, example, c):
     tail = [tok.eot] + tok.encode(" " + answer) + [tok.eos]
     xs += [E[i] for i in tail[:-1]]
     with torch.no_grad():
-        logits = model(embeds=torch.stack(xs)[None])[0][0]
-    return logits[-(len(tail) - 1):], tail[1:]
+        logits, _, h = model(embeds=torch.stack(xs)[None])
+    start, K = len(colar.prompt(tok, q, c)) - 1, -(-len(chain) // c)
+    return logits[0, -(len(tail) - 1):], tail[1:], h[0, start:start + K]
 
 
 def test_true_chain_logits_and_verdicts_against_a_slow_reference(tiny_runs):
     model, head, tok, _ = load_model(tiny_runs["colar"])
     examples = read_split(f"{tiny_runs['data']}/val.txt")[:6]
     for c in (1, 2, 3):
-        logits, b, _, _ = latents.true_chain_logits(model, tok, examples, c)
+        logits, h, b, _, _ = latents.true_chain_logits(model, tok, examples, c)
         verdicts = latents.read_true_chain(model, tok, examples, c)
+        written = latents.written_latents(head, h, b)
         for i, ex in enumerate(examples):
-            ref, want = slow_true_chain_logits(model, tok, ex, c)
+            ref, want, h_ref = slow_true_chain_logits(model, tok, ex, c)
             start = int(b.eot_at[i]) + 1  # the position of <|eot|>: it predicts the first answer token
             torch.testing.assert_close(logits[i, start:start + len(ref)], ref, atol=1e-4, rtol=1e-4)
             assert verdicts[i] == (ref.argmax(-1).tolist() == want)
+            with torch.no_grad():  # greedy writing is mu, times the head's scale
+                torch.testing.assert_close(torch.stack(written[i]), head(h_ref)[0] * head.scale, atol=1e-4, rtol=1e-4)
 
 
 def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
@@ -166,5 +171,7 @@ def test_probe_cli_prints_a_line_per_speed(tiny_runs, capsys):
     out = latents.main(latents.LatentsConfig(ckpt=tiny_runs["colar"], data_dir=tiny_runs["data"], probe=3,
                                              max_latents=8, device="cpu"))
     assert sorted(out) == [1, 2] and all(0 <= out[c]["read"] <= 1 for c in out)
-    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("c=")]
-    assert len(lines) == 2 and "read (true chain)" in lines[0]
+    assert all(0 <= x <= 1 for c in out for x in out[c]["written"]) and out[1]["written"]
+    text = capsys.readouterr().out
+    lines = [s for s in text.splitlines() if s.startswith("c=")]
+    assert len(lines) == 2 and "read (true chain)" in lines[0] and text.count("written from the true chain") == 2

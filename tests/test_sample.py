@@ -1,5 +1,5 @@
-"""Tests of sample.py (batched KV-cache decoding against a slow reference, token picking, splitting the output) and
-evaluate.ci95.
+"""Tests of sample.py (batched KV-cache decoding, of tokens and of CoLaR latents, against slow references without a
+cache; token picking; splitting the output) and evaluate.ci95.
 
 Run: .venv/bin/python -m pytest tests/test_sample.py
 """
@@ -7,12 +7,13 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_gpt
+from conftest import FAKE_TOK, tiny_gpt, tiny_latent_model
 
 from colar import prompt
 from common import UserError
 from evaluate import ci95
-from sample import answer_questions, generate, left_pad, pick_tokens, split_output
+from latent_head import LatentHead
+from sample import answer_questions, generate, generate_latent, left_pad, pick_tokens, split_output
 
 V = 24
 
@@ -184,3 +185,98 @@ def test_ci95_student_t_beyond_ten_degrees_of_freedom():
     values = [0.0, 1.0] * 6  # n = 12, sd = sqrt(12 * 0.25 / 11)
     sd = math.sqrt(12 * 0.25 / 11)
     assert ci95(values) == pytest.approx(2.201 * sd / math.sqrt(12), rel=1e-3)
+
+
+# --- generate_latent() against a slow reference ------------------------------------------------------------------
+LATENT_PROMPTS = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10, 11], [12, 13, 14]]
+
+
+@torch.no_grad()
+def slow_latent_decode(model, head, prompt, eot, eos, max_latents, max_steps):
+    """Reference: one prompt, no cache: each step re-runs the whole forward over [prompt embeddings + what was fed]."""
+    x = model.wte(torch.tensor(prompt))
+    n, thinking, answer, finished, hit_cap = 0, True, [], False, False
+    for _ in range(max_steps):
+        logits, _, h = model(embeds=x[None])
+        t = int(logits[0, -1].argmax())
+        if thinking:
+            if t == eot or n >= max_latents:
+                hit_cap, thinking = n >= max_latents and t != eot, False
+                nxt = model.wte.weight[eot]
+            else:
+                nxt = head(h[0, -1])[0] * head.scale
+                n += 1
+        elif t == eos:
+            finished = True
+            break
+        else:
+            answer.append(t)
+            nxt = model.wte.weight[t]
+        x = torch.cat([x, nxt[None]])
+    return {"n_latents": n, "answer": answer, "finished": finished, "hit_cap": hit_cap}
+
+
+def test_generate_latent_greedy_matches_slow_reference():
+    model, head = tiny_latent_model(seed=3)
+    max_latents, max_answer = 4, 6
+    out = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, max_latents, max_answer)
+    # every row gets the same step budget, set by the longest (padded) prompt
+    steps = min(max_latents + 1 + max_answer, model.cfg.block_size - max(map(len, LATENT_PROMPTS)))
+    ref = [slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, max_latents, steps) for p in LATENT_PROMPTS]
+    # the case is a useful one: rows stop at different times, by <|eot|> and by the cap, some answers close
+    assert len({r["n_latents"] for r in ref}) >= 3
+    assert any(r["hit_cap"] for r in ref) and any(not r["hit_cap"] and r["n_latents"] > 0 for r in ref)
+    assert any(r["finished"] for r in ref) and not all(r["finished"] for r in ref)
+    for o, r in zip(out, ref):
+        assert {k: o[k] for k in r} == r
+        assert o["latents"] == [] and o["lm_top"] == []
+    # deterministic
+    assert generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, max_latents, max_answer) == out
+    # keep_latents: one fed vector, the head's mean times the scale, per latent
+    kept = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, max_latents, max_answer, keep_latents=True)
+    for o, k in zip(out, kept):
+        assert len(k["latents"]) == len(k["lm_top"]) == o["n_latents"] and k["answer"] == o["answer"]
+    # smaller caps; at cap 2 a row reaches the cap just as the LM head says <|eot|>: that is no hit
+    coincide = 0
+    for cap in (0, 1, 2):
+        capped = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, cap, max_answer)
+        steps = min(cap + 1 + max_answer, model.cfg.block_size - 5)
+        ref = [slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, cap, steps) for p in LATENT_PROMPTS]
+        assert [{k: o[k] for k in r} for o, r in zip(capped, ref)] == ref
+        assert all(o["n_latents"] <= cap for o in capped)
+        coincide += sum(o["n_latents"] == cap and not o["hit_cap"] for o in capped)
+    assert coincide > 0
+
+
+def test_generate_latent_sampled_is_seeded():
+    model, head = tiny_latent_model(seed=3)
+    kw = dict(max_latents=4, max_answer_tokens=6, latent_temperature=1.0, temperature=1.0, top_p=0.9, stop="sampled",
+              keep_latents=True)
+
+    def run(seed):
+        return generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, generator=torch.Generator().manual_seed(seed), **kw)
+
+    def flat(results):
+        return [(r["n_latents"], r["answer"], r["finished"], r["hit_cap"], [z.tolist() for z in r["latents"]])
+                for r in results]
+
+    a, b, other = run(0), run(0), run(1)
+    assert flat(a) == flat(b)
+    assert flat(a) != flat(other)
+    greedy = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, 4, 6, keep_latents=True)
+    assert flat(a) != flat(greedy)
+
+
+def test_answer_questions_with_head_uses_latent_decoding(tok):
+    model = tiny_gpt(tok.n_vocab, block_size=40, seed=0)
+    head = LatentHead(16).eval()
+    head.scale.fill_(0.5)
+    qs = ["1+2", "33*4-1"]
+    res = answer_questions(model, tok, qs, c=2, head=head, max_latents=3, max_new_tokens=5)
+    direct = generate_latent(model, head, tok, [prompt(tok, q, 2) for q in qs], 3, 5)
+    for r, d in zip(res, direct):
+        assert r["length"] == d["n_latents"] and r["hit_cap"] == d["hit_cap"] and r["finished"] == d["finished"]
+        assert r["answer"] == tok.decode(d["answer"]).strip() and r["chain"] == []
+    # c = 0 takes the No-CoT text path even with a head
+    res0 = answer_questions(model, tok, qs, c=0, head=head, max_new_tokens=5)
+    assert all(r["length"] == 0 and r["hit_cap"] is False for r in res0)
