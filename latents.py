@@ -214,6 +214,11 @@ def main(cfg):
     return panels
 
 
+def rates_text(rates):
+    """Nearest-own-chunk rates per position as '73%, by position: 100 62 ...' (the mean first)."""
+    return f"{100 * fmean(rates or [0]):.0f}%, by position: " + " ".join(f"{100 * x:.0f}" for x in rates)
+
+
 def main_probe(cfg, speeds):
     examples = read_split(os.path.join(cfg.data_dir, f"{cfg.split}.txt"))[:cfg.probe]
     if not examples:
@@ -226,12 +231,10 @@ def main_probe(cfg, speeds):
     print(f"{ckpt['path']}, {len(examples)} examples of {cfg.data_dir}/{cfg.split}.txt, greedy")
     for c in speeds or trained_speeds(ckpt["config"]):
         r = out[c] = probe(model, head, tok, examples, c, cfg.max_latents, pool)
-        by_position = lambda rates: f"{100 * fmean(rates or [0]):.0f}%, by position: " + " ".join(  # noqa: E731
-            f"{100 * x:.0f}" for x in rates)
         print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
               f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "
-              f"{by_position(r['nearest'])}\n  written from the true chain, nearest its own chunk "
-              f"{by_position(r['written'])}")
+              f"{rates_text(r['nearest'])}\n  written from the true chain, nearest its own chunk "
+              f"{rates_text(r['written'])}")
     return out
 
 
