@@ -104,10 +104,15 @@ def test_versus_table_pairs_each_baseline_with_the_nearest_speed():
                 rec("icot", 0, "greedy", 0.90, 0.0), rec("distill", 0, "greedy", 0.55, 21.5)]
     got = body(versus_table(records))
     # Coconut (#L 6) is nearest c = 5 (#L 12), sampled; iCoT (#L 0) too, greedy (it has no sampled record); Distill
-    # (#L 21.5) is 8.5 from c = 2's 30 and 9.5 from c = 5's 12: c = 2
-    assert got == [["Coconut", "6.0", "38.0", "5", "12.0", "80.0", "+42.0 (sampled)"],
-                   ["iCoT", "0.0", "90.0", "5", "12.0", "80.0", "-10.0 (greedy)"],
-                   ["Distill (CODI)", "21.5", "55.0", "2", "30.0", "97.0", "+42.0 (greedy)"]]
+    # (#L 21.5) is 8.5 from c = 2's 30 and 9.5 from c = 5's 12: c = 2; each CoLaR speed there thinks longer
+    assert got == [["Coconut", "6.0", "38.0", "5", "12.0", "80.0", "+42.0 (sampled)", "no"],
+                   ["iCoT", "0.0", "90.0", "5", "12.0", "80.0", "-10.0 (greedy)", "no"],
+                   ["Distill (CODI)", "21.5", "55.0", "2", "30.0", "97.0", "+42.0 (greedy)", "no"]]
+    # a baseline thinking 14 is nearest c = 5 (#L 12), which is shorter; equal lengths count as not longer
+    colar = [r for r in records if r["method"] == "colar" and r["decode"] == "greedy"]
+    shorter = [rec("pause", 0, "greedy", 0.5, 14.0), rec("coconut", 0, "greedy", 0.5, 30.0)]
+    assert [row[0] + row[3] + row[-1] for row in body(versus_table(colar + shorter))] == [
+        "Coconut2yes", "Pause as thought5yes"]
     assert versus_table([rec("coconut", 0, "greedy", 0.4, 6.0)]) == ""  # no CoLaR rows: no comparison
 
 
