@@ -47,7 +47,8 @@ class DemoConfig:
     baseline_steps: int = 3000        # training steps of each baseline
     tokenizer: str = "char"           # char, number or gpt2 (train_sft.py --tokenizer)
     batch_size: int = 64              # sequences per training step (SFT)
-    max_steps: int = 1200             # training steps of the CoT and No-CoT models
+    max_steps: int = 1200             # training steps of the CoT and No-CoT models (the learning-rate schedule's)
+    stop_at: int = 0                  # CoT and No-CoT stop at this step of that schedule (0: run it to the end)
     colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
     rl_c: int = 5                     # the speed RL trains at
@@ -74,7 +75,8 @@ GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8
 
 # --task mult4 / mult5: iCoT's multiplication (data/multiplication.py), digits least-significant first, a chain of
 # the partial products and running sums that ends with the product, "place" tokens (a digit's token tells its place)
-MULT = dict(tokenizer="place", max_steps=8000, colar_steps=6000, max_latents=96, rl_c=2, rl_eval_n=200)
+# (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 97.8% on validation; a 2,000-step schedule ends at 1%)
+MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, rl_c=2, rl_eval_n=200)
 TASKS = {"gsm8k": GSM8K,
          **{f"mult{n}": dict(MULT, data_dir=f"data/mult{n}", out_dir=f"out/mult{n}", reference=f"results/mult{n}.json")
             for n in (4, 5)}}
@@ -107,11 +109,13 @@ def flags(d):
 
 
 def train_stage(name, script, run_flags):
-    """Train run_flags["out_dir"] with script (train_sft.py or train_rl.py) unless it is finished; resume it when
-    interrupted."""
-    out_dir = run_flags["out_dir"]
+    """Train run_flags["out_dir"] with script (train_sft.py or train_rl.py) unless it is finished (at max_steps, or at
+    stop_at where that is set); resume it when interrupted or when asked to go further."""
+    out_dir, last = run_flags["out_dir"], run_flags["max_steps"]
+    if run_flags.get("stop_at", 0) > 0:
+        last = min(last, run_flags["stop_at"])
     if read_pointer(out_dir, "latest"):
-        if load_checkpoint(out_dir, "latest")["step"] >= run_flags["max_steps"]:
+        if load_checkpoint(out_dir, "latest")["step"] >= last:
             print(f"== {name}: already trained ({out_dir}), skipped")
             return
         run_flags = {**run_flags, "resume": "true"}
@@ -154,7 +158,7 @@ def check_inputs(cfg):
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
     data source and the folders."""
     parse_seeds(cfg.seeds)
-    check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty"),
+    check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty", "stop_at"),
                 positive=("batch_size", "max_steps", "colar_steps", "rl_steps", "max_latents", "colar_lr",
                           "baseline_steps"))
     if cfg.rl_length_penalty > 1:
@@ -228,8 +232,9 @@ def main(cfg):
                 max_latents=cfg.max_latents, device=cfg.device, seed=cfg.train_seed)
     colar = {**base, "mode": "colar", "out_dir": out("colar"), "init_from": out("cot"), "max_steps": cfg.colar_steps,
              "lr": cfg.colar_lr, "eval_n": 200, "eval_every": max(1, cfg.colar_steps // 6)}
-    stages = [("cot", "train_sft.py", {**base, "mode": "cot", "out_dir": out("cot")}),
-              ("nocot", "train_sft.py", {**base, "mode": "nocot", "out_dir": out("nocot")}),
+    scratch = {**base, "stop_at": cfg.stop_at} if cfg.stop_at else base  # the models trained from scratch
+    stages = [("cot", "train_sft.py", {**scratch, "mode": "cot", "out_dir": out("cot")}),
+              ("nocot", "train_sft.py", {**scratch, "mode": "nocot", "out_dir": out("nocot")}),
               ("colar", "train_sft.py", colar),
               ("colar_rl", "train_rl.py", dict(init_from=out("colar"), data_dir=cfg.data_dir, c=cfg.rl_c,
                                                 max_steps=cfg.rl_steps, out_dir=out("colar_rl"),

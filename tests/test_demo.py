@@ -106,11 +106,36 @@ def test_demo_presets():
     mine = demo.resolve(demo.DemoConfig(task="gsm8k", batch_size=16, results="r.json"))  # flags given win
     assert (mine.batch_size, mine.results, mine.max_steps) == (16, "r.json", demo.GSM8K["max_steps"])
     m = demo.resolve(demo.DemoConfig(task="mult5"))
-    assert (m.data_dir, m.tokenizer, m.out_dir, m.results, m.reference) == (
-        "data/mult5", "place", "out/mult5", "out/mult5/results/mult5.json", "results/mult5.json")
+    assert (m.data_dir, m.tokenizer, m.out_dir, m.results, m.reference, m.max_steps, m.stop_at) == (
+        "data/mult5", "place", "out/mult5", "out/mult5/results/mult5.json", "results/mult5.json", 8000, 4000)
     for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True), dict(task="mult4", quick=True)):
         with pytest.raises(UserError):
             demo.resolve(demo.DemoConfig(**bad))
+
+
+def test_a_run_stopped_at_stop_at_is_finished_until_asked_to_go_further(monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo, "run", ran.append)
+    monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt_000004.pt")
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name: {"step": 4})  # a run at step 4
+    demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8, stop_at=4))
+    demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8, stop_at=6))
+    demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8))
+    assert ran == [["train_sft.py", "--out_dir=o", "--max_steps=8", "--stop_at=6", "--resume=true"],
+                   ["train_sft.py", "--out_dir=o", "--max_steps=8", "--resume=true"]]  # the first: finished, skipped
+
+
+def test_stop_at_reaches_the_models_trained_from_scratch_only(tmp_path, monkeypatch):
+    data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=2, n_test=2)
+    trained = {}
+    monkeypatch.setattr(demo, "train_stage", lambda name, script, run_flags: trained.update({name: run_flags}))
+    monkeypatch.setattr(demo, "eval_stage", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "run", lambda args: None)  # the report: its table is written below instead
+    (tmp_path / "out" / "results").mkdir(parents=True)
+    (tmp_path / "out" / "results" / "demo.md").write_text("| table |\n")
+    demo.main(demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), max_steps=8, stop_at=4, device="cpu"))
+    assert {name: flags.get("stop_at") for name, flags in trained.items()} == {
+        "cot": 4, "nocot": 4, "colar": None, "colar_rl": None}
 
 
 def test_records_of_another_checkpoint_with_the_same_name_are_not_taken(tiny_runs, tmp_path, monkeypatch):
