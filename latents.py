@@ -214,6 +214,12 @@ def main(cfg):
     return panels
 
 
+def chunk_texts(tok, steps, c):
+    """A chain's chunks at speed c as text, one per latent: ['<<6', '60', '42', '>> ', ...] at c = 2."""
+    ids = tok.encode(chain_text(steps))
+    return [tok.decode(ids[start:end]) for start, end in chunk_spans(-(-len(ids) // c), len(ids), c)]
+
+
 def rates_text(rates):
     """Nearest-own-chunk rates per position as '73%, by position: 100 62 ...' (the mean first)."""
     return f"{100 * fmean(rates or [0]):.0f}%, by position: " + " ".join(f"{100 * x:.0f}" for x in rates)
@@ -234,7 +240,8 @@ def main_probe(cfg, speeds):
         print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
               f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "
               f"{rates_text(r['nearest'])}\n  written from the true chain, nearest its own chunk "
-              f"{rates_text(r['written'])}")
+              f"{rates_text(r['written'])}\n  the first example's chunks: "
+              + " | ".join(t.replace(" ", "_") for t in chunk_texts(tok, examples[0][1], c)))
     return out
 
 

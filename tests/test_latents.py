@@ -175,3 +175,12 @@ def test_probe_cli_prints_a_line_per_speed(tiny_runs, capsys):
     text = capsys.readouterr().out
     lines = [s for s in text.splitlines() if s.startswith("c=")]
     assert len(lines) == 2 and "read (true chain)" in lines[0] and text.count("written from the true chain") == 2
+    assert text.count("the first example's chunks: ") == 2
+
+
+def test_chunk_texts_one_per_latent():
+    from tokenizer import Tokenizer
+    tok = Tokenizer("place")  # '<<' and '>>' are one token each; a digit's token also says its place
+    assert latents.chunk_texts(tok, ["12", "34=46"], 2) == ["<<1", "2>>", " <<", "34", "=4", "6>>"]
+    assert latents.chunk_texts(tok, ["12", "34=46"], 5) == ["<<12>> ", "<<34=4", "6>>"]
+    assert latents.chunk_texts(tok, ["12"], 1) == ["<<", "1", "2", ">>"]
