@@ -75,8 +75,11 @@ GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8
 
 # --task mult4 / mult5: iCoT's multiplication (data/multiplication.py), digits least-significant first, a chain of
 # the partial products and running sums that ends with the product, "place" tokens (a digit's token tells its place)
-# (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 97.8% on validation; a 2,000-step schedule ends at 1%)
-MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, rl_c=2, rl_eval_n=200)
+# (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 97.8% on validation; a 2,000-step schedule ends at 1%).
+# RL at c = 1, the one speed SFT leaves room at: at c >= 2 SFT answers 0%, so every rollout group is all-wrong and
+# GRPO has no signal; a step rolls out 16 x 8 chains of 61 latents (200 steps: 8 minutes on 2 cores)
+MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, rl_c=1, rl_steps=200,
+            rl_eval_n=200)
 TASKS = {"gsm8k": GSM8K,
          **{f"mult{n}": dict(MULT, data_dir=f"data/mult{n}", out_dir=f"out/mult{n}", reference=f"results/mult{n}.json")
             for n in (4, 5)}}

@@ -111,7 +111,7 @@ def versus_table(records, split="test"):
                       key=lambda cr: abs(cr[1]["mean_len"] - b["mean_len"]))  # the first of equally near speeds
         lines.append(f"| {LABELS.get(method, method)} | {b['mean_len']:.1f} | {100 * b['accuracy']:.1f} | {c} | "
                      f"{mine['mean_len']:.1f} | {100 * mine['accuracy']:.1f} | "
-                     f"{100 * (mine['accuracy'] - b['accuracy']):+.1f} ({decode}) | "
+                     f"{round(100 * (mine['accuracy'] - b['accuracy']), 1) or 0.0:+.1f} ({decode}) | "  # never "-0.0"
                      f"{'yes' if mine['mean_len'] <= b['mean_len'] else 'no'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

@@ -113,6 +113,9 @@ def test_versus_table_pairs_each_baseline_with_the_nearest_speed():
     shorter = [rec("pause", 0, "greedy", 0.5, 14.0), rec("coconut", 0, "greedy", 0.5, 30.0)]
     assert [row[0] + row[3] + row[-1] for row in body(versus_table(colar + shorter))] == [
         "Coconut2yes", "Pause as thought5yes"]
+    # a difference that rounds to zero is written +0.0, whichever side is ahead by less than 0.05 points
+    nil = [rec("colar", 5, "greedy", 0.0, 12.0), rec("distill", 0, "greedy", 0.0004, 6.0)]
+    assert body(versus_table(nil))[0][6] == "+0.0 (greedy)"
     assert versus_table([rec("coconut", 0, "greedy", 0.4, 6.0)]) == ""  # no CoLaR rows: no comparison
 
 
