@@ -145,6 +145,11 @@ def pareto_front(points):
     return sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
 
 
+def point_label(method, c):
+    """A plotted point's label: its speed, except for a baseline, which has none (the table writes a dash)."""
+    return "" if method in BASELINES else f"c={c}"
+
+
 def plot(records, path, split="test", decode="sampled", reference=None, reference_label="reference"):
     """Accuracy against #L, one labelled point per (method, c) and one colour and marker per method, with the Pareto
     front as a step line, written as a PNG to `path`; with `reference` (another run's records), its points for the
@@ -165,7 +170,8 @@ def plot(records, path, split="test", decode="sampled", reference=None, referenc
         ax.scatter([p[0] for p in mine], [p[1] for p in mine], color=f"C{i % 10}", marker="os^Dv<>PX*"[i % 10],
                    label=LABELS.get(method, method), zorder=3)
         for x, y, _, c in mine:
-            ax.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            if point_label(method, c):
+                ax.annotate(point_label(method, c), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     if reference is not None:
         ref = rows(reference, split)
         theirs = [ref[m, c][decode] for _, _, m, c in points if decode in ref.get((m, c), {})]

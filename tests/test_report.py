@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from common import UserError, run_cli
-from report import ReportConfig, load_records, main, pareto_front, plot, spread_table, table, versus_table
+from report import (ReportConfig, load_records, main, pareto_front, plot, point_label, spread_table, table,
+                    versus_table)
 
 
 def rec(method, c, decode, accuracy, mean_len, ci95=None, split="test"):
@@ -117,6 +118,11 @@ def test_versus_table_pairs_each_baseline_with_the_nearest_speed():
     nil = [rec("colar", 5, "greedy", 0.0, 12.0), rec("distill", 0, "greedy", 0.0004, 6.0)]
     assert body(versus_table(nil))[0][6] == "+0.0 (greedy)"
     assert versus_table([rec("coconut", 0, "greedy", 0.4, 6.0)]) == ""  # no CoLaR rows: no comparison
+
+
+def test_plot_labels_speeds_but_not_baselines():
+    assert [point_label(m, c) for m, c in (("colar", 5), ("cot", 1), ("nocot", 0), ("coconut", 0), ("icot", 1))] == [
+        "c=5", "c=1", "c=0", "", ""]
 
 
 def test_baselines_have_no_speed():
