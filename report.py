@@ -170,8 +170,8 @@ def plot(records, path, split="test", decode="sampled", reference=None, referenc
         ax.scatter([p[0] for p in mine], [p[1] for p in mine], color=f"C{i % 10}", marker="os^Dv<>PX*"[i % 10],
                    label=LABELS.get(method, method), zorder=3)
         for x, y, _, c in mine:
-            if point_label(method, c):
-                ax.annotate(point_label(method, c), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            if label := point_label(method, c):
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     if reference is not None:
         ref = rows(reference, split)
         theirs = [ref[m, c][decode] for _, _, m, c in points if decode in ref.get((m, c), {})]
