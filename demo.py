@@ -45,8 +45,11 @@ class DemoConfig:
     ablations: bool = False           # also train and evaluate the ablations and the unseen-speed model
     baselines: bool = False           # also train and evaluate the latent baselines (baselines.py), from the CoT model
     baseline_steps: int = 3000        # training steps of each baseline
-    tokenizer: str = "char"           # char, number or gpt2 (train_sft.py --tokenizer)
+    tokenizer: str = "char"           # char, number, place or gpt2 (train_sft.py --tokenizer)
     batch_size: int = 64              # sequences per training step (SFT)
+    n_layer: int = 4                  # model size of CoT and No-CoT (trained from scratch; the rest start from CoT)
+    n_head: int = 4                   # attention heads (they divide n_embd)
+    n_embd: int = 128                 # model width
     max_steps: int = 1200             # training steps of the CoT and No-CoT models (the learning-rate schedule's)
     stop_at: int = 0                  # CoT and No-CoT stop at this step of that schedule (0: run it to the end)
     colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
@@ -162,8 +165,10 @@ def check_inputs(cfg):
     data source and the folders."""
     parse_seeds(cfg.seeds)
     check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty", "stop_at"),
-                positive=("batch_size", "max_steps", "colar_steps", "rl_steps", "max_latents", "colar_lr",
-                          "baseline_steps"))
+                positive=("batch_size", "n_layer", "n_head", "n_embd", "max_steps", "colar_steps", "rl_steps",
+                          "max_latents", "colar_lr", "baseline_steps"))
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n_embd ({cfg.n_embd}) must be a multiple of --n_head ({cfg.n_head})")
     if cfg.rl_length_penalty > 1:
         raise UserError(f"--rl_length_penalty must be at most 1, got {cfg.rl_length_penalty}")
     pick_device(cfg.device)
@@ -235,7 +240,9 @@ def main(cfg):
                 max_latents=cfg.max_latents, device=cfg.device, seed=cfg.train_seed)
     colar = {**base, "mode": "colar", "out_dir": out("colar"), "init_from": out("cot"), "max_steps": cfg.colar_steps,
              "lr": cfg.colar_lr, "eval_n": 200, "eval_every": max(1, cfg.colar_steps // 6)}
-    scratch = {**base, "stop_at": cfg.stop_at} if cfg.stop_at else base  # the models trained from scratch
+    scratch = {**base, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd}  # trained from scratch
+    if cfg.stop_at:
+        scratch["stop_at"] = cfg.stop_at
     stages = [("cot", "train_sft.py", {**scratch, "mode": "cot", "out_dir": out("cot")}),
               ("nocot", "train_sft.py", {**scratch, "mode": "nocot", "out_dir": out("nocot")}),
               ("colar", "train_sft.py", colar),

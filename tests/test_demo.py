@@ -125,7 +125,7 @@ def test_a_run_stopped_at_stop_at_is_finished_until_asked_to_go_further(monkeypa
                    ["train_sft.py", "--out_dir=o", "--max_steps=8", "--resume=true"]]  # the first: finished, skipped
 
 
-def test_stop_at_reaches_the_models_trained_from_scratch_only(tmp_path, monkeypatch):
+def test_stop_at_and_the_model_size_reach_the_models_trained_from_scratch_only(tmp_path, monkeypatch):
     data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=2, n_test=2)
     trained = {}
     monkeypatch.setattr(demo, "train_stage", lambda name, script, run_flags: trained.update({name: run_flags}))
@@ -133,9 +133,13 @@ def test_stop_at_reaches_the_models_trained_from_scratch_only(tmp_path, monkeypa
     monkeypatch.setattr(demo, "run", lambda args: None)  # the report: its table is written below instead
     (tmp_path / "out" / "results").mkdir(parents=True)
     (tmp_path / "out" / "results" / "demo.md").write_text("| table |\n")
-    demo.main(demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), max_steps=8, stop_at=4, device="cpu"))
+    demo.main(demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), max_steps=8, stop_at=4, device="cpu",
+                              n_layer=2, n_head=2, n_embd=32))
     assert {name: flags.get("stop_at") for name, flags in trained.items()} == {
         "cot": 4, "nocot": 4, "colar": None, "colar_rl": None}
+    shape = lambda flags: tuple(flags.get(k) for k in ("n_layer", "n_head", "n_embd"))  # noqa: E731
+    assert {name: shape(flags) for name, flags in trained.items()} == {  # CoLaR and RL take CoT's shape
+        "cot": (2, 2, 32), "nocot": (2, 2, 32), "colar": (None,) * 3, "colar_rl": (None,) * 3}
 
 
 def test_records_of_another_checkpoint_with_the_same_name_are_not_taken(tiny_runs, tmp_path, monkeypatch):
