@@ -48,7 +48,8 @@ so a resumed run draws what the straight one would have. Each process computes i
 averages the gradients of the processes' minibatches, so one optimizer step sees about --minibatch rollouts (a
 process that runs out of rollouts early contributes a zero loss). Process 0 validates, prints and writes the
 checkpoints. The starting model is validated and saved as step 0 (ckpt_000000.pt), so `best` only ever moves to a
-checkpoint that validates at least as well as it, and the last line says when none did.
+checkpoint that validates at least as well as it (sampled accuracy; a tie goes to the better greedy accuracy,
+then to the later checkpoint), and the last line says when none did.
 """
 import math
 import os
@@ -225,11 +226,12 @@ def rollout(model, head, tok, examples, cfg, step, rank):
 
 def validate(model, head, tok, val, cfg, step):
     """Sampled (as evaluate.py samples: top-p 0.9, a fixed seed) and greedy accuracy and mean #L at c; returns the
-    sampled accuracy and the figures as a line of text."""
+    two accuracies and the figures as a line of text."""
     caps = dict(head=head, max_latents=cfg.max_latents, max_new_tokens=cfg.max_latents + 1 + cfg.max_answer_tokens)
     acc, n_lat, _ = score(model, tok, val, cfg.c, 1.0, 0.9, cfg.seed, latent_temperature=1.0, stop="sampled", **caps)
     gacc, gn, _ = score(model, tok, val, cfg.c, **caps)
-    return acc, f"eval step {step}: val sampled {100 * acc:.1f}% #L {n_lat:.2f} | greedy {100 * gacc:.1f}% #L {gn:.2f}"
+    line = f"eval step {step}: val sampled {100 * acc:.1f}% #L {n_lat:.2f} | greedy {100 * gacc:.1f}% #L {gn:.2f}"
+    return acc, gacc, line
 
 
 def main(cfg):
@@ -245,9 +247,10 @@ def main(cfg):
     optimizer = make_optimizer([model, head], cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(train), cfg.questions, cfg.seed)  # the same questions in every process
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)  # minibatch order (rollouts: rollout_seed)
-    step, best_val = 0, -1.0
+    step, best_val, best_greedy = 0, -1.0, -1.0
     if ckpt:
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
+        best_greedy = ckpt.get("best_greedy", -1.0)
     else:
         print0(f"initialised from {base['path']}")
     for g in optimizer.param_groups:
@@ -261,21 +264,24 @@ def main(cfg):
 
     def checkpoint(step):
         """Validate and save the step's checkpoint in process 0 (the others wait at the barrier); `best` when it does
-        at least as well as every earlier one, the starting model included."""
-        nonlocal best_val
+        at least as well as every earlier one, the starting model included: by sampled accuracy, ties by greedy
+        accuracy (a tie on a few hundred sampled answers is common), then to the later checkpoint."""
+        nonlocal best_val, best_greedy
         gen_states = generator_states(gen)  # every process's, for an exact resume
         if rank == 0:
             if not finite_model(model, head, probe):  # an update can blow the weights up with a finite loss
                 raise UserError(f"training diverged at step {step}: its updates left weights or outputs that are not "
                                 f"finite, not saved; lower --lr or raise --sigma_min; {kept_checkpoint(cfg.out_dir)}")
-            acc, line = validate(model, head, tok, val, cfg, step)
-            is_best = acc >= best_val  # ties go to the later checkpoint
-            best_val = max(best_val, acc)
+            acc, greedy, line = validate(model, head, tok, val, cfg, step)
+            is_best = (acc, greedy) >= (best_val, best_greedy)
+            if is_best:
+                best_val, best_greedy = acc, greedy
             path = save_checkpoint(cfg.out_dir, step, {
                 "script": "train_rl", "model": model.state_dict(), "model_config": asdict(model_cfg),
                 "latent_head": head.state_dict(), "latent_config": latent_config, "config": base["config"],
                 "rl_config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
-                "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
+                "best_greedy": best_greedy, "val_acc": acc, **training_state(optimizer, sampler, gen_states)},
+                cfg.keep_last, is_best)
             print(f"{line} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
         barrier()
 

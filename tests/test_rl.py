@@ -295,6 +295,19 @@ def test_train_rl_end_to_end_and_exact_resume(tiny_runs, tmp_path, capsys, monke
     assert recs[0]["method"] == "colar_rl"
 
 
+def test_train_rl_best_by_sampled_accuracy_then_greedy_then_later_across_a_resume(tiny_runs, tmp_path, monkeypatch):
+    """`best` moves to a checkpoint that validates better sampled, or as well sampled and at least as well greedy; the
+    greedy figure it must match survives a resume."""
+    scripted = {0: (0.5, 0.8), 2: (0.5, 0.6), 4: (0.5, 0.7), 6: (0.6, 0.1)}  # step: (sampled, greedy)
+    monkeypatch.setattr(train_rl, "validate", lambda model, head, tok, val, cfg, step: (*scripted[step], f"eval {step}"))
+    cfg = rl_cfg(tiny_runs, tmp_path / "best", max_steps=6, eval_every=2)
+    bests = []
+    for stop_at, resume in ((2, False), (4, True), (0, True)):
+        train_rl.main(replace(cfg, stop_at=stop_at, resume=resume))
+        bests.append(read_pointer(cfg.out_dir, "best"))
+    assert bests == ["ckpt_000000.pt", "ckpt_000000.pt", "ckpt_000006.pt"]
+
+
 def test_train_rl_nan_stops_and_keeps_the_checkpoint(tiny_runs, tmp_path, monkeypatch):
     cfg = rl_cfg(tiny_runs, tmp_path / "nan", max_steps=6, stop_at=2)
     train_rl.main(cfg)
