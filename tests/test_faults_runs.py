@@ -126,7 +126,7 @@ def rl(colar_run, tiny_data, out, **kw):
                                             ({0: 0.5, 2: 0.75, 4: 0.25}, "ckpt_000002.pt")])
 def test_rl_best_is_never_worse_than_the_starting_model(accuracy, best, colar_run, tiny_data, tmp_path, monkeypatch,
                                                         capsys):
-    monkeypatch.setattr(train_rl, "validate", lambda m, h, t, v, cfg, step: (accuracy[step], f"eval step {step}"))
+    monkeypatch.setattr(train_rl, "validate", lambda m, h, t, v, cfg, step: (accuracy[step], 0.0, f"eval {step}"))
     out = str(tmp_path / "rl")
     rl(colar_run, tiny_data, out)
     assert read_pointer(out, "best") == best
