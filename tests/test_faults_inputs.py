@@ -229,8 +229,8 @@ def test_report_output_that_is_a_folder(tmp_path, capsys):
 @pytest.mark.parametrize("case", ["seeds", "malformed results", "gsm8k source", "mult test file", "model shape"])
 def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
     """Bad --seeds, a malformed --results file, a missing --gsm8k_source or --mult_test_file, a width that the heads
-    do not divide are refused before the data stage, at once. (The "seeds" case runs the real command line, in a new process; the others run it in this
-    process.)"""
+    do not divide are refused before the data stage, at once. (The "seeds" case runs the real command line, in a new
+    process; the others run it in this process.)"""
     results = tmp_path / "results" / "demo.json"
     args = ["--data_dir", tmp_path / "data", "--out_dir", tmp_path / "out", "--results", results, "--device", "cpu",
             "--max_steps", 2, "--colar_steps", 2, "--rl_steps", 1, "--rl_eval_n", 2, "--n_test", 2]

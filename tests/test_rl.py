@@ -299,7 +299,7 @@ def test_train_rl_best_by_sampled_accuracy_then_greedy_then_later_across_a_resum
     """`best` moves to a checkpoint that validates better sampled, or as well sampled and at least as well greedy; the
     greedy figure it must match survives a resume."""
     scripted = {0: (0.5, 0.8), 2: (0.5, 0.6), 4: (0.5, 0.7), 6: (0.6, 0.1)}  # step: (sampled, greedy)
-    monkeypatch.setattr(train_rl, "validate", lambda model, head, tok, val, cfg, step: (*scripted[step], f"eval {step}"))
+    monkeypatch.setattr(train_rl, "validate", lambda m, h, t, v, cfg, step: (*scripted[step], f"eval {step}"))
     cfg = rl_cfg(tiny_runs, tmp_path / "best", max_steps=6, eval_every=2)
     bests = []
     for stop_at, resume in ((2, False), (4, True), (0, True)):
