@@ -18,6 +18,9 @@ sum / sqrt(n), as in SFT), then <|eot|>, and answers greedily (checked teacher-f
 generated latent is at least as near (cosine) to its own example's true chunk k as to the true chunk k of any other
 probed example (an identical chunk of another example ties, and counts as a hit); "written" the same for the latent
 the head predicts from the true chain before it (teacher-forced: one step of writing, no earlier error carried).
+Digit by digit, a written latent is also compared with its true chunk with one digit swapped for each other digit of
+the same place: a digit is written when the true chunk is strictly the nearest, so a latent that leaves a digit out
+scores about 1 in 10 on it; the positions where a digit falls below 90% are printed, a figure per token.
 
     python latents.py --ckpt out/mult4/colar --data_dir data/mult4 --probe 200
 
@@ -102,6 +105,43 @@ def nearest_rates(latents_of, z, zmask):
     return rates
 
 
+def digit_family(tok, i):
+    """The ids a digit token can be swapped for with its place kept: the ten digits of its place (the "place"
+    tokenizer) or the ten digit characters ("char"); [] for any other token or tokenizer."""
+    if tok.kind not in ("char", "place"):
+        return []
+    if tok.kind == "place" and i >= tok.place0:
+        first = i - (i - tok.place0) % 10
+        return list(range(first, first + 10))
+    digits = [tok.encode(str(d))[0] for d in range(10)]  # single digits: their characters' ids
+    return digits if i in digits else []
+
+
+def digit_rates(latents_of, chains, embeddings, tok, c):
+    """Per latent position k, per token slot j of chunk k: the fraction of examples whose k-th latent is nearer
+    (cosine) to its own true chunk k than to every chunk made from it by swapping digit j for another digit of its
+    place, the other tokens kept: whether that digit is written at all (a latent that leaves it out scores about
+    1 in 10). None where no example has a digit in that slot. chains: per example its chain's token ids."""
+    rates = []
+    for k in range(-(-max(len(ids) for ids in chains) // c)):
+        hits, seen = [0] * c, [0] * c
+        for lat, ids in zip(latents_of, chains):
+            chunk = ids[k * c:(k + 1) * c]
+            if len(lat) <= k or not chunk:
+                continue
+            base = embeddings[chunk].sum(0)
+            for j, t in enumerate(chunk):
+                family = digit_family(tok, t)
+                if family:
+                    swapped = base + embeddings[family] - embeddings[t]  # (10, C): the chunk with digit j swapped
+                    sims = F.normalize(swapped, dim=-1) @ F.normalize(lat[k].to(swapped), dim=-1)
+                    own = family.index(t)  # a hit: the own digit strictly nearest (a tie says nothing)
+                    hits[j] += bool(sims[own] > torch.cat([sims[:own], sims[own + 1:]]).max())
+                    seen[j] += 1
+        rates.append([hits[j] / seen[j] if seen[j] else None for j in range(c)])
+    return rates
+
+
 def answered_right(logits, b):
     """Per row, whether every answer token and the closing <|eos|> after <|eot|> is the argmax."""
     after = torch.arange(b.idx.size(1), device=logits.device)[None] > b.eot_at[:, None]  # the answer and <|eos|>
@@ -123,14 +163,17 @@ def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
     [rate per latent position], "latents": mean generated, "chunks": mean true}."""
     logits, h, b, z, zmask = true_chain_logits(model, tok, examples, c, pool)
     read = answered_right(logits, b)
-    written = nearest_rates(written_latents(head, h, b), z, zmask)
+    writes = written_latents(head, h, b)
+    written = nearest_rates(writes, z, zmask)
+    chains = [tok.encode(chain_text(steps)) for _, steps, _ in examples]
+    digits = digit_rates(writes, chains, model.wte.weight.detach(), tok, c)
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
                                keep_latents=True)
     generated = [answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples)]
     nearest = nearest_rates([r["latents"] for r in results], z, zmask)
     n = max(1, len(examples))
     return {"read": sum(read) / n, "generated": sum(generated) / n, "nearest": nearest, "written": written,
-            "latents": sum(r["length"] for r in results) / n, "chunks": zmask.sum().item() / n}
+            "digits": digits, "latents": sum(r["length"] for r in results) / n, "chunks": zmask.sum().item() / n}
 
 
 def token_label(tok, i):
@@ -225,6 +268,14 @@ def rates_text(rates):
     return f"{100 * fmean(rates or [0]):.0f}%, by position: " + " ".join(f"{100 * x:.0f}" for x in rates)
 
 
+def digits_text(rates, below=0.9):
+    """The positions where a digit written from the true chain falls below `below`, as '9: 100/12 | 27: 100/9'
+    (one figure per token of the chunk, '-' for a token that is no digit)."""
+    shown = [f"{k}: " + "/".join("-" if x is None else f"{100 * x:.0f}" for x in r)
+             for k, r in enumerate(rates) if any(x is not None and x < below for x in r)]
+    return " | ".join(shown) or f"none (every digit at {100 * below:.0f}% or more)"
+
+
 def main_probe(cfg, speeds):
     examples = read_split(os.path.join(cfg.data_dir, f"{cfg.split}.txt"))[:cfg.probe]
     if not examples:
@@ -240,7 +291,8 @@ def main_probe(cfg, speeds):
         print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
               f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "
               f"{rates_text(r['nearest'])}\n  written from the true chain, nearest its own chunk "
-              f"{rates_text(r['written'])}\n  the first example's chunks: "
+              f"{rates_text(r['written'])}\n  positions with a digit written below 90% (per digit): "
+              f"{digits_text(r['digits'])}\n  the first example's chunks: "
               + " | ".join(t.replace(" ", "_") for t in chunk_texts(tok, examples[0][1], c)))
     return out
 

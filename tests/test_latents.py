@@ -184,3 +184,31 @@ def test_chunk_texts_one_per_latent():
     assert latents.chunk_texts(tok, ["12", "34=46"], 2) == ["<<1", "2>>", " <<", "34", "=4", "6>>"]
     assert latents.chunk_texts(tok, ["12", "34=46"], 5) == ["<<12>> ", "<<34=4", "6>>"]
     assert latents.chunk_texts(tok, ["12"], 1) == ["<<", "1", "2", ">>"]
+
+
+def test_digit_family_keeps_the_place():
+    from tokenizer import Tokenizer
+    place, char = Tokenizer("place"), Tokenizer("char")
+    ids = place.encode("305=12")
+    assert latents.digit_family(place, ids[1]) == [place.encode(f"3{d}")[1] for d in range(10)]  # place 1
+    assert latents.digit_family(place, ids[0]) == [place.encode(str(d))[0] for d in range(10)]  # place 0
+    assert latents.digit_family(place, ids[3]) == [] and latents.digit_family(char, char.encode("=")[0]) == []
+    assert char.decode(latents.digit_family(char, char.encode("7")[0])) == "0123456789"
+    assert latents.digit_family(Tokenizer("number"), Tokenizer("number").encode("12")[0]) == []
+
+
+def test_digit_rates_by_hand():
+    """One-hot embeddings, so every cosine is worked by hand: a latent equal to its chunk writes every digit; one
+    with a digit swapped writes the other digit of the chunk only; one that leaves a digit out ties every swap of
+    it, which is no hit."""
+    from tokenizer import Tokenizer
+    tok = Tokenizer("place")
+    E = torch.eye(tok.n_vocab)
+    chain = tok.encode("<<305=12>>")  # chunks at c = 2: <<3 | 05 | =1 | 2>>
+    true = [E[chain[k:k + 2]].sum(0) for k in range(0, 8, 2)]
+    five_as_seven = tok.encode("307")[2]
+    wrong = [true[0], E[chain[2]] + E[five_as_seven], true[2], E[chain[7]]]  # 05 written 07; 2>> written >>
+    rates = latents.digit_rates([true, wrong], [chain, chain], E, tok, 2)
+    assert rates == [[None, 1.0], [1.0, 0.5], [None, 1.0], [0.5, None]]
+    assert latents.digit_rates([wrong[:2]], [chain], E, tok, 2) == [[None, 1.0], [1.0, 0.0], [None, None],
+                                                                    [None, None]]  # no latent past the second
