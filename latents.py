@@ -20,7 +20,9 @@ probed example (an identical chunk of another example ties, and counts as a hit)
 the head predicts from the true chain before it (teacher-forced: one step of writing, no earlier error carried).
 Digit by digit, a written latent is also compared with its true chunk with one digit swapped for each other digit of
 the same place: a digit is written when the true chunk is strictly the nearest, so a latent that leaves a digit out
-scores about 1 in 10 on it; the positions where a digit falls below 90% are printed, a figure per token.
+scores about 1 in 10 on it; the positions where a digit falls below 90% are printed, a figure per token, beside the
+same measure for the LM head's chunk label at that position (low too: the model does not compute the digit; high:
+the latent head does not write what the model holds).
 
     python latents.py --ckpt out/mult4/colar --data_dir data/mult4 --probe 200
 
@@ -117,6 +119,24 @@ def digit_family(tok, i):
     return digits if i in digits else []
 
 
+def label_rates(logits_of, chains, tok, c):
+    """Like digit_rates, for the LM head where latent k is written (trained, with chunk labels, to name a random
+    token of chunk k): per position k and slot j, how often its logits rank the true digit first among the digits
+    of its place. Low where digit_rates is low: the model's hidden state lacks the digit; high: the latent head
+    fails to write what the model holds. logits_of: per example, (K, V) logits at its latents' positions."""
+    rates = []
+    for k in range(-(-max(len(ids) for ids in chains) // c)):
+        hits, seen = [0] * c, [0] * c
+        for logits, ids in zip(logits_of, chains):
+            for j, t in enumerate(ids[k * c:(k + 1) * c] if len(logits) > k else []):
+                family = digit_family(tok, t)
+                if family:
+                    hits[j] += logits[k, family].argmax().item() == family.index(t)
+                    seen[j] += 1
+        rates.append([hits[j] / seen[j] if seen[j] else None for j in range(c)])
+    return rates
+
+
 def digit_rates(latents_of, chains, embeddings, tok, c):
     """Per latent position k, per token slot j of chunk k: the fraction of examples whose k-th latent is nearer
     (cosine) to its own true chunk k than to every chunk made from it by swapping digit j for another digit of its
@@ -160,20 +180,23 @@ def read_true_chain(model, tok, examples, c, pool="sqrt"):
 @torch.no_grad()
 def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
     """Reading against writing at speed c (see the top of the file): {"read", "generated", "nearest" and "written":
-    [rate per latent position], "latents": mean generated, "chunks": mean true}."""
+    [rate per latent position], "digits" and "labels": [[rate per token slot] per position], "latents": mean
+    generated, "chunks": mean true}."""
     logits, h, b, z, zmask = true_chain_logits(model, tok, examples, c, pool)
     read = answered_right(logits, b)
     writes = written_latents(head, h, b)
     written = nearest_rates(writes, z, zmask)
     chains = [tok.encode(chain_text(steps)) for _, steps, _ in examples]
     digits = digit_rates(writes, chains, model.wte.weight.detach(), tok, c)
+    labels = label_rates([logits[i][b.latent_out[i]] for i in range(len(examples))], chains, tok, c)
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
                                keep_latents=True)
     generated = [answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples)]
     nearest = nearest_rates([r["latents"] for r in results], z, zmask)
     n = max(1, len(examples))
     return {"read": sum(read) / n, "generated": sum(generated) / n, "nearest": nearest, "written": written,
-            "digits": digits, "latents": sum(r["length"] for r in results) / n, "chunks": zmask.sum().item() / n}
+            "digits": digits, "labels": labels, "latents": sum(r["length"] for r in results) / n,
+            "chunks": zmask.sum().item() / n}
 
 
 def token_label(tok, i):
@@ -268,12 +291,15 @@ def rates_text(rates):
     return f"{100 * fmean(rates or [0]):.0f}%, by position: " + " ".join(f"{100 * x:.0f}" for x in rates)
 
 
-def digits_text(rates, below=0.9):
-    """The positions where a digit written from the true chain falls below `below`, as '9: 100/12 | 27: 100/9'
-    (one figure per token of the chunk, '-' for a token that is no digit)."""
-    shown = [f"{k}: " + "/".join("-" if x is None else f"{100 * x:.0f}" for x in r)
-             for k, r in enumerate(rates) if any(x is not None and x < below for x in r)]
-    return " | ".join(shown) or f"none (every digit at {100 * below:.0f}% or more)"
+def digits_text(digits, labels, below=0.9):
+    """The positions where a digit written from the true chain falls below `below`, one figure per token of the
+    chunk ('-': no digit), then the LM head's chunk label at the same positions: '9: 100/12 | ...; ... 9: 100/14'."""
+    low = [k for k, r in enumerate(digits) if any(x is not None and x < below for x in r)]
+    if not low:
+        return f"none (every digit at {100 * below:.0f}% or more)"
+    def show(rates):
+        return " | ".join(f"{k}: " + "/".join("-" if x is None else f"{100 * x:.0f}" for x in rates[k]) for k in low)
+    return f"{show(digits)}; the LM head's chunk label there: {show(labels)}"
 
 
 def main_probe(cfg, speeds):
@@ -292,7 +318,7 @@ def main_probe(cfg, speeds):
               f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "
               f"{rates_text(r['nearest'])}\n  written from the true chain, nearest its own chunk "
               f"{rates_text(r['written'])}\n  positions with a digit written below 90% (per digit): "
-              f"{digits_text(r['digits'])}\n  the first example's chunks: "
+              f"{digits_text(r['digits'], r['labels'])}\n  the first example's chunks: "
               + " | ".join(t.replace(" ", "_") for t in chunk_texts(tok, examples[0][1], c)))
     return out
 

@@ -149,7 +149,8 @@ def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
 
     def fake(latents_of):
         def answer_questions(model, tok, questions, c, **kw):
-            return [{"answer": "", "length": len(latents_of(i)), "latents": latents_of(i)} for i in range(len(questions))]
+            return [{"answer": "", "length": len(latents_of(i)), "latents": latents_of(i)}
+                    for i in range(len(questions))]
         return answer_questions
     K = min(len(r) for r in per_row)
 
@@ -212,3 +213,23 @@ def test_digit_rates_by_hand():
     assert rates == [[None, 1.0], [1.0, 0.5], [None, 1.0], [0.5, None]]
     assert latents.digit_rates([wrong[:2]], [chain], E, tok, 2) == [[None, 1.0], [1.0, 0.0], [None, None],
                                                                     [None, None]]  # no latent past the second
+
+
+def test_label_rates_by_hand():
+    from tokenizer import Tokenizer
+    tok = Tokenizer("place")
+    chain = tok.encode("<<305=12>>")  # chunks at c = 2: <<3 | 05 | =1 | 2>>
+    right = torch.zeros(4, tok.n_vocab)
+    for k in range(4):
+        right[k, chain[2 * k:2 * k + 2]] = 1.0  # each true token of the chunk ranked first among its place
+    wrong = right.clone()
+    wrong[1, tok.encode("307")[2]] = 2.0  # chunk 05: the 7 at place 2 outranks the 5
+    wrong[3, tok.encode("<<1")[0]] = 5.0  # no digit: the delimiter's logit does not count
+    rates = latents.label_rates([right, wrong], [chain, chain], tok, 2)
+    assert rates == [[None, 1.0], [1.0, 0.5], [None, 1.0], [1.0, None]]
+
+
+def test_probe_prints_where_a_digit_is_left_out():
+    assert latents.digits_text([[None, 1.0], [0.95, 0.9]], [[None, 0.0], [0.0, 0.0]]).startswith("none")
+    text = latents.digits_text([[None, 1.0], [1.0, 0.12], [0.5, None]], [[None, 1.0], [1.0, 0.14], [0.25, None]])
+    assert text == "1: 100/12 | 2: 50/-; the LM head's chunk label there: 1: 100/14 | 2: 25/-"
