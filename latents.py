@@ -119,19 +119,20 @@ def digit_family(tok, i):
     return digits if i in digits else []
 
 
-def label_rates(logits_of, chains, tok, c):
-    """Like digit_rates, for the LM head where latent k is written (trained, with chunk labels, to name a random
-    token of chunk k): per position k and slot j, how often its logits rank the true digit first among the digits
-    of its place. Low where digit_rates is low: the model's hidden state lacks the digit; high: the latent head
-    fails to write what the model holds. logits_of: per example, (K, V) logits at its latents' positions."""
+def per_digit(tok, chains, c, reach, scores):
+    """Per chunk position k, per token slot j: the fraction of examples (those that reach position k: reach[i] > k)
+    in which the slot's true digit scores strictly highest among the ten digits of its place (a tie is no hit);
+    scores(i, k, chunk, j, family) gives their (10,) scores. None where no example has a digit in that slot."""
     rates = []
     for k in range(-(-max(len(ids) for ids in chains) // c)):
         hits, seen = [0] * c, [0] * c
-        for logits, ids in zip(logits_of, chains):
-            for j, t in enumerate(ids[k * c:(k + 1) * c] if len(logits) > k else []):
+        for i, ids in enumerate(chains):
+            chunk = ids[k * c:(k + 1) * c]
+            for j, t in enumerate(chunk if reach[i] > k else []):
                 family = digit_family(tok, t)
                 if family:
-                    hits[j] += logits[k, family].argmax().item() == family.index(t)
+                    x, own = scores(i, k, chunk, j, family), family.index(t)
+                    hits[j] += bool(x[own] > torch.cat([x[:own], x[own + 1:]]).max())
                     seen[j] += 1
         rates.append([hits[j] / seen[j] if seen[j] else None for j in range(c)])
     return rates
@@ -141,25 +142,21 @@ def digit_rates(latents_of, chains, embeddings, tok, c):
     """Per latent position k, per token slot j of chunk k: the fraction of examples whose k-th latent is nearer
     (cosine) to its own true chunk k than to every chunk made from it by swapping digit j for another digit of its
     place, the other tokens kept: whether that digit is written at all (a latent that leaves it out scores about
-    1 in 10). None where no example has a digit in that slot. chains: per example its chain's token ids."""
-    rates = []
-    for k in range(-(-max(len(ids) for ids in chains) // c)):
-        hits, seen = [0] * c, [0] * c
-        for lat, ids in zip(latents_of, chains):
-            chunk = ids[k * c:(k + 1) * c]
-            if len(lat) <= k or not chunk:
-                continue
-            base = embeddings[chunk].sum(0)
-            for j, t in enumerate(chunk):
-                family = digit_family(tok, t)
-                if family:
-                    swapped = base + embeddings[family] - embeddings[t]  # (10, C): the chunk with digit j swapped
-                    sims = F.normalize(swapped, dim=-1) @ F.normalize(lat[k].to(swapped), dim=-1)
-                    own = family.index(t)  # a hit: the own digit strictly nearest (a tie says nothing)
-                    hits[j] += bool(sims[own] > torch.cat([sims[:own], sims[own + 1:]]).max())
-                    seen[j] += 1
-        rates.append([hits[j] / seen[j] if seen[j] else None for j in range(c)])
-    return rates
+    1 in 10). chains: per example its chain's token ids."""
+    def scores(i, k, chunk, j, family):
+        swapped = embeddings[chunk].sum(0) + embeddings[family] - embeddings[chunk[j]]  # (10, C): digit j swapped
+        return F.normalize(swapped, dim=-1) @ F.normalize(latents_of[i][k].to(swapped), dim=-1)
+    return per_digit(tok, chains, c, [len(lat) for lat in latents_of], scores)
+
+
+def label_rates(logits_of, chains, tok, c):
+    """The same for the LM head where latent k is written (trained, with chunk labels, to name a random token of
+    chunk k): how often its logits rank the true digit strictly first among the digits of its place. Low where
+    digit_rates is low: the model's hidden state lacks the digit; high: the latent head fails to write what the
+    model holds. logits_of: per example, (K, V) logits at its latents' positions."""
+    def scores(i, k, chunk, j, family):
+        return logits_of[i][k, family]
+    return per_digit(tok, chains, c, [len(x) for x in logits_of], scores)
 
 
 def answered_right(logits, b):
