@@ -290,13 +290,14 @@ def rates_text(rates):
 
 def digits_text(digits, labels, below=0.9):
     """The positions where a digit written from the true chain falls below `below`, one figure per token of the
-    chunk ('-': no digit), then the LM head's chunk label at the same positions: '9: 100/12 | ...; ... 9: 100/14'."""
+    chunk ('-': no digit), then the LM head's chunk label at the same positions unless labels is None (a model
+    trained without chunk labels): '9: 100/12 | ...; the LM head's chunk label there: 9: 100/14 | ...'."""
     low = [k for k, r in enumerate(digits) if any(x is not None and x < below for x in r)]
     if not low:
         return f"none (every digit at {100 * below:.0f}% or more)"
     def show(rates):
         return " | ".join(f"{k}: " + "/".join("-" if x is None else f"{100 * x:.0f}" for x in rates[k]) for k in low)
-    return f"{show(digits)}; the LM head's chunk label there: {show(labels)}"
+    return show(digits) + ("" if labels is None else f"; the LM head's chunk label there: {show(labels)}")
 
 
 def main_probe(cfg, speeds):
@@ -306,7 +307,7 @@ def main_probe(cfg, speeds):
     model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
     if head is None:
         raise UserError(f"{ckpt['path']} has no latent head: --probe needs a CoLaR checkpoint (mode colar)")
-    pool = ckpt["config"].get("pool", "sqrt")
+    pool, labelled = ckpt["config"].get("pool", "sqrt"), ckpt["config"].get("chunk_labels", True)
     out = {}
     print(f"{ckpt['path']}, {len(examples)} examples of {cfg.data_dir}/{cfg.split}.txt, greedy")
     for c in speeds or trained_speeds(ckpt["config"]):
@@ -315,7 +316,7 @@ def main_probe(cfg, speeds):
               f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "
               f"{rates_text(r['nearest'])}\n  written from the true chain, nearest its own chunk "
               f"{rates_text(r['written'])}\n  positions with a digit written below 90% (per digit): "
-              f"{digits_text(r['digits'], r['labels'])}\n  the first example's chunks: "
+              f"{digits_text(r['digits'], r['labels'] if labelled else None)}\n  the first example's chunks: "
               + " | ".join(t.replace(" ", "_") for t in chunk_texts(tok, examples[0][1], c)))
     return out
 

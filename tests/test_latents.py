@@ -233,3 +233,4 @@ def test_probe_prints_where_a_digit_is_left_out():
     assert latents.digits_text([[None, 1.0], [0.95, 0.9]], [[None, 0.0], [0.0, 0.0]]).startswith("none")
     text = latents.digits_text([[None, 1.0], [1.0, 0.12], [0.5, None]], [[None, 1.0], [1.0, 0.14], [0.25, None]])
     assert text == "1: 100/12 | 2: 50/-; the LM head's chunk label there: 1: 100/14 | 2: 25/-"
+    assert latents.digits_text([[None, 1.0], [1.0, 0.12]], None) == "1: 100/12"  # trained without chunk labels
