@@ -183,7 +183,7 @@ def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
     read = answered_right(logits, b)
     writes = written_latents(head, h, b)
     written = nearest_rates(writes, z, zmask)
-    chains = [tok.encode(chain_text(steps)) for _, steps, _ in examples]
+    chains = [b.chain[i][b.chain_mask[i]].tolist() for i in range(len(examples))]  # the ids the chunks were made of
     digits = digit_rates(writes, chains, model.wte.weight.detach(), tok, c)
     labels = label_rates([logits[i][b.latent_out[i]] for i in range(len(examples))], chains, tok, c)
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
