@@ -16,9 +16,10 @@ where it stopped when run again with the same flags.
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --baselines true     # then the latent baselines: Coconut, pause as thought, iCoT, Distill (CODI)
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
-    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 64 minutes
-    python demo.py --task mult5         # the same at 5x5: 101 minutes
+    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: ~60 minutes
+    python demo.py --task mult5 --mult_format product   # 5x5, the chain number by number: 101 minutes
 """
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
 from common import UserError, check_flags, parse_config, pick_device, print_config, read_records, run_cli
 from data.format import check_split, read_split
+from data.multiplication import FORMATS, MultConfig, default_out
 from tokenizer import KINDS
 
 
@@ -37,6 +39,7 @@ class DemoConfig:
     data_dir: str = "data/synth"      # where the task's train/val/test files are written
     gsm8k_source: str = ""            # gsm8k: data.gsm8k's --source (empty: $COLAR_DATA, else downloaded)
     mult_test_file: str = ""          # mult4/5: iCoT's test_bigbench.txt (empty: in $COLAR_DATA, else downloaded)
+    mult_format: str = MultConfig.format  # mult4/5: the chain's steps (data/multiplication.py --format)
     steps_min: int = 6                # synth: fewest operations per question (data/synthetic.py)
     steps_max: int = 8                # synth: most operations per question
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
@@ -78,15 +81,22 @@ GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8
              batch_size=32, max_steps=400, colar_steps=800, rl_steps=60, rl_eval_n=200)
 
 # --task mult4 / mult5: iCoT's multiplication (data/multiplication.py), digits least-significant first, a chain of
-# the partial products and running sums that ends with the product, "place" tokens (a digit's token tells its place)
-# (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 97.8% on validation; a 2,000-step schedule ends at 1%).
-# RL at c = 1, the one speed SFT leaves room at: at c >= 2 SFT answers 0%, so every rollout group is all-wrong and
-# GRPO has no signal; a step rolls out 16 x 8 chains of 61 latents (200 steps: 8 minutes on 2 cores)
-MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, rl_c=1, rl_steps=200,
+# the partial products and running sums written place by place (--mult_format interleaved), "place" tokens (a digit's
+# token tells its place) (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 99.8% on validation; with the
+# "product" chain 97.8%, and a 2,000-step schedule ends at 1%).
+# RL at c = 2, where SFT leaves the most room and still answers some questions (1-2% on validation, so a few rollout
+# groups in each step hold a right answer; at c >= 3 SFT answers 0%, every group is all-wrong and GRPO has no signal)
+MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, rl_c=2, rl_steps=200,
             rl_eval_n=200)
-TASKS = {"gsm8k": GSM8K,
-         **{f"mult{n}": dict(MULT, data_dir=f"data/mult{n}", out_dir=f"out/mult{n}", reference=f"results/mult{n}.json")
-            for n in (4, 5)}}
+TASKS = {"gsm8k": GSM8K, **{f"mult{n}": MULT for n in (4, 5)}}
+
+
+def mult_folders(task, fmt):
+    """A multiplication task's data, run and reference names: data/mult4, out/mult4, results/mult4.json for the
+    default format, each with _{format} after it for another (data/multiplication.py's --out)."""
+    name = os.path.basename(default_out(int(task[4:]), fmt))
+    return dict(data_dir=f"data/{name}", out_dir=f"out/{name}", reference=f"results/{name}.json")
+
 
 # the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
 # generalisation test of its Figure 5: train on c in {1, 3, 5}, evaluate at every c (2 and 4 never seen)
@@ -180,6 +190,13 @@ def check_inputs(cfg):
     if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):  # no data stage then: every split must be there
         for split in ("train", "val", "test"):
             check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
+        meta = os.path.join(cfg.data_dir, "meta.json")
+        if cfg.task.startswith("mult") and os.path.isfile(meta):
+            with open(meta) as f:
+                fmt = json.load(f).get("config", {}).get("format")
+            if fmt != cfg.mult_format:
+                raise UserError(f"--data_dir {cfg.data_dir} holds the {fmt} chain, not --mult_format "
+                                f"{cfg.mult_format}; give another --data_dir (or --mult_format {fmt})")
     elif cfg.task == "gsm8k" and cfg.gsm8k_source and not os.path.isdir(cfg.gsm8k_source):
         raise UserError(f"--gsm8k_source {cfg.gsm8k_source} is not a folder (it should hold gsm8k/ and gsm8k_aug/)")
     elif cfg.task.startswith("mult") and cfg.mult_test_file and not os.path.isfile(cfg.mult_test_file):
@@ -190,7 +207,7 @@ def resolve(cfg):
     """The config the demo runs: --task gsm8k's values, or --quick's (into out_dir/quick, a --results *_quick.json),
     each where the command line left a field at its default; the records go to out_dir/results/ (demo.json,
     demo_quick.json, gsm8k_demo.json, mult4.json: the reference's name) unless --results names a file."""
-    check_flags(cfg, dict(task=("synth",) + tuple(TASKS)))
+    check_flags(cfg, dict(task=("synth",) + tuple(TASKS), mult_format=FORMATS))
     if cfg.quick and cfg.task != "synth":
         raise UserError(f"--quick is a version of the synthetic task's demo; --task {cfg.task} has no quick version")
     if not 1 <= cfg.rl_c <= 5:
@@ -198,12 +215,16 @@ def resolve(cfg):
     given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}  # on the command line
     unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
     if cfg.task in TASKS:  # a preset sets only what the command line left at its default
-        cfg = replace(cfg, **unset(TASKS[cfg.task]))
+        folders = mult_folders(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else {}
+        cfg = replace(cfg, **unset({**TASKS[cfg.task], **folders}))
     if cfg.quick:
         cfg = replace(cfg, **unset(QUICK), out_dir=os.path.join(cfg.out_dir, "quick"),
                       results=cfg.results and os.path.splitext(cfg.results)[0] + "_quick.json")
     if not cfg.results:
-        name = {"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task, cfg.task) + ".json"
+        name = {"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task, cfg.task)
+        if cfg.task.startswith("mult"):
+            name = os.path.basename(default_out(int(cfg.task[4:]), cfg.mult_format))
+        name += ".json"
         cfg = replace(cfg, results=os.path.join(cfg.out_dir, "results", name))
     return cfg
 
@@ -230,7 +251,8 @@ def main(cfg):
     elif cfg.task.startswith("mult"):
         print(f"== data: iCoT's {cfg.task[4:]}x{cfg.task[4:]} multiplication")
         test_file = [f"--test_file={cfg.mult_test_file}"] if cfg.mult_test_file else []
-        run(["-m", "data.multiplication", f"--digits={cfg.task[4:]}", f"--out={cfg.data_dir}"] + test_file)
+        run(["-m", "data.multiplication", f"--digits={cfg.task[4:]}", f"--format={cfg.mult_format}",
+             f"--out={cfg.data_dir}"] + test_file)
     else:
         print("== data: generating the synthetic task")
         run(["-m", "data.synthetic", f"--out={cfg.data_dir}", f"--steps_min={cfg.steps_min}",

@@ -17,6 +17,12 @@ character, one token with the char tokenizer) and makes each partial product a s
     icot     <<55561>> <<006490=551111>> <<0059070=5560280>> <<00006490>>              iCoT's chain
     product  <<55561>> <<006490=551111>> <<0059070=5560280>> <<00006490=55608201>>     ... ending with the product
     sums     <<55561>> <<551111>> <<5560280>> <<55608201>>                              the running sums only
+    interleaved  <<55561>> <<050561419101>> <<05055690027800>> <<0505060068429001>>    place by place
+
+--format interleaved writes, place by place, a partial product's digit and the running sum's digit at that place
+(partial product 006490 and sum 551111 give 05 05 61 41 91 01): each pair of tokens advances the sum by one place,
+so every latent of a compressed chain moves on by the same number of places, and with "place" tokens (a digit's
+token tells its position in the run) sum pooling keeps which digit is which.
 
 The question is `5632*7434`; the answer keeps iCoT's spaced digits, `5 5 6 0 8 2 0 1`, so that it is compared as a
 string, digit for digit (as a number, a reversed `0012` would equal `012`).
@@ -26,7 +32,7 @@ $COLAR_DATA/mult_NxN/test_bigbench.txt, or downloaded once from iCoT's repositor
 --seed by the same rule, never with an operand pair of the test file (nor one of each other).
 
     python -m data.multiplication --digits 4                      # data/mult4: train 200,000, val 1,000, test 1,000
-    python -m data.multiplication --digits 5 --format sums --out data/mult5_sums
+    python -m data.multiplication --digits 5 --format product     # data/mult5_product
 """
 import json
 import os
@@ -39,7 +45,7 @@ from common import UserError, check_flags, parse_config, run_cli  # noqa: E402
 from data.format import DataError, format_line, write_split  # noqa: E402
 from data.gsm8k import fetch  # noqa: E402
 
-FORMATS = ("icot", "product", "sums")
+FORMATS = ("icot", "product", "sums", "interleaved")
 TEST_URL = ("https://raw.githubusercontent.com/da03/Internalize_CoT_Step_by_Step/main/data/{n}_by_{n}_mult/"
             "test_bigbench.txt")
 
@@ -84,13 +90,15 @@ def parse_icot_line(line, where="<line>"):
     return a, b, n
 
 
-def example(a, b, n, fmt="product"):
+def example(a, b, n, fmt="interleaved"):
     """(question, steps, answer) in this project's line format, with --format's steps (see the top of the file)."""
     steps = []
     for k, (p, total) in enumerate(partial_products(a, b, n)):
         w = n + 1 + k
         if fmt == "sums":
             steps.append(digits(total, w if k < n - 1 else 2 * n))
+        elif fmt == "interleaved" and k > 0:  # the last partial product has 2n digits, as the product
+            steps.append("".join(x + y for x, y in zip(digits(p, w), digits(total, w))))
         elif k == 0 or (fmt == "icot" and k == n - 1):
             steps.append(digits(p, w))
         else:
@@ -111,11 +119,16 @@ def draw_pairs(rng, n, count, taken):
     return out
 
 
+def default_out(n, fmt):
+    """Where --out defaults to: data/mult{n} for the default format, data/mult{n}_{format} for another."""
+    return f"data/mult{n}" + ("" if fmt == MultConfig.format else f"_{fmt}")
+
+
 @dataclass
 class MultConfig:
     digits: int = 4             # N: N-digit times N-digit (iCoT's test files exist for 4, 5, 7, 9, 11)
-    format: str = "product"     # the chain's steps: icot, product or sums (see the top of data/multiplication.py)
-    out: str = ""               # output folder ("": data/mult{N}, with _{format} unless the format is product)
+    format: str = "interleaved" # the chain's steps: icot, product, sums or interleaved (see the top of the file)
+    out: str = ""               # output folder ("": data/mult{N}, with _{format} unless the format is interleaved)
     test_file: str = ""         # iCoT's test_bigbench.txt ("": $COLAR_DATA/mult_NxN/, else downloaded into out/raw)
     seed: int = 1234            # train and val follow from it
     n_train: int = 200000       # training problems
@@ -125,7 +138,7 @@ class MultConfig:
 def main(cfg):
     check_flags(cfg, dict(format=FORMATS), positive=("digits", "n_val"), nonnegative=("n_train",))
     n = cfg.digits
-    out = cfg.out or f"data/mult{n}" + ("" if cfg.format == "product" else f"_{cfg.format}")
+    out = cfg.out or default_out(n, cfg.format)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder")
     rel = f"mult_{n}x{n}/test_bigbench.txt"

@@ -108,7 +108,12 @@ def test_demo_presets():
     m = demo.resolve(demo.DemoConfig(task="mult5"))
     assert (m.data_dir, m.tokenizer, m.out_dir, m.results, m.reference, m.max_steps, m.stop_at) == (
         "data/mult5", "place", "out/mult5", "out/mult5/results/mult5.json", "results/mult5.json", 8000, 4000)
-    for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True), dict(task="mult4", quick=True)):
+    m = demo.resolve(demo.DemoConfig(task="mult4", mult_format="product"))  # another chain: its own folders
+    assert (m.data_dir, m.out_dir, m.results, m.reference) == (
+        "data/mult4_product", "out/mult4_product", "out/mult4_product/results/mult4_product.json",
+        "results/mult4_product.json")
+    for bad in (dict(task="mnist"), dict(rl_c=6), dict(task="gsm8k", quick=True), dict(task="mult4", quick=True),
+                dict(task="mult4", mult_format="words")):
         with pytest.raises(UserError):
             demo.resolve(demo.DemoConfig(**bad))
 

@@ -254,6 +254,19 @@ def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
     assert "$ python" not in stdout and seconds < 30
 
 
+def test_demo_refuses_multiplication_data_of_another_chain(tmp_path, capsys):
+    """A data folder written with another --format is not trained on under this one's name."""
+    data = tmp_path / "mult4"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        write(str(data / f"{split}.txt"), "5632*7434||<<55561>> <<006490=551111>> #### 5 5 6 0 8 2 0 1\n")
+    write(str(data / "meta.json"), json.dumps({"config": {"digits": 4, "format": "product"}}))
+    line, stdout, _ = refused(capsys, "demo.py", "--task", "mult4", "--data_dir", data, "--out_dir", tmp_path / "out",
+                              "--device", "cpu")
+    assert f"--data_dir {data} holds the product chain, not --mult_format interleaved" in line
+    assert not os.path.exists(tmp_path / "out") and "$ python" not in stdout
+
+
 def test_evaluate_checks_out_before_evaluating(tiny_runs, tmp_path):
     """A malformed --out file is found before the evaluation, not after it, when its records would be lost. (The
     evaluation commands' case run as a real command line, in a new process.)"""

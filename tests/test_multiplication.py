@@ -54,6 +54,9 @@ def test_formats_hand_worked():
     assert steps == ["55561", "006490=551111", "0059070=5560280", "00006490=55608201"]
     assert example(2365, 4347, 4, "icot")[1] == ["55561", "006490=551111", "0059070=5560280", "00006490"]
     assert example(2365, 4347, 4, "sums")[1] == ["55561", "551111", "5560280", "55608201"]
+    # 006490 / 551111 -> 05 05 61 41 91 01; 0059070 / 5560280 -> 05 05 56 90 02 78 00; 00006490 / 55608201 -> ...
+    assert example(2365, 4347, 4, "interleaved")[1] == ["55561", "050561419101", "05055690027800",
+                                                        "0505060068429001"]
     assert format_line(q, steps, answer) == ("5632*7434||<<55561>> <<006490=551111>> <<0059070=5560280>> "
                                              "<<00006490=55608201>> #### 5 5 6 0 8 2 0 1")
 
@@ -90,7 +93,7 @@ def test_main_writes_the_splits(tmp_path):
     assert not set(operands["train"]) & set(test_pairs) and not set(operands["val"]) & set(test_pairs)
     assert not set(operands["train"]) & set(operands["val"]) and len(set(operands["train"])) == 300
     for (a, b), ex in zip(operands["train"], splits["train"]):
-        assert ex == example(a, b, 3, "product") and a * b == int(ex[2].replace(" ", "")[::-1])
+        assert ex == example(a, b, 3, "interleaved") and a * b == int(ex[2].replace(" ", "")[::-1])
     main(MultConfig(**{**vars(cfg), "out": str(tmp_path / "b")}))  # the same seed: the same files
     for s in ("train", "val", "test"):
         assert (tmp_path / "a" / f"{s}.txt").read_text() == (tmp_path / "b" / f"{s}.txt").read_text()
@@ -104,7 +107,7 @@ def test_main_errors(tmp_path, monkeypatch):
     bad.write_text(icot_line(123, 456, 3) + "\n" + icot_line(123, 456, 3).replace("####", "#### 1") + "\n")
     with pytest.raises(DataError, match=r"bad.txt:2: not the line iCoT's rule gives for 123 x 456"):
         main(MultConfig(digits=3, test_file=str(bad), out=str(tmp_path / "o")))
-    with pytest.raises(UserError, match="--format must be one of icot, product, sums"):
+    with pytest.raises(UserError, match="--format must be one of icot, product, sums, interleaved"):
         main(MultConfig(format="chain", test_file=good))
     with pytest.raises(UserError, match="is not a file"):
         main(MultConfig(digits=3, test_file=str(tmp_path)))
