@@ -16,7 +16,7 @@ where it stopped when run again with the same flags.
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --baselines true     # then the latent baselines: Coconut, pause as thought, iCoT, Distill (CODI)
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
-    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: ~60 minutes
+    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 57 minutes
     python demo.py --task mult5 --mult_format product   # 5x5, the chain number by number: 101 minutes
 """
 import json
@@ -91,11 +91,10 @@ MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, m
 TASKS = {"gsm8k": GSM8K, **{f"mult{n}": MULT for n in (4, 5)}}
 
 
-def mult_folders(task, fmt):
-    """A multiplication task's data, run and reference names: data/mult4, out/mult4, results/mult4.json for the
-    default format, each with _{format} after it for another (data/multiplication.py's --out)."""
-    name = os.path.basename(default_out(int(task[4:]), fmt))
-    return dict(data_dir=f"data/{name}", out_dir=f"out/{name}", reference=f"results/{name}.json")
+def mult_name(task, fmt):
+    """A multiplication task's name for its folders and records: mult4 for the default chain, mult4_{format} for
+    another (data/multiplication.py's --out)."""
+    return os.path.basename(default_out(int(task[4:]), fmt))
 
 
 # the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
@@ -215,17 +214,16 @@ def resolve(cfg):
     given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}  # on the command line
     unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
     if cfg.task in TASKS:  # a preset sets only what the command line left at its default
-        folders = mult_folders(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else {}
+        name = mult_name(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else ""
+        folders = dict(data_dir=f"data/{name}", out_dir=f"out/{name}", reference=f"results/{name}.json") if name else {}
         cfg = replace(cfg, **unset({**TASKS[cfg.task], **folders}))
     if cfg.quick:
         cfg = replace(cfg, **unset(QUICK), out_dir=os.path.join(cfg.out_dir, "quick"),
                       results=cfg.results and os.path.splitext(cfg.results)[0] + "_quick.json")
     if not cfg.results:
-        name = {"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task, cfg.task)
-        if cfg.task.startswith("mult"):
-            name = os.path.basename(default_out(int(cfg.task[4:]), cfg.mult_format))
-        name += ".json"
-        cfg = replace(cfg, results=os.path.join(cfg.out_dir, "results", name))
+        name = ({"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task)
+                or mult_name(cfg.task, cfg.mult_format))
+        cfg = replace(cfg, results=os.path.join(cfg.out_dir, "results", name + ".json"))
     return cfg
 
 
