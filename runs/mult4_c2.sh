@@ -11,7 +11,8 @@
 #   C_VALUES=1,2,3,4,5 STEPS=6000 bash runs/mult4_c2.sh     # every speed at once, as the demo trains
 #
 # Logged result (EXPERIMENTS.md, 2026-11-30, seed 1337): CoT 99.7% on the public test file; CoLaR trained at c = 2
-# only answers 72.1% greedy (71.6 +- 0.3% sampled), every digit of its latents written at 90% or more. With the
+# only answers 72.1% greedy (71.6 +- 0.3% sampled), every digit of its latents written at 90% or more; resumed to
+# 14,000 steps (its train_sft.py command with --max_steps 14000 --resume true, 25 more minutes) 95.6%. With the
 # product chain, c = 2 only answered 0-3% of validation over 11,000 steps (5.0% of test after 19,000), two digits of
 # each chain left at chance.
 # iCoT's test file is read from $COLAR_DATA/mult_4x4/test_bigbench.txt when set, else downloaded once.
