@@ -213,16 +213,15 @@ def resolve(cfg):
         raise UserError(f"--rl_c must be one of the trained speeds 1..5, got {cfg.rl_c}")
     given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}  # on the command line
     unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
+    name = mult_name(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else ""  # its folders and records
     if cfg.task in TASKS:  # a preset sets only what the command line left at its default
-        name = mult_name(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else ""
         folders = dict(data_dir=f"data/{name}", out_dir=f"out/{name}", reference=f"results/{name}.json") if name else {}
         cfg = replace(cfg, **unset({**TASKS[cfg.task], **folders}))
     if cfg.quick:
         cfg = replace(cfg, **unset(QUICK), out_dir=os.path.join(cfg.out_dir, "quick"),
                       results=cfg.results and os.path.splitext(cfg.results)[0] + "_quick.json")
     if not cfg.results:
-        name = ({"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task)
-                or mult_name(cfg.task, cfg.mult_format))
+        name = {"synth": "demo_quick" if cfg.quick else "demo", "gsm8k": "gsm8k_demo"}.get(cfg.task, name)
         cfg = replace(cfg, results=os.path.join(cfg.out_dir, "results", name + ".json"))
     return cfg
 
