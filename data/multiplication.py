@@ -18,11 +18,19 @@ character, one token with the char tokenizer) and makes each partial product a s
     product  <<55561>> <<006490=551111>> <<0059070=5560280>> <<00006490=55608201>>     ... ending with the product
     sums     <<55561>> <<551111>> <<5560280>> <<55608201>>                              the running sums only
     interleaved  <<55561>> <<050561419101>> <<05055690027800>> <<0505060068429001>>    place by place
+    columns  <<5000>> <<50005>> <<56505>> <<64906>> <<19060>> <<00748>> <<00092>> <<00000>> <<00001>>
 
 --format interleaved writes, place by place, a partial product's digit and the running sum's digit at that place
 (partial product 006490 and sum 551111 give 05 05 61 41 91 01): each pair of tokens advances the sum by one place,
 so every latent of a compressed chain moves on by the same number of places, and with "place" tokens (a digit's
 token tells its position in the run) sum pooling keeps which digit is which.
+
+--format columns writes long multiplication column by column: step g holds digit g of each shifted partial product
+(the N numbers above, read down the columns) and then digit g - 1 of the product, which the column before decides (5 +
+6 + 5 + 0 plus the carry 0 at place 2 gives the 6 that ends step 3). No digit depends on another of its own step or of
+the next: each depends only on digits at least N + 3 tokens earlier (a partial product's digit on its own digit one
+column back, the product's on the column before), so a chunk of up to N + 3 tokens never holds a digit and one it
+needs, whatever the speed, and with "place" tokens each of its digits is a different token.
 
 The question is `5632*7434`; the answer keeps iCoT's spaced digits, `5 5 6 0 8 2 0 1`, so that it is compared as a
 string, digit for digit (as a number, a reversed `0012` would equal `012`).
@@ -45,7 +53,7 @@ from common import UserError, check_flags, parse_config, run_cli  # noqa: E402
 from data.format import DataError, format_line, write_split  # noqa: E402
 from data.gsm8k import fetch  # noqa: E402
 
-FORMATS = ("icot", "product", "sums", "interleaved")
+FORMATS = ("icot", "product", "sums", "interleaved", "columns")
 TEST_URL = ("https://raw.githubusercontent.com/da03/Internalize_CoT_Step_by_Step/main/data/{n}_by_{n}_mult/"
             "test_bigbench.txt")
 
@@ -92,6 +100,10 @@ def parse_icot_line(line, where="<line>"):
 
 def example(a, b, n, fmt="interleaved"):
     """(question, steps, answer) in this project's line format, with --format's steps (see the top of the file)."""
+    question, answer = f"{digits(a, n)}*{digits(b, n)}", " ".join(digits(a * b, 2 * n))
+    if fmt == "columns":  # column g: digit g of every shifted partial product, then digit g - 1 of the product
+        ps, prod = [digits(p, 2 * n + 1) for p, _ in partial_products(a, b, n)], digits(a * b, 2 * n)
+        return question, ["".join(p[g] for p in ps) + (prod[g - 1] if g else "") for g in range(2 * n + 1)], answer
     steps = []
     for k, (p, total) in enumerate(partial_products(a, b, n)):
         w = n + 1 + k
@@ -103,7 +115,7 @@ def example(a, b, n, fmt="interleaved"):
             steps.append(digits(p, w))
         else:
             steps.append(f"{digits(p, w)}={digits(total, w if k < n - 1 else 2 * n)}")
-    return f"{digits(a, n)}*{digits(b, n)}", steps, " ".join(digits(a * b, 2 * n))
+    return question, steps, answer
 
 
 def draw_pairs(rng, n, count, taken):
@@ -127,7 +139,7 @@ def default_out(n, fmt):
 @dataclass
 class MultConfig:
     digits: int = 4             # N: N-digit times N-digit (iCoT's test files exist for 4, 5, 7, 9, 11)
-    format: str = "interleaved" # the chain's steps: icot, product, sums or interleaved (see the top of the file)
+    format: str = "interleaved" # the chain's steps: icot, product, sums, interleaved or columns (see the top)
     out: str = ""               # output folder ("": data/mult{N}, with _{format} unless the format is interleaved)
     test_file: str = ""         # iCoT's test_bigbench.txt ("": $COLAR_DATA/mult_NxN/, else downloaded into out/raw)
     seed: int = 1234            # train and val follow from it

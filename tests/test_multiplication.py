@@ -59,6 +59,22 @@ def test_formats_hand_worked():
                                                         "0505060068429001"]
     assert format_line(q, steps, answer) == ("5632*7434||<<55561>> <<006490=551111>> <<0059070=5560280>> "
                                              "<<00006490=55608201>> #### 5 5 6 0 8 2 0 1")
+    # columns: place g of 55561, 006490, 0059070, 00006490, then the product's digit at place g - 1 (column sums
+    # 5, 5, 16, 19 + 1, 16 + 2, ... give 5 5 6 0 8 ...)
+    assert example(2365, 4347, 4, "columns")[1] == ["5000", "50005", "56505", "64906", "19060", "00748", "00092",
+                                                    "00000", "00001"]
+
+
+def test_columns_hold_the_partial_products_and_the_product():
+    rng = random.Random(0)
+    for n in (3, 4, 5):
+        for _ in range(50):
+            a, b = rng.randrange(10 ** (n - 1), 10 ** n), rng.randrange(10 ** (n - 1), 10 ** n)
+            steps = example(a, b, n, "columns")[1]
+            assert len(steps) == 2 * n + 1 and len(steps[0]) == n and all(len(s) == n + 1 for s in steps[1:])
+            for k in range(n):  # stream k, read down the columns, is a x (digit k of b) x 10^k
+                assert int("".join(s[k] for s in steps)[::-1]) == a * (b // 10 ** k % 10) * 10 ** k
+            assert int("".join(s[n] for s in steps[1:])[::-1]) == a * b
 
 
 def test_answers_compare_digit_for_digit():
@@ -107,7 +123,7 @@ def test_main_errors(tmp_path, monkeypatch):
     bad.write_text(icot_line(123, 456, 3) + "\n" + icot_line(123, 456, 3).replace("####", "#### 1") + "\n")
     with pytest.raises(DataError, match=r"bad.txt:2: not the line iCoT's rule gives for 123 x 456"):
         main(MultConfig(digits=3, test_file=str(bad), out=str(tmp_path / "o")))
-    with pytest.raises(UserError, match="--format must be one of icot, product, sums, interleaved"):
+    with pytest.raises(UserError, match="--format must be one of icot, product, sums, interleaved, columns"):
         main(MultConfig(format="chain", test_file=good))
     with pytest.raises(UserError, match="is not a file"):
         main(MultConfig(digits=3, test_file=str(tmp_path)))
