@@ -100,9 +100,10 @@ def parse_icot_line(line, where="<line>"):
 
 def example(a, b, n, fmt="interleaved"):
     """(question, steps, answer) in this project's line format, with --format's steps (see the top of the file)."""
-    question, answer = f"{digits(a, n)}*{digits(b, n)}", " ".join(digits(a * b, 2 * n))
+    prod = digits(a * b, 2 * n)
+    question, answer = f"{digits(a, n)}*{digits(b, n)}", " ".join(prod)
     if fmt == "columns":  # column g: digit g of every shifted partial product, then digit g - 1 of the product
-        ps, prod = [digits(p, 2 * n + 1) for p, _ in partial_products(a, b, n)], digits(a * b, 2 * n)
+        ps = [digits(p, 2 * n + 1) for p, _ in partial_products(a, b, n)]
         return question, ["".join(p[g] for p in ps) + (prod[g - 1] if g else "") for g in range(2 * n + 1)], answer
     steps = []
     for k, (p, total) in enumerate(partial_products(a, b, n)):
