@@ -2,19 +2,20 @@
 # Compressed latents on iCoT's 4x4 multiplication at c = 2, and where they fail. The recipe: the data (iCoT's rule,
 # its public test file; the chain written place by place, data/multiplication.py --format), CoT from scratch with
 # place tokens (an 8,000-step schedule stopped at step 4,000), CoLaR SFT from it at the chosen speeds (by default
-# c = 2 only, 8,000 steps), the probe on 200 validation problems (the answer from the true compressed chain and from
-# the model's own latents; per latent, whether it is nearest its own chunk; per digit, whether it is written), and
-# the test accuracy of both models.
+# c = 2 only, 8,000 steps, then resumed in a copy of its folder to 14,000: the cosine schedule stretched over the new
+# length), the probe on 200 validation problems (the answer from the true compressed chain and from the model's own
+# latents; per latent, whether it is nearest its own chunk; per digit, whether it is written), and the test accuracy
+# of the CoT model and of both CoLaR checkpoints.
 #
-#   bash runs/mult4_c2.sh                                   # about 55 minutes on a 2-core CPU
+#   bash runs/mult4_c2.sh                                   # about 80 minutes on a 2-core CPU
+#   SEED=2 bash runs/mult4_c2.sh                            # another training seed (its own folders)
 #   FORMAT=product bash runs/mult4_c2.sh                    # the chain number by number: c = 2 stays near 0%
-#   C_VALUES=1,2,3,4,5 STEPS=6000 bash runs/mult4_c2.sh     # every speed at once, as the demo trains
+#   C_VALUES=1,2,3,4,5 STEPS=6000 LONG=0 bash runs/mult4_c2.sh   # every speed at once, as the demo trains
 #
 # Logged result (EXPERIMENTS.md, 2026-11-30, seed 1337): CoT 99.7% on the public test file; CoLaR trained at c = 2
-# only answers 72.1% greedy (71.6 +- 0.3% sampled), every digit of its latents written at 90% or more; resumed to
-# 14,000 steps (its train_sft.py command with --max_steps 14000 --resume true, 25 more minutes) 95.6%. With the
-# product chain, c = 2 only answered 0-3% of validation over 11,000 steps (5.0% of test after 19,000), two digits of
-# each chain left at chance.
+# only answers 72.1% greedy after 8,000 steps (71.6 +- 0.3% sampled), every digit of its latents written at 90% or
+# more, and 95.6% after 14,000 (95.7 +- 0.3% sampled). With the product chain, c = 2 only answered 0-3% of
+# validation over 11,000 steps (5.0% of test after 19,000), two digits of each chain left at chance.
 # iCoT's test file is read from $COLAR_DATA/mult_4x4/test_bigbench.txt when set, else downloaded once.
 # A finished run folder is skipped; to continue an interrupted one, rerun its command with --resume true.
 set -euo pipefail
@@ -24,8 +25,11 @@ if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/ins
 FORMAT=${FORMAT:-interleaved}
 C_VALUES=${C_VALUES:-2}
 STEPS=${STEPS:-8000}
+LONG=${LONG:-14000}   # then a copy resumed to this many steps (0: none)
+SEED=${SEED:-1337}
 DATA=data/mult4_$FORMAT
 OUT=out/mult4_c2_$FORMAT
+if [ "$SEED" != 1337 ]; then OUT=${OUT}_seed$SEED; fi
 COLAR=$OUT/colar_c${C_VALUES//,/}
 
 train() {  # train OUT_DIR COMMAND...: run COMMAND unless OUT_DIR already holds a run
@@ -38,12 +42,23 @@ train() {  # train OUT_DIR COMMAND...: run COMMAND unless OUT_DIR already holds 
 
 # CoT: a 2,000-step schedule decays the learning rate too early to learn the task; 4,000 steps of 8,000 do
 train $OUT/cot $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
-    --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --out_dir $OUT/cot
+    --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --seed $SEED --out_dir $OUT/cot
 
 # CoLaR SFT from it: the clock task's recipe (latent weight 10, lr 1e-3) at the chosen speeds
-train $COLAR $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES \
-    --max_steps $STEPS --lr 1e-3 --eval_every 1000 --eval_n 200 --max_latents 96 --out_dir $COLAR
+COLAR_ARGS="--data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 --eval_every 1000 \
+    --eval_n 200 --max_latents 96 --seed $SEED"
+train $COLAR $PY train_sft.py $COLAR_ARGS --max_steps $STEPS --out_dir $COLAR
 
 $PY latents.py --ckpt $COLAR --data_dir $DATA --split val --probe 200 --max_latents 96
 $PY evaluate.py --ckpt $OUT/cot --data_dir $DATA --split test --decode greedy --out $OUT/results.json
 $PY evaluate.py --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 --out $OUT/results.json
+
+# longer: a copy of the run folder resumed (each run folder is one run; the first stays as it was)
+if [ "$LONG" -gt 0 ]; then
+    if [ ! -f ${COLAR}_$LONG/latest ] || [ "$(cat ${COLAR}_$LONG/latest)" != "ckpt_$(printf %06d $LONG).pt" ]; then
+        [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
+        $PY train_sft.py $COLAR_ARGS --max_steps $LONG --out_dir ${COLAR}_$LONG --resume true
+    fi
+    $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 --method colar_$LONG \
+        --out $OUT/results.json
+fi
