@@ -11,6 +11,8 @@
 #   SEED=2 bash runs/mult4_c2.sh                            # another training seed (its own folders)
 #   FORMAT=product bash runs/mult4_c2.sh                    # the chain number by number: c = 2 stays near 0%
 #   C_VALUES=1,2,3,4,5 STEPS=6000 LONG=0 bash runs/mult4_c2.sh   # every speed at once, as the demo trains
+#   ABLATION="--pool mean" TAG=mp LONG=0 bash runs/mult4_c2.sh    # an ablation (DL: --deterministic true, NLL:
+#                                           # --latent_loss nll, OC: --chunk_labels false), beside CoLaR's run
 #
 # Logged result (EXPERIMENTS.md, 2026-11-30, seed 1337): CoT 99.7% on the public test file; CoLaR trained at c = 2
 # only answers 72.1% greedy after 8,000 steps (71.6 +- 0.3% sampled), every digit of its latents written at 90% or
@@ -21,16 +23,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/installed; fi  # the venv of `make test`
 FORMAT=${FORMAT:-interleaved}
 C_VALUES=${C_VALUES:-2}
 STEPS=${STEPS:-8000}
 LONG=${LONG:-14000}   # then a copy resumed to this many steps (0: none)
 SEED=${SEED:-1337}
+ABLATION=${ABLATION:-}   # more train_sft.py flags for the CoLaR stage
+TAG=${TAG:-}             # the name that tells such a run's folder from CoLaR's
 DATA=data/mult4_$FORMAT
 OUT=out/mult4_c2_$FORMAT
 if [ "$SEED" != 1337 ]; then OUT=${OUT}_seed$SEED; fi
-COLAR=$OUT/colar_c${C_VALUES//,/}
+COLAR=$OUT/colar_c${C_VALUES//,/}${TAG:+_$TAG}
+if [ -n "$ABLATION" ] && [ -z "$TAG" ]; then echo "error: ABLATION needs a TAG to name its run folder" >&2; exit 1; fi
+if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/installed; fi  # the venv of `make test`
 
 train() {  # train OUT_DIR COMMAND...: run COMMAND unless OUT_DIR already holds a run
   local out=$1; shift
@@ -46,12 +51,13 @@ train $OUT/cot $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --
 
 # CoLaR SFT from it: the clock task's recipe (latent weight 10, lr 1e-3) at the chosen speeds
 COLAR_ARGS="--data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 --eval_every 1000 \
-    --eval_n 200 --max_latents 96 --seed $SEED"
+    --eval_n 200 --max_latents 96 --seed $SEED $ABLATION"
 train $COLAR $PY train_sft.py $COLAR_ARGS --max_steps $STEPS --out_dir $COLAR
 
 $PY latents.py --ckpt $COLAR --data_dir $DATA --split val --probe 200 --max_latents 96
 $PY evaluate.py --ckpt $OUT/cot --data_dir $DATA --split test --decode greedy --out $OUT/results.json
-$PY evaluate.py --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 --out $OUT/results.json
+$PY evaluate.py --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 --method colar${TAG:+_$TAG} \
+    --out $OUT/results.json
 
 # longer: a copy of the run folder resumed (each run folder is one run; the first stays as it was)
 if [ "$LONG" -gt 0 ]; then
@@ -59,6 +65,6 @@ if [ "$LONG" -gt 0 ]; then
         [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
         $PY train_sft.py $COLAR_ARGS --max_steps $LONG --out_dir ${COLAR}_$LONG --resume true
     fi
-    $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 --method colar_$LONG \
+    $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 --method colar${TAG:+_$TAG}_$LONG \
         --out $OUT/results.json
 fi
