@@ -50,9 +50,8 @@ train $OUT/cot $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --
     --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --seed $SEED --out_dir $OUT/cot
 
 # CoLaR SFT from it: the clock task's recipe (latent weight 10, lr 1e-3) at the chosen speeds
-COLAR_ARGS="--data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 --eval_every 1000 \
-    --eval_n 200 --max_latents 96 --seed $SEED $ABLATION"
-train $COLAR $PY train_sft.py $COLAR_ARGS --max_steps $STEPS --out_dir $COLAR
+train $COLAR $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
+    --eval_every 1000 --eval_n 200 --max_latents 96 --seed $SEED $ABLATION --max_steps $STEPS --out_dir $COLAR
 
 $PY latents.py --ckpt $COLAR --data_dir $DATA --split val --probe 200 --max_latents 96
 $PY evaluate.py --ckpt $OUT/cot --data_dir $DATA --split test --decode greedy --out $OUT/results.json
@@ -63,8 +62,10 @@ $PY evaluate.py --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 --m
 if [ "$LONG" -gt 0 ]; then
     if [ ! -f ${COLAR}_$LONG/latest ] || [ "$(cat ${COLAR}_$LONG/latest)" != "ckpt_$(printf %06d $LONG).pt" ]; then
         [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
-        $PY train_sft.py $COLAR_ARGS --max_steps $LONG --out_dir ${COLAR}_$LONG --resume true
+        $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
+            --eval_every 1000 --eval_n 200 --max_latents 96 --seed $SEED $ABLATION --max_steps $LONG \
+            --out_dir ${COLAR}_$LONG --resume true  # the same run's settings but its length
     fi
-    $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 --method colar${TAG:+_$TAG}_$LONG \
-        --out $OUT/results.json
+    $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 \
+        --method colar${TAG:+_$TAG}_$LONG --out $OUT/results.json
 fi
