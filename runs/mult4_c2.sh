@@ -19,7 +19,7 @@
 # more, and 95.6% after 14,000 (95.7 +- 0.3% sampled). With the product chain, c = 2 only answered 0-3% of
 # validation over 11,000 steps (5.0% of test after 19,000), two digits of each chain left at chance.
 # iCoT's test file is read from $COLAR_DATA/mult_4x4/test_bigbench.txt when set, else downloaded once.
-# A finished run folder is skipped; to continue an interrupted one, rerun its command with --resume true.
+# Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -37,21 +37,26 @@ COLAR=$OUT/colar_c${C_VALUES//,/}${TAG:+_$TAG}
 if [ -n "$ABLATION" ] && [ -z "$TAG" ]; then echo "error: ABLATION needs a TAG to name its run folder" >&2; exit 1; fi
 if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/installed; fi  # the venv of `make test`
 
-train() {  # train OUT_DIR COMMAND...: run COMMAND unless OUT_DIR already holds a run
-  local out=$1; shift
-  if [ -f "$out/latest" ]; then echo "== $out exists, skipped"; else "$@"; fi
+train() {  # train OUT_DIR LAST_STEP COMMAND...: skip a run that reached LAST_STEP, resume one that did not
+  local out=$1 last=$2; shift 2
+  if [ "$(cat "$out/latest" 2>/dev/null)" = "ckpt_$(printf %06d "$last").pt" ]; then echo "== $out done, skipped"
+  elif [ -f "$out/latest" ]; then "$@" --resume true
+  else "$@"; fi
+}
+colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
+  train "$1" "$2" $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
+      --eval_every 1000 --eval_n 200 --max_latents 96 --seed $SEED $ABLATION --max_steps "$2" --out_dir "$1"
 }
 
 # 200,000 train and 1,000 val problems from seed 1234, none with an operand pair of the public test file
 [ -f $DATA/train.txt ] || $PY -m data.multiplication --digits 4 --format $FORMAT --out $DATA
 
 # CoT: a 2,000-step schedule decays the learning rate too early to learn the task; 4,000 steps of 8,000 do
-train $OUT/cot $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
+train $OUT/cot 4000 $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
     --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --seed $SEED --out_dir $OUT/cot
 
 # CoLaR SFT from it: the clock task's recipe (latent weight 10, lr 1e-3) at the chosen speeds
-train $COLAR $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
-    --eval_every 1000 --eval_n 200 --max_latents 96 --seed $SEED $ABLATION --max_steps $STEPS --out_dir $COLAR
+colar $COLAR $STEPS
 
 $PY latents.py --ckpt $COLAR --data_dir $DATA --split val --probe 200 --max_latents 96
 $PY evaluate.py --ckpt $OUT/cot --data_dir $DATA --split test --decode greedy --out $OUT/results.json
@@ -60,12 +65,8 @@ $PY evaluate.py --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 --m
 
 # longer: a copy of the run folder resumed (each run folder is one run; the first stays as it was)
 if [ "$LONG" -gt 0 ]; then
-    if [ ! -f ${COLAR}_$LONG/latest ] || [ "$(cat ${COLAR}_$LONG/latest)" != "ckpt_$(printf %06d $LONG).pt" ]; then
-        [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
-        $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
-            --eval_every 1000 --eval_n 200 --max_latents 96 --seed $SEED $ABLATION --max_steps $LONG \
-            --out_dir ${COLAR}_$LONG --resume true  # the same run's settings but its length
-    fi
+    [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
+    colar ${COLAR}_$LONG $LONG
     $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 \
         --method colar${TAG:+_$TAG}_$LONG --out $OUT/results.json
 fi
