@@ -11,6 +11,9 @@ accuracy and mean_len are means over seeds, and ci95 and len_ci95 the half-width
 
     python evaluate.py --ckpt out/cot --split test --decode greedy,sampled --out results/cot.json
     python evaluate.py --ckpt out/colar --c 1,2,3,4,5 --out results/colar.json
+
+--skip_done true leaves out each record --out already holds for the same checkpoint bytes, split, question count and
+seeds (a recipe rerun after an interruption); other settings (--max_latents, temperatures) are not compared.
 """
 import json
 import math
@@ -111,6 +114,7 @@ class EvalConfig:
     text_cot: bool = False         # CoLaR: also decode a text chain of thought (c = 1, LM head), for comparison
     batch_size: int = 256          # questions decoded together
     out: str = ""                  # JSON file to merge the records into (e.g. results/synth.json)
+    skip_done: bool = False        # skip each evaluation --out already holds for these checkpoint bytes, n and seeds
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
@@ -143,8 +147,9 @@ def main(cfg):
     if cfg.n < 0 or cfg.max_latents < 0 or cfg.batch_size <= 0:
         raise UserError(f"need --n >= 0, --max_latents >= 0 and --batch_size > 0, got {cfg.n}, {cfg.max_latents} and "
                         f"{cfg.batch_size}")
-    if cfg.out:
-        read_records(cfg.out, "--out")  # a file the records could not be merged into is refused now, not after the evaluation
+    if cfg.skip_done and not cfg.out:
+        raise UserError("--skip_done true needs --out, the records file to look in")
+    old = read_records(cfg.out, "--out") if cfg.out else []  # a file that could not take the records: refused now
     device = pick_device(cfg.device)
     examples = read_examples(cfg.data_dir, cfg.split, cfg.n) if cfg.data_dir else None  # before the model is read
     model, head, tok, ckpt = load_model(cfg.ckpt, device)
@@ -173,6 +178,14 @@ def main(cfg):
     if head is not None and cfg.text_cot and not thoughts:  # the same model, thinking in text tokens instead of latents
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
     records, sha = [], file_sha256(ckpt["path"])
+    if cfg.skip_done:  # a record of this very checkpoint (its bytes, not its name), split, question count and seeds
+        done = {(r["method"], r["c"], r["decode"]): r for r in old if r.get("checkpoint_sha256") == sha
+                and r["split"] == cfg.split and r["n"] == len(examples)
+                and r["seeds"] == ([] if r["decode"] == "greedy" else seeds)}
+        records = [done[m, c, d] for m, c, d, _ in runs if (m, c, d) in done]
+        for r in records:
+            print(f"already in {cfg.out}, skipped: {format_record(r)}")
+        runs = [run for run in runs if run[:3] not in done]
     bar = tqdm(runs, desc="evaluating", unit="run", disable=not sys.stderr.isatty())
     for method, c, d, with_head in bar:
         bar.set_postfix_str(f"{method} c={c} {d}")
@@ -181,7 +194,7 @@ def main(cfg):
                      latent_temperature=cfg.latent_temperature, thoughts=thoughts)
         tqdm.write(format_record(r))
         records.append({**r, "checkpoint_sha256": sha})
-    if cfg.out:
+    if cfg.out and runs:
         merge_records(cfg.out, records)
         print(f"records merged into {cfg.out}")
     return records

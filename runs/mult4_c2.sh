@@ -21,7 +21,8 @@
 # only answered 0-3% of validation over 11,000 steps (5.0% of test after 19,000), two digits of each chain left at
 # chance.
 # iCoT's test file is read from $COLAR_DATA/mult_4x4/test_bigbench.txt when set, else downloaded once.
-# Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed.
+# Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
+# not repeated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -61,14 +62,14 @@ train $OUT/cot 4000 $PY train_sft.py --data_dir $DATA --mode cot --tokenizer pla
 colar $COLAR $STEPS
 
 $PY latents.py --ckpt $COLAR --data_dir $DATA --split val --probe 200 --max_latents 96
-$PY evaluate.py --ckpt $OUT/cot --data_dir $DATA --split test --out $OUT/results.json
-$PY evaluate.py --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 --method colar${TAG:+_$TAG} \
-    --out $OUT/results.json
+$PY evaluate.py --skip_done true --ckpt $OUT/cot --data_dir $DATA --split test --out $OUT/results.json
+$PY evaluate.py --skip_done true --ckpt $COLAR --data_dir $DATA --split test --max_latents 96 \
+    --method colar${TAG:+_$TAG} --out $OUT/results.json
 
 # longer: a copy of the run folder resumed (each run folder is one run; the first stays as it was)
 if [ "$LONG" -gt 0 ]; then
     [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
     colar ${COLAR}_$LONG $LONG
-    $PY evaluate.py --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 \
+    $PY evaluate.py --skip_done true --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 \
         --method colar${TAG:+_$TAG}_$LONG --out $OUT/results.json
 fi
