@@ -1,7 +1,7 @@
 """
-Answer questions with a trained model: batched decoding with the KV cache (text CoT, No-CoT, or CoLaR latents at a
-prompted speed c), accuracy over a data split, and, from the command line, the chain printed: text, or each latent
-as the tokens it is nearest to.
+Answer questions with a trained model: batched decoding with the KV cache (text CoT, No-CoT, CoLaR latents at a
+prompted speed c, or a baseline's fixed thoughts), accuracy over a data split, and, from the command line, the chain
+printed: text, or each latent as the tokens it is nearest to.
 
     python sample.py --ckpt out/cot --question "3+4*2-5+7*3-1"
     python sample.py --ckpt out/cot --question "3+4*2-5+7*3-1" --decode sampled --seed 1
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines import THOUGHT_MODES, thinker
+from baselines import THOUGHT_MODES, inference_thoughts, thinker
 from colar import prompt
 from checkpoint import load_checkpoint
 from common import UserError, autocast, check_flags, parse_config, pick_device, run_cli, trained_speeds
@@ -298,21 +298,29 @@ def main(cfg):
     if not questions:
         raise UserError("give a --question or a --questions_file")
     model, head, tok, ckpt = load_model(cfg.ckpt, pick_device(cfg.device))
-    mode = ckpt["config"].get("mode")
-    c = cfg.c if cfg.c >= 0 else max(trained_speeds(ckpt["config"]))
+    run = ckpt["config"]
+    mode = run.get("mode")
+    thoughts = inference_thoughts(mode, run.get("stages", 0), run.get("c_thought", 0))
+    if thoughts and cfg.c >= 0:
+        raise UserError(f"--c is for CoT and CoLaR models; this {mode} model always thinks {thoughts} thoughts")
+    c = 0 if thoughts else cfg.c if cfg.c >= 0 else max(trained_speeds(run))
     if mode == "nocot" and c != 0:
         raise UserError(f"--c must be 0 (or left out) for this No-CoT model: it answers without a chain, got {c}")
     if head is None and c not in (0, 1):
         raise UserError(f"--c must be 0 (no chain) or 1 (text chain) for this {mode} model, got {c}")
-    if head is not None and c < 1:
+    if head is not None and c < 1 and not thoughts:
         raise UserError(f"--c must be >= 1 for a CoLaR model, got {c}")
     sampled = cfg.decode == "sampled"
     results = answer_questions(model, tok, questions, c, cfg.temperature if sampled else 0.0, cfg.top_p, cfg.seed,
-                               head=head, latent_temperature=cfg.latent_temperature if sampled else 0.0,
-                               max_latents=cfg.max_latents, stop="sampled" if sampled else "greedy", keep_latents=True)
+                               head=None if thoughts else head,
+                               latent_temperature=cfg.latent_temperature if sampled else 0.0,
+                               max_latents=cfg.max_latents, stop="sampled" if sampled else "greedy", keep_latents=True,
+                               thoughts=thoughts, think=head if thoughts else None)
     for q, r in zip(questions, results):
         print(f"question: {q}")
-        if head is None:
+        if thoughts:
+            print(f"thoughts: {thoughts} ({mode}: hidden states fed back, no chain text)")
+        elif head is None:
             print(f"chain   : {tok.decode(r['chain'])}  ({len(r['chain'])} tokens)")
         else:
             print(f"latents : {r['length']} at speed c={c}" + ("  (hit the cap)" if r["hit_cap"] else "")

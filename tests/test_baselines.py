@@ -4,6 +4,7 @@ same naive loop, one question at a time.
 
 Run: .venv/bin/python -m pytest tests/test_baselines.py
 """
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_gpt
@@ -106,10 +107,13 @@ def test_answer_with_thoughts_matches_a_naive_loop():
 # --- training and evaluation through the CLIs' main functions -----------------------------------------------------
 def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_path):
     import evaluate
+    import sample
     import train_sft
     from checkpoint import load_checkpoint
+    from common import UserError
     from conftest import tiny_train_cfg
     from baselines import PauseThought, Projector
+    from data.format import read_split
     from sample import load_model
     for mode in ("coconut", "pause", "distill"):
         out = str(tmp_path / mode)
@@ -131,6 +135,13 @@ def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_p
                                                     device="cpu"))
         assert [(r["method"], r["c"], r["decode"]) for r in records] == [(mode, 0, "greedy"), (mode, 0, "sampled")]
         assert all(r["mean_len"] == 2 for r in records)  # stages x c_thought thoughts
+        # sample.py answers with the same thoughts (it decoded a text chain, or crashed on the thought module)
+        q = read_split(f"{tiny_runs['data']}/val.txt")[0][0]
+        got = sample.main(sample.SampleConfig(ckpt=out, question=q, device="cpu"))
+        want = answer_with_thoughts(model, tok, [q], 2, head or (lambda h: h), max_answer_tokens=model.cfg.block_size)
+        assert got[0]["length"] == 2 and got[0]["answer"] == want[0]["answer"]
+        with pytest.raises(UserError, match="always thinks 2 thoughts"):
+            sample.main(sample.SampleConfig(ckpt=out, question=q, c=1, device="cpu"))
 
 
 # --- iCoT ----------------------------------------------------------------------------------------------------------
