@@ -13,7 +13,8 @@ accuracy and mean_len are means over seeds, and ci95 and len_ci95 the half-width
     python evaluate.py --ckpt out/colar --c 1,2,3,4,5 --out results/colar.json
 
 --skip_done true leaves out each record --out already holds for the same checkpoint bytes, split, question count and
-seeds (a recipe rerun after an interruption); other settings (--max_latents, temperatures) are not compared.
+seeds (a recipe rerun after an interruption); other settings (--data_dir, --max_latents, --sigma_min, temperatures)
+are not compared.
 """
 import json
 import math
@@ -114,7 +115,7 @@ class EvalConfig:
     text_cot: bool = False         # CoLaR: also decode a text chain of thought (c = 1, LM head), for comparison
     batch_size: int = 256          # questions decoded together
     out: str = ""                  # JSON file to merge the records into (e.g. results/synth.json)
-    skip_done: bool = False        # skip each evaluation --out already holds for these checkpoint bytes, n and seeds
+    skip_done: bool = False        # skip each evaluation --out holds for these checkpoint bytes, split, n and seeds
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
@@ -185,7 +186,7 @@ def main(cfg):
         records = [done[m, c, d] for m, c, d, _ in runs if (m, c, d) in done]
         for r in records:
             print(f"already in {cfg.out}, skipped: {format_record(r)}")
-        runs = [run for run in runs if run[:3] not in done]
+        runs = [r for r in runs if r[:3] not in done]
     bar = tqdm(runs, desc="evaluating", unit="run", disable=not sys.stderr.isatty())
     for method, c, d, with_head in bar:
         bar.set_postfix_str(f"{method} c={c} {d}")

@@ -83,7 +83,7 @@ class TrainConfig:
     deterministic: bool = False    # deterministic latent head (the DL ablation)
     chunk_labels: bool = True      # CE labels drawn from the next chunk (false: the OC ablation)
     self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own detached predictions
-    max_latents: int = 64          # cap on latents at inference (validation)
+    max_latents: int = 64          # cap on latents at inference (validation); also sizes a new model's context
     # baselines (baselines.py)
     c_thought: int = 2             # coconut, pause, distill: thoughts per reasoning step replaced
     stages: int = 3                # curriculum stages; the last replaces every step by stages x c_thought thoughts

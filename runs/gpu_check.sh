@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks on a machine with a CUDA GPU, each under its own time limit so that the whole fits a short slot: the test
+# Checks on a machine with a CUDA GPU, each under its own time limit so that the whole takes minutes: the test
 # suite (its CUDA-only bf16 test runs there), bench.py on cuda, the quick demo (bf16 autocast), and train_sft.py under
 # torchrun with the nccl backend on every GPU. Logs and records go to $OUT; a summary is printed at the end.
 #

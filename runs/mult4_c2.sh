@@ -58,7 +58,7 @@ colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
 train $OUT/cot 4000 $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
     --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --seed $SEED --out_dir $OUT/cot
 
-# CoLaR SFT from it: the clock task's recipe (latent weight 10, lr 1e-3) at the chosen speeds
+# CoLaR SFT from it: the demo's CoLaR recipe (latent weight 10, lr 1e-3) at the chosen speeds
 colar $COLAR $STEPS
 
 $PY latents.py --ckpt $COLAR --data_dir $DATA --split val --probe 200 --max_latents 96
