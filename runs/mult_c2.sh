@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Compressed latents on iCoT's 4x4 multiplication at c = 2, and where they fail. The recipe: the data (iCoT's rule,
-# its public test file; the chain written place by place, data/multiplication.py --format), CoT from scratch with
-# place tokens (an 8,000-step schedule stopped at step 4,000), CoLaR SFT from it at the chosen speeds (by default
-# c = 2 only, 8,000 steps, then resumed in a copy of its folder to 14,000: the cosine schedule stretched over the new
-# length), the probe on 200 validation problems (the answer from the true compressed chain and from the model's own
-# latents; per latent, whether it is nearest its own chunk; per digit, whether it is written), and the test accuracy
-# of the CoT model and of both CoLaR checkpoints.
+# Compressed latents on iCoT's 4x4 (or 5x5) multiplication at c = 2, and where they fail. The recipe: the data
+# (iCoT's rule, its public test file; the chain written place by place, data/multiplication.py --format), CoT from
+# scratch with place tokens (an 8,000-step schedule stopped at step 4,000), CoLaR SFT from it at the chosen speeds
+# (by default c = 2 only, 8,000 steps, then resumed in a copy of its folder to 14,000: the cosine schedule stretched
+# over the new length), the probe on 200 validation problems (the answer from the true compressed chain and from the
+# model's own latents; per latent, whether it is nearest its own chunk; per digit, whether it is written), and the
+# test accuracy of the CoT model and of both CoLaR checkpoints.
 #
-#   bash runs/mult4_c2.sh                                   # 80-125 minutes on a 2-core CPU
-#   SEED=2 bash runs/mult4_c2.sh                            # another training seed (its own folders)
-#   FORMAT=product bash runs/mult4_c2.sh                    # the chain number by number: c = 2 stays near 0%
-#   C_VALUES=1,2,3,4,5 STEPS=6000 LONG=0 bash runs/mult4_c2.sh   # every speed at once, as the demo trains
-#   ABLATION="--pool mean" TAG=mp LONG=0 bash runs/mult4_c2.sh    # an ablation (DL: --deterministic true, NLL:
+#   bash runs/mult_c2.sh                                   # 80-125 minutes on a 2-core CPU
+#   SEED=2 bash runs/mult_c2.sh                            # another training seed (its own folders)
+#   DIGITS=5 bash runs/mult_c2.sh                          # 5x5, the same recipe
+#   FORMAT=product bash runs/mult_c2.sh                    # the chain number by number: c = 2 stays near 0%
+#   C_VALUES=1,2,3,4,5 STEPS=6000 LONG=0 bash runs/mult_c2.sh   # every speed at once, as the demo trains
+#   ABLATION="--pool mean" TAG=mp LONG=0 bash runs/mult_c2.sh    # an ablation (DL: --deterministic true, NLL:
 #                                           # --latent_loss nll, OC: --chunk_labels false), beside CoLaR's run
 #
 # Logged result (EXPERIMENTS.md, 2026-11-30, seed 1337): CoT 99.7% on the public test file; CoLaR trained at c = 2
@@ -20,12 +21,13 @@
 # (95.8-99.7) and CoLaR c = 2 95.4% (92.6-98.0): 0.95-1.02 of CoT's accuracy in each. With the product chain, c = 2
 # only answered 0-3% of validation over 11,000 steps (5.0% of test after 19,000), two digits of each chain left at
 # chance.
-# iCoT's test file is read from $COLAR_DATA/mult_4x4/test_bigbench.txt when set, else downloaded once.
+# iCoT's test file is read from $COLAR_DATA/mult_NxN/test_bigbench.txt when set, else downloaded once.
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
 # not repeated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+DIGITS=${DIGITS:-4}
 FORMAT=${FORMAT:-interleaved}
 C_VALUES=${C_VALUES:-2}
 STEPS=${STEPS:-8000}
@@ -33,8 +35,8 @@ LONG=${LONG:-14000}   # then a copy resumed to this many steps (0: none)
 SEED=${SEED:-1337}
 ABLATION=${ABLATION:-}   # more train_sft.py flags for the CoLaR stage
 TAG=${TAG:-}             # the name that tells such a run's folder from CoLaR's
-DATA=data/mult4_$FORMAT
-OUT=out/mult4_c2_$FORMAT
+DATA=data/mult${DIGITS}_$FORMAT
+OUT=out/mult${DIGITS}_c2_$FORMAT
 if [ "$SEED" != 1337 ]; then OUT=${OUT}_seed$SEED; fi
 COLAR=$OUT/colar_c${C_VALUES//,/}${TAG:+_$TAG}
 if [ -n "$ABLATION" ] && [ -z "$TAG" ]; then echo "error: ABLATION needs a TAG to name its run folder" >&2; exit 1; fi
@@ -52,7 +54,7 @@ colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
 }
 
 # 200,000 train and 1,000 val problems from seed 1234, none with an operand pair of the public test file
-[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits 4 --format $FORMAT --out $DATA
+[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits $DIGITS --format $FORMAT --out $DATA
 
 # CoT: a 2,000-step schedule decays the learning rate too early to learn the task; 4,000 steps of 8,000 do
 train $OUT/cot 4000 $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
