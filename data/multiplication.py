@@ -23,7 +23,10 @@ character, one token with the char tokenizer) and makes each partial product a s
 --format interleaved writes, place by place, a partial product's digit and the running sum's digit at that place
 (partial product 006490 and sum 551111 give 05 05 61 41 91 01): each pair of tokens advances the sum by one place,
 so every latent of a compressed chain moves on by the same number of places, and with "place" tokens (a digit's
-token tells its position in the run) sum pooling keeps which digit is which.
+token tells its position in the run) sum pooling keeps which digit is which. --lag L writes each sum digit L places
+later, after the partial product's digit L places up (lag 1: 0 05 65 41 91 01 1), so that away from a step's two
+ends a chunk of up to 2L + 1 tokens never holds a sum digit together with the partial-product digit it adds; only the
+carries between its sum digits stay inside a chunk. The tokens are the same, in another order.
 
 --format columns writes long multiplication column by column: step g holds digit g of each shifted partial product
 (the N numbers above, read down the columns) and then digit g - 1 of the product, which the column before decides (5 +
@@ -41,6 +44,7 @@ $COLAR_DATA/mult_NxN/test_bigbench.txt, or downloaded once from iCoT's repositor
 
     python -m data.multiplication --digits 4                      # data/mult4: train 200,000, val 1,000, test 1,000
     python -m data.multiplication --digits 5 --format product     # data/mult5_product
+    python -m data.multiplication --digits 4 --lag 2              # data/mult4_lag2
 """
 import json
 import os
@@ -98,7 +102,13 @@ def parse_icot_line(line, where="<line>"):
     return a, b, n
 
 
-def example(a, b, n, fmt="interleaved"):
+def interleave(p, s, lag=0):
+    """Two digit strings of one width place by place, each digit of s `lag` places after p's digit at its place:
+    interleave('006490', '551111', 1) = '0' '05' '65' '41' '91' '01' '1'."""
+    return "".join(p[i:i + 1] + (s[i - lag] if i >= lag else "") for i in range(len(p) + lag))
+
+
+def example(a, b, n, fmt="interleaved", lag=0):
     """(question, steps, answer) in this project's line format, with --format's steps (see the top of the file)."""
     prod = digits(a * b, 2 * n)
     question, answer = f"{digits(a, n)}*{digits(b, n)}", " ".join(prod)
@@ -111,7 +121,7 @@ def example(a, b, n, fmt="interleaved"):
         if fmt == "sums":
             steps.append(digits(total, w if k < n - 1 else 2 * n))
         elif fmt == "interleaved" and k > 0:  # the last partial product has 2n digits, as the product
-            steps.append("".join(x + y for x, y in zip(digits(p, w), digits(total, w))))
+            steps.append(interleave(digits(p, w), digits(total, w), lag))
         elif k == 0 or (fmt == "icot" and k == n - 1):
             steps.append(digits(p, w))
         else:
@@ -132,15 +142,17 @@ def draw_pairs(rng, n, count, taken):
     return out
 
 
-def default_out(n, fmt):
-    """Where --out defaults to: data/mult{n} for the default format, data/mult{n}_{format} for another."""
-    return f"data/mult{n}" + ("" if fmt == MultConfig.format else f"_{fmt}")
+def default_out(n, fmt, lag=0):
+    """Where --out defaults to: data/mult{n} for the default format, data/mult{n}_{format} for another, and _lag{L}
+    after it for --lag L."""
+    return f"data/mult{n}" + ("" if fmt == MultConfig.format else f"_{fmt}") + (f"_lag{lag}" if lag else "")
 
 
 @dataclass
 class MultConfig:
     digits: int = 4             # N: N-digit times N-digit (iCoT's test files exist for 4, 5, 7, 9, 11)
     format: str = "interleaved" # the chain's steps: icot, product, sums, interleaved or columns (see the top)
+    lag: int = 0                # interleaved: each running-sum digit written this many places later (see the top)
     out: str = ""               # output folder ("": data/mult{N}, with _{format} unless the format is interleaved)
     test_file: str = ""         # iCoT's test_bigbench.txt ("": $COLAR_DATA/mult_NxN/, else downloaded into out/raw)
     seed: int = 1234            # train and val follow from it
@@ -149,9 +161,11 @@ class MultConfig:
 
 
 def main(cfg):
-    check_flags(cfg, dict(format=FORMATS), positive=("digits", "n_val"), nonnegative=("n_train",))
+    check_flags(cfg, dict(format=FORMATS), positive=("digits", "n_val"), nonnegative=("n_train", "lag"))
+    if cfg.lag and cfg.format != "interleaved":
+        raise UserError(f"--lag is for the interleaved chain, not --format {cfg.format}")
     n = cfg.digits
-    out = cfg.out or default_out(n, cfg.format)
+    out = cfg.out or default_out(n, cfg.format, cfg.lag)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder")
     rel = f"mult_{n}x{n}/test_bigbench.txt"
@@ -172,13 +186,13 @@ def main(cfg):
     train = draw_pairs(rng, n, cfg.n_train, taken)
     os.makedirs(out, exist_ok=True)
     for name, pairs in (("train", train), ("val", val), ("test", [(a, b) for a, b, _ in test])):
-        write_split(os.path.join(out, f"{name}.txt"), [example(a, b, n, cfg.format) for a, b in pairs])
+        write_split(os.path.join(out, f"{name}.txt"), [example(a, b, n, cfg.format, cfg.lag) for a, b in pairs])
     meta = {"config": asdict(cfg), "test_file": path, "counts": {"train": len(train), "val": len(val),
                                                                   "test": len(test)}}
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(f"wrote {out}: train {len(train):,}, val {len(val):,}, test {len(test):,} (from {path})")
-    print("example:", format_line(*example(*test[0][:2], n, cfg.format)))
+    print("example:", format_line(*example(*test[0][:2], n, cfg.format, cfg.lag)))
     return meta
 
 

@@ -10,6 +10,7 @@
 #   bash runs/mult_c2.sh                                   # 80-125 minutes on a 2-core CPU
 #   SEED=2 bash runs/mult_c2.sh                            # another training seed (its own folders)
 #   DIGITS=5 bash runs/mult_c2.sh                          # 5x5, the same recipe
+#   LAG=2 C_VALUES=3 bash runs/mult_c2.sh                  # sum digits written 2 places later (--lag), c = 3
 #   FORMAT=product bash runs/mult_c2.sh                    # the chain number by number: c = 2 stays near 0%
 #   C_VALUES=1,2,3,4,5 STEPS=6000 LONG=0 bash runs/mult_c2.sh   # every speed at once, as the demo trains
 #   ABLATION="--pool mean" TAG=mp LONG=0 bash runs/mult_c2.sh    # an ablation (DL: --deterministic true, NLL:
@@ -29,14 +30,16 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DIGITS=${DIGITS:-4}
 FORMAT=${FORMAT:-interleaved}
+LAG=${LAG:-0}            # interleaved: each running-sum digit written this many places later
 C_VALUES=${C_VALUES:-2}
 STEPS=${STEPS:-8000}
 LONG=${LONG:-14000}   # then a copy resumed to this many steps (0: none)
 SEED=${SEED:-1337}
 ABLATION=${ABLATION:-}   # more train_sft.py flags for the CoLaR stage
 TAG=${TAG:-}             # the name that tells such a run's folder from CoLaR's
-DATA=data/mult${DIGITS}_$FORMAT
-OUT=out/mult${DIGITS}_c2_$FORMAT
+CHAIN=$FORMAT; if [ "$LAG" != 0 ]; then CHAIN=${FORMAT}_lag$LAG; fi
+DATA=data/mult${DIGITS}_$CHAIN
+OUT=out/mult${DIGITS}_c2_$CHAIN
 if [ "$SEED" != 1337 ]; then OUT=${OUT}_seed$SEED; fi
 COLAR=$OUT/colar_c${C_VALUES//,/}${TAG:+_$TAG}
 if [ -n "$ABLATION" ] && [ -z "$TAG" ]; then echo "error: ABLATION needs a TAG to name its run folder" >&2; exit 1; fi
@@ -54,7 +57,7 @@ colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
 }
 
 # 200,000 train and 1,000 val problems from seed 1234, none with an operand pair of the public test file
-[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits $DIGITS --format $FORMAT --out $DATA
+[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits $DIGITS --format $FORMAT --lag $LAG --out $DATA
 
 # CoT: a 2,000-step schedule decays the learning rate too early to learn the task; 4,000 steps of 8,000 do
 train $OUT/cot 4000 $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \

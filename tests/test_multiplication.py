@@ -142,3 +142,31 @@ def test_the_4x4_data_from_icots_test_file(tmp_path):
         icot = [parse_icot_line(line) for line in f]
     assert len(test) == 1000 and all(ex == example(a, b, 4) for ex, (a, b, _) in zip(test, icot))
     assert len(test[0][1]) == 4 and all(len(ex[2].split()) == 8 for ex in test)
+
+
+def test_lag_moves_each_sum_digit_later():
+    from data.multiplication import interleave
+    # 006490 + 55561 = 551111: lag 1 puts s[i] after p[i + 1]; lag 0 is the interleaved chain itself
+    assert interleave("006490", "551111", 1) == "0" + "05" + "65" + "41" + "91" + "01" + "1"
+    assert interleave("006490", "551111", 2) == "0" + "0" + "65" + "45" + "91" + "01" + "1" + "1"
+    assert example(2365, 4347, 4, "interleaved", 0) == example(2365, 4347, 4, "interleaved")
+    rng = random.Random(1)
+    for _ in range(200):  # each sum digit s[j] sorts as if it stood at place j + lag, after the digit p there
+        a, b = rng.randint(1000, 9999), rng.randint(1000, 9999)
+        for lag in (1, 2, 3):
+            for plain, lagged in zip(example(a, b, 4)[1][1:], example(a, b, 4, "interleaved", lag)[1][1:]):
+                slots = sorted([(i, 0, plain[2 * i]) for i in range(len(plain) // 2)]
+                               + [(j + lag, 1, plain[2 * j + 1]) for j in range(len(plain) // 2)])
+                assert lagged == "".join(d for _, _, d in slots)
+
+
+def test_lag_is_for_the_interleaved_chain(tmp_path):
+    good = write_test_file(tmp_path / "t.txt", [(123, 456)])
+    with pytest.raises(UserError, match="--lag is for the interleaved chain"):
+        main(MultConfig(digits=3, test_file=good, format="product", lag=1, out=str(tmp_path / "o")))
+    with pytest.raises(UserError, match="lag"):
+        main(MultConfig(digits=3, test_file=good, lag=-1, out=str(tmp_path / "o")))
+    meta = main(MultConfig(digits=3, test_file=good, lag=2, n_train=10, n_val=2, out=str(tmp_path / "l")))
+    assert meta["config"]["lag"] == 2
+    q, steps, _ = read_split(str(tmp_path / "l" / "test.txt"))[0]
+    assert steps == list(example(123, 456, 3, "interleaved", 2)[1])
