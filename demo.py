@@ -26,9 +26,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
+from checkpoint import load_checkpoint, read_pointer
 from common import UserError, check_flags, parse_config, pick_device, print_config, read_records, run_cli
-from data.format import check_split, read_split
+from data.format import check_split
 from data.multiplication import FORMATS, MultConfig, default_out
 from tokenizer import KINDS
 
@@ -140,22 +140,13 @@ def train_stage(name, script, run_flags):
 
 
 def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
-    """Evaluate run_dir's best checkpoint on the test split under the method name `name`, unless the results file
-    already holds that method's records for this very checkpoint (its bytes' hash, not its name: another run's
-    records are never taken for this one's), question count and seeds."""
-    ckpt = resolve_checkpoint(run_dir)
-    sha = file_sha256(ckpt)
-    old = read_records(cfg.results, "--results")
-    n = len(read_split(os.path.join(cfg.data_dir, "test.txt")))
-    n, seeds = min(n, cfg.n_test or n), parse_seeds(cfg.seeds)
-    mine = [r for r in old if r["method"] == name and r.get("checkpoint_sha256") == sha and r["split"] == "test"]
-    if mine and all(r["n"] == n and r["seeds"] in ([], seeds) for r in mine):
-        print(f"== evaluation of {name}: already in {cfg.results} for {ckpt}, skipped")
-        return
-    print(f"== evaluation of {name} ({ckpt})")
+    """Evaluate run_dir's best checkpoint on the test split under the method name `name`; evaluate.py --skip_done
+    leaves out each record the results file already holds for this very checkpoint (its bytes' hash, not its name:
+    another run's records are never taken for this one's), question count and seeds."""
+    print(f"== evaluation of {name} ({run_dir})")
     run(["evaluate.py"] + flags(dict(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
-                                     seeds=cfg.seeds, out=cfg.results, device=cfg.device, text_cot=text_cot,
-                                     max_latents=cfg.max_latents))
+                                     seeds=cfg.seeds, out=cfg.results, skip_done=True, device=cfg.device,
+                                     text_cot=text_cot, max_latents=cfg.max_latents))
         + ([f"--c={','.join(map(str, cs))}"] if cs else []))
 
 

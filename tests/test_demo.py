@@ -55,16 +55,18 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
 
     assert demo.main(cfg) == text  # the second run: nothing trained or evaluated again, the same table
     out = capfd.readouterr().out
-    assert len(stage_lines(out, "skipped")) == 1 + 4 + 4  # data, training, evaluation
+    assert len(stage_lines(out, "skipped")) == 1 + 4  # data, training
     assert sum("already trained" in s for s in stage_lines(out, "skipped")) == 4
-    assert commands(out) == ["report.py"]  # the table is written again, from the same records
+    assert commands(out) == ["evaluate.py"] * 4 + ["report.py"]  # each finds its records there: the table again
+    assert out.count(f"already in {results}, skipped") == len(records) and "records merged" not in out
     with open(results) as f:
         assert json.load(f) == records
 
     # --baselines: the four baselines trained from the CoT model and evaluated; the rest skipped
     text = demo.main(replace(cfg, baselines=True, baseline_steps=2))
     out = capfd.readouterr().out
-    assert commands(out) == ["train_sft.py"] * 4 + ["evaluate.py"] * 4 + ["report.py"]
+    assert commands(out) == ["train_sft.py"] * 4 + ["evaluate.py"] * 8 + ["report.py"]  # 4 find their records
+    assert out.count("records merged") == 4
     trained = [s.split() for s in out.splitlines() if s.startswith("$ python train_sft.py")]
     assert [[a for a in t if a.startswith("--mode=")] for t in trained] == [
         ["--mode=coconut"], ["--mode=pause"], ["--mode=icot"], ["--mode=distill"]]
@@ -145,22 +147,3 @@ def test_stop_at_and_the_model_size_reach_the_models_trained_from_scratch_only(t
     shape = lambda flags: tuple(flags.get(k) for k in ("n_layer", "n_head", "n_embd"))  # noqa: E731
     assert {name: shape(flags) for name, flags in trained.items()} == {  # CoLaR and RL take CoT's shape
         "cot": (2, 2, 32), "nocot": (2, 2, 32), "colar": (None,) * 3, "colar_rl": (None,) * 3}
-
-
-def test_records_of_another_checkpoint_with_the_same_name_are_not_taken(tiny_runs, tmp_path, monkeypatch):
-    """Regression: the demo skipped an evaluation whose record named the same checkpoint *path*, so a fresh clone's
-    demo reported the committed records for its own, different models. Records are tied to the checkpoint's bytes."""
-    from checkpoint import file_sha256, resolve_checkpoint
-    ckpt = resolve_checkpoint(tiny_runs["cot"])
-    record = {"method": "cot", "c": 1, "decode": "greedy", "split": "test", "n": 8, "seeds": [], "checkpoint": ckpt,
-              "checkpoint_sha256": "0" * 64}  # the same path, other weights
-    results = tmp_path / "demo.json"
-    results.write_text(json.dumps([record]))
-    cfg = demo.DemoConfig(data_dir=tiny_runs["data"], results=str(results), n_test=0, seeds="0")
-    ran = []
-    monkeypatch.setattr(demo, "run", ran.append)
-    demo.eval_stage(cfg, "cot", tiny_runs["cot"])
-    assert len(ran) == 1 and ran[0][0] == "evaluate.py"  # evaluated again
-    results.write_text(json.dumps([{**record, "checkpoint_sha256": file_sha256(ckpt)}]))
-    demo.eval_stage(cfg, "cot", tiny_runs["cot"])
-    assert len(ran) == 1  # its own record: skipped
