@@ -10,7 +10,8 @@
 # GPT-2's weights and BPE, and GSM8K-Aug's training file (or AUG_TRAIN=/path/to/train.txt; GSM8K's own files are read
 # from COLAR_DATA when set). Not run yet: the steps and learning rates are a starting point, not tuned. An estimate,
 # not a measurement: tens of minutes per SFT stage on an H100 (EXPERIMENTS.md); RL's rollouts were not estimated.
-# A finished run folder is skipped; to continue an interrupted one, rerun its command with --resume true.
+# Rerun it after an interruption: each run folder it finds is resumed (a finished one ends at once), each
+# recorded evaluation left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,9 +26,9 @@ else
 fi
 SPLIT="--batch_size $((BATCH / NPROC)) --total_batch_size $BATCH"
 
-train() {  # train OUT_DIR COMMAND...: run COMMAND unless OUT_DIR already holds a run
+train() {  # train OUT_DIR COMMAND...: a new run, or the one OUT_DIR holds resumed (a finished one ends at once)
   local out=$1; shift
-  if [ -f "$out/latest" ]; then echo "== $out exists, skipped"; else "$@"; fi
+  if [ -f "$out/latest" ]; then "$@" --resume true; else "$@"; fi
 }
 
 # data/gsm8k_aug/{train,val,test}.txt: GSM8K-Aug's train file, GSM8K-Aug's validation and test files
@@ -43,7 +44,7 @@ train out/gpt2_colar_rl $RUN train_rl.py --init_from out/gpt2_colar --data_dir $
 
 # the test split: CoT, CoLaR at every speed (and writing text), CoLaR + RL
 RESULTS=results/gpt2_gsm8k.json
-$PY evaluate.py --ckpt out/gpt2_cot --method cot --out $RESULTS
-$PY evaluate.py --ckpt out/gpt2_colar --method colar --c 1,2,3,4,5 --text_cot true --out $RESULTS
-$PY evaluate.py --ckpt out/gpt2_colar_rl --method colar_rl --c 1,2,3,4,5 --out $RESULTS
+$PY evaluate.py --skip_done true --ckpt out/gpt2_cot --method cot --out $RESULTS
+$PY evaluate.py --skip_done true --ckpt out/gpt2_colar --method colar --c 1,2,3,4,5 --text_cot true --out $RESULTS
+$PY evaluate.py --skip_done true --ckpt out/gpt2_colar_rl --method colar_rl --c 1,2,3,4,5 --out $RESULTS
 $PY report.py --results $RESULTS --md results/gpt2_gsm8k.md --png results/gpt2_gsm8k.png

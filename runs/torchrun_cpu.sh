@@ -10,7 +10,8 @@
 #
 # Needs out/cot (the demo's CoT stage; trained here first when missing, 6 minutes on a 2-core CPU). Not timed: on
 # 2 cores the two processes share them (torchrun gives each one thread), so expect at least the one-process time.
-# A finished run folder is skipped; to continue an interrupted one, rerun its command with --resume true.
+# Rerun it after an interruption: each run folder it finds is resumed (a finished one ends at once), each
+# recorded evaluation left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -19,9 +20,9 @@ COLAR_STEPS=${COLAR_STEPS:-6000}
 RL_STEPS=${RL_STEPS:-600}
 TORCHRUN="$PY -m torch.distributed.run --standalone --nproc_per_node=2"   # the `torchrun` command
 
-train() {  # train OUT_DIR COMMAND...: run COMMAND unless OUT_DIR already holds a run
+train() {  # train OUT_DIR COMMAND...: a new run, or the one OUT_DIR holds resumed (a finished one ends at once)
   local out=$1; shift
-  if [ -f "$out/latest" ]; then echo "== $out exists, skipped"; else "$@"; fi
+  if [ -f "$out/latest" ]; then "$@" --resume true; else "$@"; fi
 }
 
 [ -f data/synth/train.txt ] || $PY -m data.synthetic
@@ -32,6 +33,6 @@ train out/colar_ddp $TORCHRUN train_sft.py --mode colar --init_from out/cot --ou
 train out/colar_rl_ddp $TORCHRUN train_rl.py --init_from out/colar_ddp --c 5 --out_dir out/colar_rl_ddp \
     --max_steps "$RL_STEPS" --eval_every 100
 
-$PY evaluate.py --ckpt out/colar_ddp --method colar --c 1,2,3,4,5 --decode greedy --out out/ddp.json
-$PY evaluate.py --ckpt out/colar_rl_ddp --method colar_rl --c 1,2,3,4,5 --decode greedy --out out/ddp.json
+$PY evaluate.py --skip_done true --ckpt out/colar_ddp --method colar --c 1,2,3,4,5 --decode greedy --out out/ddp.json
+$PY evaluate.py --skip_done true --ckpt out/colar_rl_ddp --method colar_rl --c 1,2,3,4,5 --decode greedy --out out/ddp.json
 $PY report.py --results out/ddp.json --decode greedy   # compare with results/demo.md, the one-process run

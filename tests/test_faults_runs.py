@@ -151,6 +151,24 @@ def test_resume_keeps_the_mode(colar_run, tiny_data, tmp_path, capsys):
     assert sorted(os.listdir(out)) == before
 
 
+def test_resuming_a_finished_run_writes_nothing(colar_run, tiny_data, tmp_path):
+    """The recipes resume every run folder they find (runs/*.sh): a finished one must end at once, its files as
+    they were."""
+    def files(folder):
+        return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+    out = str(tmp_path / "colar")
+    shutil.copytree(colar_run, out)
+    before = files(out)
+    assert sft(tiny_data, out, mode="colar", c_values="1,2", max_latents=4, max_steps=1, eval_every=1,
+               resume=True)["step"] == 1
+    assert files(out) == before
+    rl_out = tmp_path / "rl"
+    rl(colar_run, tiny_data, rl_out, max_steps=2)
+    before = files(rl_out)
+    assert rl(colar_run, tiny_data, rl_out, max_steps=2, resume=True)["step"] == 2
+    assert files(rl_out) == before
+
+
 # --- one live run per folder ---------------------------------------------------------------------------------------
 def test_one_live_run_per_folder(tiny_data, tmp_path):
     """A second live run in a folder is refused, by the real command in a new process (this process holds the
