@@ -3,7 +3,7 @@ Evaluate a checkpoint on a data split: accuracy and mean reasoning length, greed
 Writes JSON records (merged into --out when it exists), one per (method, c, decode):
 
     {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
-     "checkpoint_sha256", "seconds"}
+     "checkpoint_sha256", "settings", "seconds"}
 
 `mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT), or latents fed (CoLaR,
 whose records add `hit_cap`, the fraction of questions that reached --max_latents). With several seeds,
@@ -12,10 +12,11 @@ accuracy and mean_len are means over seeds, and ci95 and len_ci95 the half-width
     python evaluate.py --ckpt out/cot --split test --decode greedy,sampled --out results/cot.json
     python evaluate.py --ckpt out/colar --c 1,2,3,4,5 --out results/colar.json
 
---skip_done true leaves out each record --out already holds for the same checkpoint bytes, split, question count and
-seeds (a recipe rerun after an interruption); other settings (--data_dir, --max_latents, --sigma_min, temperatures)
-are not compared.
+--skip_done true leaves out each record --out already holds for the same checkpoint bytes, split, seeds and
+`settings` (a recipe rerun after an interruption): the questions and answers (their hash), --max_latents and, sampled,
+the temperatures, top-p and --sigma_min. A record without `settings` is evaluated again.
 """
+import hashlib
 import json
 import math
 import os
@@ -135,6 +136,17 @@ def read_examples(data_dir, split, n):
     return examples[:n] if n > 0 else examples
 
 
+def settings(cfg, decode, examples):
+    """What decides a record besides the checkpoint: the questions with their answers (a hash), the latent cap and,
+    for sampled decoding, everything that shapes the samples besides the seeds (a record's own field)."""
+    qa = json.dumps([[q, a] for q, _, a in examples]).encode()
+    out = {"questions_sha256": hashlib.sha256(qa).hexdigest(), "max_latents": cfg.max_latents}
+    if decode == "sampled":
+        out.update(temperature=cfg.temperature, top_p=cfg.top_p, latent_temperature=cfg.latent_temperature,
+                   sigma_min=cfg.sigma_min)
+    return out
+
+
 def main(cfg):
     decodes = [d for d in cfg.decode.split(",") if d]
     if not decodes or set(decodes) - {"greedy", "sampled"}:
@@ -179,9 +191,10 @@ def main(cfg):
     if head is not None and cfg.text_cot and not thoughts:  # the same model, thinking in text tokens instead of latents
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
     records, sha = [], file_sha256(ckpt["path"])
-    if cfg.skip_done:  # a record of this very checkpoint (its bytes, not its name), split, question count and seeds
+    wanted = {d: settings(cfg, d, examples) for d in decodes}
+    if cfg.skip_done:  # a record of this very checkpoint (its bytes, not its name), split, seeds, settings
         done = {(r["method"], r["c"], r["decode"]): r for r in old if r.get("checkpoint_sha256") == sha
-                and r["split"] == cfg.split and r["n"] == len(examples)
+                and r["split"] == cfg.split and r.get("settings") == wanted.get(r["decode"])
                 and r["seeds"] == ([] if r["decode"] == "greedy" else seeds)}
         records = [done[m, c, d] for m, c, d, _ in runs if (m, c, d) in done]
         for r in records:
@@ -194,7 +207,7 @@ def main(cfg):
                      cfg.batch_size, head=with_head, max_latents=cfg.max_latents,
                      latent_temperature=cfg.latent_temperature, thoughts=thoughts)
         tqdm.write(format_record(r))
-        records.append({**r, "checkpoint_sha256": sha})
+        records.append({**r, "checkpoint_sha256": sha, "settings": wanted[d]})
     if cfg.out and runs:
         merge_records(cfg.out, records)
         print(f"records merged into {cfg.out}")
