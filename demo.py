@@ -142,7 +142,7 @@ def train_stage(name, script, run_flags):
 def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
     """Evaluate run_dir's best checkpoint on the test split under the method name `name`; evaluate.py --skip_done
     leaves out each record the results file already holds for this very checkpoint (its bytes' hash, not its name:
-    another run's records are never taken for this one's), question count and seeds."""
+    another run's records are never taken for this one's), questions, seeds and decoding settings."""
     print(f"== evaluation of {name} ({run_dir})")
     run(["evaluate.py"] + flags(dict(ckpt=run_dir, data_dir=cfg.data_dir, split="test", n=cfg.n_test, method=name,
                                      seeds=cfg.seeds, out=cfg.results, skip_done=True, device=cfg.device,
