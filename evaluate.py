@@ -136,11 +136,10 @@ def read_examples(data_dir, split, n):
     return examples[:n] if n > 0 else examples
 
 
-def settings(cfg, decode, examples):
-    """What decides a record besides the checkpoint: the questions with their answers (a hash), the latent cap and,
-    for sampled decoding, everything that shapes the samples besides the seeds (a record's own field)."""
-    qa = json.dumps([[q, a] for q, _, a in examples]).encode()
-    out = {"questions_sha256": hashlib.sha256(qa).hexdigest(), "max_latents": cfg.max_latents}
+def settings(cfg, decode, questions_sha256):
+    """What decides a record besides the checkpoint: the questions with their answers (questions_sha256), the latent
+    cap and, for sampled decoding, everything that shapes the samples besides the seeds (a record's own field)."""
+    out = {"questions_sha256": questions_sha256, "max_latents": cfg.max_latents}
     if decode == "sampled":
         out.update(temperature=cfg.temperature, top_p=cfg.top_p, latent_temperature=cfg.latent_temperature,
                    sigma_min=cfg.sigma_min)
@@ -191,7 +190,8 @@ def main(cfg):
     if head is not None and cfg.text_cot and not thoughts:  # the same model, thinking in text tokens instead of latents
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
     records, sha = [], file_sha256(ckpt["path"])
-    wanted = {d: settings(cfg, d, examples) for d in decodes}
+    qa = hashlib.sha256(json.dumps([[q, a] for q, _, a in examples]).encode()).hexdigest()
+    wanted = {d: settings(cfg, d, qa) for d in decodes}
     if cfg.skip_done:  # a record of this very checkpoint (its bytes, not its name), split, seeds, settings
         done = {(r["method"], r["c"], r["decode"]): r for r in old if r.get("checkpoint_sha256") == sha
                 and r["split"] == cfg.split and r.get("settings") == wanted.get(r["decode"])

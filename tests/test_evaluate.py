@@ -1,5 +1,5 @@
 """evaluate.py's record keeping: --skip_done leaves out what --out already holds for the same checkpoint bytes,
-split, question count and seeds, and evaluates everything else.
+split, seeds and settings (questions, latent cap, sampling), and evaluates everything else.
 
 Run: .venv/bin/python -m pytest tests/test_evaluate.py
 """
