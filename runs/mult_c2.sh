@@ -45,14 +45,12 @@ COLAR=$OUT/colar_c${C_VALUES//,/}${TAG:+_$TAG}
 if [ -n "$ABLATION" ] && [ -z "$TAG" ]; then echo "error: ABLATION needs a TAG to name its run folder" >&2; exit 1; fi
 if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/installed; fi  # the venv of `make test`
 
-train() {  # train OUT_DIR LAST_STEP COMMAND...: skip a run that reached LAST_STEP, resume one that did not
-  local out=$1 last=$2; shift 2
-  if [ "$(cat "$out/latest" 2>/dev/null)" = "ckpt_$(printf %06d "$last").pt" ]; then echo "== $out done, skipped"
-  elif [ -f "$out/latest" ]; then "$@" --resume true
-  else "$@"; fi
+train() {  # train OUT_DIR COMMAND...: a new run, or the one OUT_DIR holds resumed (a finished one ends at once)
+  local out=$1; shift
+  if [ -f "$out/latest" ]; then "$@" --resume true; else "$@"; fi
 }
 colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
-  train "$1" "$2" $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
+  train "$1" $PY train_sft.py --data_dir $DATA --mode colar --init_from $OUT/cot --c_values $C_VALUES --lr 1e-3 \
       --eval_every 1000 --eval_n 200 --max_latents 96 --seed $SEED $ABLATION --max_steps "$2" --out_dir "$1"
 }
 
@@ -60,7 +58,7 @@ colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
 [ -f $DATA/train.txt ] || $PY -m data.multiplication --digits $DIGITS --format $FORMAT --lag $LAG --out $DATA
 
 # CoT: a 2,000-step schedule decays the learning rate too early to learn the task; 4,000 steps of 8,000 do
-train $OUT/cot 4000 $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
+train $OUT/cot $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
     --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --seed $SEED --out_dir $OUT/cot
 
 # CoLaR SFT from it: the demo's CoLaR recipe (latent weight 10, lr 1e-3) at the chosen speeds
