@@ -26,6 +26,7 @@ never supervised); at <|bot|> and at each slot its label is one token drawn unif
 every step, and <|eot|> after the last. At the same positions the latent head learns the next compressed embedding
 (the <|eot|> embedding after the last chunk): CE + latent_weight * latent loss (latent_head.py has the losses).
 """
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -86,11 +87,14 @@ def layout(tok, examples, c, latent=False, n_latents=None, closed=None):
     label is the caller's (a chunk token in SFT; a latent's action in RL)."""
     rows = []
     for i, (q, chain, answer) in enumerate(examples):
-        head = prompt(tok, q, c)
-        K = (n_latents[i] if n_latents is not None else -(-len(chain) // c)) if latent else len(chain)
+        prefix = prompt(tok, q, c)
+        if not latent:
+            K = len(chain)
+        else:
+            K = n_latents[i] if n_latents is not None else math.ceil(len(chain) / c)
         middle = [tok.pad] * K if latent else list(chain)
         tail = [tok.eot] + list(answer) + ([tok.eos] if closed is None or closed[i] else [])
-        rows.append((head + middle + tail, len(head), K, chain))
+        rows.append((prefix + middle + tail, len(prefix), K, chain))
     B = len(rows)
     T = max(len(seq) for seq, *_ in rows) - 1  # the last token is only ever predicted
     L = max([1] + [len(chain) for *_, chain in rows])
@@ -127,6 +131,12 @@ def latent_targets(z, b, eot_emb):
     return target, covered
 
 
+def full_precision(device):
+    """A context in which the latent head runs in fp32 even inside the trainer's bf16 autocast: its mean and sigma
+    (driven to ~1e-4 by SFT) would lose all but ~3 significant digits in bf16, and decoding runs it in fp32."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def colar_loss(model, head, b, c, eot_id, generator, pool="sqrt", kind="soft_mse", alpha=0.0, chunk_labels=True,
                self_feed=0.0):
     """CE and latent loss of a CoLaR batch (a Batch with latent=True, on the model's device). Random draws, in this
@@ -152,7 +162,8 @@ def colar_loss(model, head, b, c, eot_id, generator, pool="sqrt", kind="soft_mse
         x = feed_own_latents(model, head, x, b, feed)
     _, ce, h = model(embeds=x, mask=b.mask, targets=targets)
     target = target[covered]  # (M, C): the latent head runs only where the loss looks
-    lat, log_sigma = latent_loss(head, h[covered], target, kind, alpha, eps)
+    with full_precision(h.device):  # the head in fp32, as it decodes and as RL scores it (the model: bf16 on CUDA)
+        lat, log_sigma = latent_loss(head, h[covered].float(), target.float(), kind, alpha, eps)
     stats = {"norm": target.norm(dim=-1).mean().item(), "sigma": log_sigma.exp().mean().item()}
     return ce, lat, stats
 
@@ -164,7 +175,8 @@ def feed_own_latents(model, head, x, b, feed):
     own, imperfect latents."""
     with torch.no_grad():
         _, _, h = model(embeds=x, mask=b.mask)
-        mu, _ = head(h)
+        with full_precision(h.device):
+            mu, _ = head(h.float())
         pred = (mu * head.scale)[b.latent_out]  # (N, C): the prediction made just before each latent input
     return x.masked_scatter(b.latent_in[..., None], torch.where(feed, pred, x[b.latent_in]))
 

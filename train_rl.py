@@ -11,7 +11,9 @@ Each step:
     --length_penalty p, not in the paper and 0 by default, gives a correct answer 1 - p * #L / max_latents).
     Advantage within each group: A = (r - mean(r)) / (std(r) + 1e-8), std over the group (population std). A group
     whose rewards are all equal has A = 0 everywhere and carries no signal: it is counted and dropped before any
-    gradient work.
+    gradient work. With a length penalty, a group whose rollouts are all correct but differ in #L has signal, and the
+    division by its std makes the size of p irrelevant there: any p > 0 gives its shorter rollouts advantages of
+    order +-1, as much as right against wrong.
  3. The actions of a rollout and their log-probabilities, recomputed in one teacher-forced pass (colar.py holds this
     objective: the replay's layout, the log-probabilities, advantages, the clipped surrogate and its aggregation):
       latents: log N(z_k; mu_k, sigma_k^2), averaged over the embedding dimensions, k = 1..L;
@@ -47,7 +49,8 @@ so a resumed run draws what the straight one would have. Each process computes i
 (a group never spans processes) and cuts its kept rollouts into minibatches of --minibatch / processes rollouts; DDP
 averages the gradients of the processes' minibatches, so one optimizer step sees about --minibatch rollouts (a
 process that runs out of rollouts early contributes a zero loss). Process 0 validates, prints and writes the
-checkpoints. The starting model is validated and saved as step 0 (ckpt_000000.pt), so `best` only ever moves to a
+checkpoints. The starting model is validated and saved as step 0 (ckpt_000000.pt), with the sigma floor (the policy
+RL starts from, which samples more widely than the SFT checkpoint evaluated on its own), so `best` only ever moves to a
 checkpoint that validates at least as well as it (sampled accuracy; a tie goes to the better greedy accuracy,
 then to the later checkpoint), and the last line says when none did.
 """
@@ -83,7 +86,7 @@ class RLConfig:
     c: int = 5                     # the speed the rollouts are prompted with
     group: int = 8                 # rollouts per question (G)
     questions: int = 16            # questions per step
-    minibatch: int = 32            # rollouts per optimiser step
+    minibatch: int = 32            # rollouts per optimiser step (the official code: 8)
     epochs: int = 1                # passes over a step's rollouts
     clip_eps: float = 0.2          # PPO clipping range
     length_average: bool = True    # average each rollout's loss over its own length (false: "w/o average" ablation)
@@ -92,7 +95,7 @@ class RLConfig:
     length_penalty: float = 0.0    # a correct answer earns 1 - length_penalty * #L / max_latents (0: the paper's 0/1)
     max_latents: int = 64          # cap on latents per rollout
     max_answer_tokens: int = 16    # steps left for the answer after max_latents (a shorter chain leaves more)
-    lr: float = 2e-5               # AdamW learning rate (constant)
+    lr: float = 2e-5               # AdamW learning rate (constant; the official code: 1e-6, for a pretrained 1B model)
     weight_decay: float = 0.0      # AdamW weight decay on matrices
     grad_clip: float = 1.0         # clip the gradient norm to this (0: off)
     max_steps: int = 200           # RL steps

@@ -283,6 +283,21 @@ def test_colar_loss_gradients_reach_model_and_head(tok):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_colar_loss_runs_the_latent_head_in_fp32_under_bf16_autocast(tok):
+    """train_sft runs the loss under bf16 autocast on CUDA; the latent head must still compute in fp32, as it does
+    when decoding and in RL (bf16 keeps ~3 significant digits of a mean whose sigma SFT drives to ~1e-4). CPU
+    autocast stands in for CUDA's: there too a Linear under it computes in bf16."""
+    c = 2
+    model, head, _, b = colar_setup(tok, c)
+    out_dtypes = []
+    head.register_forward_hook(lambda mod, args, out: out_dtypes.append((args[0].dtype, out[0].dtype, out[1].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.blocks[0].mlp.c_fc(torch.zeros(1, 16)).dtype == torch.bfloat16  # autocast is on for the model
+        ce, lat, _ = colar.colar_loss(model, head, b, c, tok.eot, torch.Generator().manual_seed(0), self_feed=0.5)
+    assert out_dtypes == [(torch.float32,) * 3] * 2  # the self-fed prediction, then the loss
+    assert lat.dtype == torch.float32 and torch.isfinite(lat)
+
+
 def test_colar_loss_without_chunk_labels_supervises_only_bot_eot_answer(monkeypatch, tok):
     c = 3
     model, head, encoded, b = colar_setup(tok, c)
