@@ -7,7 +7,8 @@ Modes (the sequence each example becomes; colar.py lays them out and holds the l
 - colar: [question] <|speed|> c <|bot|> [ceil(L/c) compressed embeddings] <|eot|> [answer] <|eos|>, c drawn from
   --c_values (default 1..c_max) once per step for the whole batch; loss CE + latent_weight * latent loss (colar.py
   says where each is taken). Ablations: --pool mean (MP), --latent_loss nll (NLL), --deterministic true (DL),
-  --chunk_labels false (OC: no chunk labels; the <|eot|> label that drives the stop decision is kept).
+  --chunk_labels false (OC: no chunk labels; the layout's <|bot|> and <|eot|> labels are kept, the latter drives the
+  stop decision).
 - coconut, pause: the latent baselines (baselines.py), a curriculum from the CoT model in --stages stages of
   --stage_steps steps, the optimizer reset at each: [question] <|speed|> 1 <|bot|> [thoughts] [steps left] <|eot|> ...
 - distill: CODI, one model as teacher (the text chain) and student (stages x c_thought projected thoughts), the
@@ -82,7 +83,7 @@ class TrainConfig:
     latent_hidden: int = 0         # latent head width (0: n_embd)
     deterministic: bool = False    # deterministic latent head (the DL ablation)
     chunk_labels: bool = True      # CE labels drawn from the next chunk (false: the OC ablation)
-    self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own detached predictions
+    self_feed: float = 0.0         # fraction of latent inputs replaced by the head's own predictions (not in the paper)
     max_latents: int = 64          # cap on latents at inference (validation); also sizes a new model's context
     # baselines (baselines.py)
     c_thought: int = 2             # coconut, pause, distill: thoughts per reasoning step replaced
