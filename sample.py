@@ -215,6 +215,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
         latent = head.sample(h, latent_temperature, generator)  # (b, C)
         ans_tok = pick_tokens(logits, temperature, top_p, generator)  # answering rows: the next answer token
         alive = torch.ones_like(thinking)
+        if keep_latents:  # to the CPU once per step, not once per row
+            latent_cpu, top3 = latent.cpu(), logits.topk(3).indices.tolist()
         for i, (r, th, st, cp, s_tok, a_tok) in enumerate(zip(rows.tolist(), thinking.tolist(), stops.tolist(),
                                                              cap.tolist(), stop_tok.tolist(), ans_tok.tolist())):
             if th and st:
@@ -222,8 +224,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
             elif th:
                 out[r]["n_latents"] += 1
                 if keep_latents:  # the latent, and the LM head's top tokens where it was produced
-                    out[r]["latents"].append(latent[i].cpu())
-                    out[r]["lm_top"].append(logits[i].topk(3).indices.tolist())
+                    out[r]["latents"].append(latent_cpu[i])
+                    out[r]["lm_top"].append(top3[i])
             elif a_tok == tok.eos:
                 out[r]["finished"], alive[i] = True, False
             else:
