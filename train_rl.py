@@ -19,7 +19,7 @@ Each step:
       latents: log N(z_k; mu_k, sigma_k^2), averaged over the embedding dimensions, k = 1..L;
       answer:  log p(<|eot|>) where the row stopped thinking (not when the latent cap forced it), then log p of each
                answer token and of <|eos|> (when the answer was closed).
-    logp_old is this pass right after the rollouts, without gradient.
+    logp_old is this pass right after the rollouts, without gradient (in slices of a minibatch's size).
  4. Per action, the PPO-clipped surrogate  l = -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A),  rho = exp(logp -
     logp_old), the log-ratio clamped to +-LOG_RATIO_MAX so exp() stays finite. The loss of a rollout is the mean of l
     over its latents plus the mean over its answer actions (each over the rollout's *own* count), and the loss of a
@@ -28,7 +28,7 @@ Each step:
     sum of l over its actions, so a rollout weighs in proportion to its length (the minibatch's: the mean over its
     rollouts, as before).
  5. The kept rollouts are shuffled into minibatches of `minibatch` rollouts; one AdamW step each (gradient clipped),
-    for `epochs` passes. The first minibatch has rho = 1; clipping acts from the second on.
+    for `epochs` passes. The first minibatch has rho = 1 (to rounding); clipping acts from the second on.
 
 Simplifications, stated: the decisions to go on thinking (a non-<|eot|> token sampled at a latent position) are not
 actions in the objective, only the final <|eot|> is (as in the paper; --stop_actions all adds each go-on decision,
@@ -122,11 +122,12 @@ def rl_step(trainee, model, head, optimizer, params, b, lat, adv, cfg, gen, go_o
     """Policy-gradient updates on this process's kept rollouts of a step (advantages adv (N,)): `epochs` passes in
     minibatches, one optimizer step each. Returns the mean loss, gradient norm (before clipping) and sigma over the
     minibatches; a non-finite loss or gradient returns at once, with the weights untouched by it."""
-    if adv.numel():
-        with torch.no_grad():
-            logp_old, _ = colar.action_log_probs(model, head, b, lat, go_on_id)
     world = dist.get_world_size() if dist.is_initialized() else 1
     per = max(1, cfg.minibatch // world)  # this process's rollouts per minibatch
+    if adv.numel():  # in slices of a minibatch's size: the (N, T, vocab) logits of every rollout at once can be large
+        with torch.no_grad():
+            logp_old = torch.cat([colar.action_log_probs(model, head, b.rows(rows), lat[rows], go_on_id)[0]
+                                  for rows in torch.arange(adv.numel(), device=adv.device).split(per)])
     n_mb = torch.tensor(-(-adv.numel() // per), device=adv.device)
     if world > 1:  # every process takes as many optimizer steps
         dist.all_reduce(n_mb, op=dist.ReduceOp.MAX)
