@@ -37,12 +37,13 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def t975(df):
-    """The 97.5% quantile of Student's t: a table up to 10 degrees of freedom, a Cornish-Fisher expansion beyond
-    (within 0.001 of the exact value there)."""
+    """The 97.5% quantile of Student's t: a table up to 10 degrees of freedom, a Cornish-Fisher expansion to the third
+    order beyond (within 2e-4 of the exact value there)."""
     if df in T975:
         return T975[df]
     z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
 
 
 def ci95(values):
@@ -79,7 +80,8 @@ def evaluate(model, tok, examples, method, c, decode, seeds=(0,), split="test", 
 
 
 def merge_records(path, records):
-    """Write records to the JSON list at `path`, replacing those with the same (method, c, decode, split)."""
+    """Write records to the JSON list at `path`, replacing those with the same (method, c, decode, split); returns
+    the records replaced."""
     key = lambda r: (r["method"], r["c"], r["decode"], r["split"])  # noqa: E731
     old = read_records(path, "--out")
     new_keys = {key(r) for r in records}
@@ -88,6 +90,7 @@ def merge_records(path, records):
     with open(path + ".tmp", "w") as f:
         json.dump(merged, f, indent=1)
     os.replace(path + ".tmp", path)
+    return [r for r in old if key(r) in new_keys]
 
 
 def format_record(r):
@@ -116,7 +119,7 @@ class EvalConfig:
     text_cot: bool = False         # CoLaR: also decode a text chain of thought (c = 1, LM head), for comparison
     batch_size: int = 256          # questions decoded together
     out: str = ""                  # JSON file to merge the records into (e.g. results/synth.json)
-    skip_done: bool = False        # skip each evaluation --out holds for these checkpoint bytes, split, n and seeds
+    skip_done: bool = False        # skip each evaluation --out holds for these checkpoint bytes, questions and settings
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
@@ -159,6 +162,9 @@ def main(cfg):
     if cfg.n < 0 or cfg.max_latents < 0 or cfg.batch_size <= 0:
         raise UserError(f"need --n >= 0, --max_latents >= 0 and --batch_size > 0, got {cfg.n}, {cfg.max_latents} and "
                         f"{cfg.batch_size}")
+    if "sampled" in decodes and not (cfg.temperature > 0 and 0 < cfg.top_p <= 1 and cfg.latent_temperature >= 0):
+        raise UserError(f"sampled decoding needs --temperature > 0, 0 < --top_p <= 1 and --latent_temperature >= 0, "
+                        f"got {cfg.temperature}, {cfg.top_p} and {cfg.latent_temperature}")
     if cfg.skip_done and not cfg.out:
         raise UserError("--skip_done true needs --out, the records file to look in")
     old = read_records(cfg.out, "--out") if cfg.out else []  # a file that could not take the records: refused now
@@ -166,7 +172,7 @@ def main(cfg):
     examples = read_examples(cfg.data_dir, cfg.split, cfg.n) if cfg.data_dir else None  # before the model is read
     model, head, tok, ckpt = load_model(cfg.ckpt, device)
     run = ckpt["config"]
-    if cfg.sigma_min >= 0 and isinstance(head, LatentHead):  # e.g. to sample an SFT model as an RL run with that floor would
+    if cfg.sigma_min >= 0 and isinstance(head, LatentHead):  # e.g. to sample an SFT model with an RL run's floor
         head.log_sigma_min = log_sigma_floor(cfg.sigma_min)
     mode = run.get("mode", "cot") + ("_rl" if "rl_config" in ckpt else "")  # the method name of its records
     thoughts = inference_thoughts(mode, run.get("stages", 0), run.get("c_thought", 0))
@@ -209,7 +215,9 @@ def main(cfg):
         tqdm.write(format_record(r))
         records.append({**r, "checkpoint_sha256": sha, "settings": wanted[d]})
     if cfg.out and runs:
-        merge_records(cfg.out, records)
+        for r in merge_records(cfg.out, records):
+            if r.get("checkpoint_sha256") != sha:  # a method name reused for another model: say what it replaced
+                print(f"replaced a record of {r['checkpoint']}: {format_record(r)}")
         print(f"records merged into {cfg.out}")
     return records
 

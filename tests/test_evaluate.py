@@ -1,5 +1,6 @@
 """evaluate.py's record keeping: --skip_done leaves out what --out already holds for the same checkpoint bytes,
-split, seeds and settings (questions, latent cap, sampling), and evaluates everything else.
+split, seeds and settings (questions, latent cap, sampling), and evaluates everything else; a record of another
+checkpoint replaced is named. Its checks of the sampling settings, and the t quantile of its intervals.
 
 Run: .venv/bin/python -m pytest tests/test_evaluate.py
 """
@@ -63,3 +64,37 @@ def test_evaluate_skip_done(tiny_runs, tmp_path, monkeypatch, capsys):
     assert len(done) == 20  # evaluated again
     with pytest.raises(UserError, match="needs --out"):
         evaluate.main(evaluate.EvalConfig(**{**args, "out": ""}, decode="greedy"))
+
+
+def test_evaluate_says_which_record_of_another_checkpoint_it_replaced(tiny_runs, tmp_path, capsys):
+    """One method name, two models: the second's records replace the first's, and it says so, naming the file they
+    came from; re-evaluating the same checkpoint replaces silently."""
+    out_json = str(tmp_path / "r.json")
+    args = dict(split="test", n=2, decode="greedy", method="m", out=out_json, device="cpu")
+    evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["cot"], **args))
+    evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["cot"], **args))
+    assert "replaced a record" not in capsys.readouterr().out
+    evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], c="1", **args))
+    replaced = [s for s in capsys.readouterr().out.splitlines() if s.startswith("replaced a record of ")]
+    assert len(replaced) == 1 and tiny_runs["cot"] in replaced[0]
+    [record] = evaluate.read_records(out_json, "--out")
+    assert tiny_runs["colar"] in record["checkpoint"]
+
+
+@pytest.mark.parametrize("flag", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5),
+                                  dict(latent_temperature=-1.0)])
+def test_sampled_decoding_refuses_settings_that_would_not_sample(tiny_runs, flag):
+    """A temperature of 0 would decode greedily under a `sampled` label; top-p outside (0, 1] keeps no token."""
+    cfg = evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=2, device="cpu", **flag)
+    with pytest.raises(UserError, match="sampled decoding needs --temperature > 0"):
+        evaluate.main(cfg)
+    evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=2, device="cpu", decode="greedy",
+                                      **flag))  # greedy decoding does not use them
+
+
+def test_t975_against_published_quantiles():
+    """Student's t 97.5% quantiles from standard tables, beyond evaluate's own table (df > 10)."""
+    for df, exact in ((11, 2.200985), (12, 2.178813), (15, 2.131450), (20, 2.085963), (30, 2.042272),
+                      (60, 2.000298), (120, 1.979930)):
+        assert abs(evaluate.t975(df) - exact) < 2e-4, df
+    assert evaluate.t975(4) == 2.776
