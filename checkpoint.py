@@ -43,11 +43,12 @@ def kept_checkpoint(out_dir):
     return f"the last good checkpoint {os.path.join(out_dir, name)} is kept" if name else "no checkpoint was written"
 
 
-def finite_model(model, head, idx):
-    """Whether a model and its latent head (or None) are fit to save: every weight and buffer finite, and so are the
-    logits, the hidden states and the head's outputs of a forward pass on the token ids idx (B, T); finite weights
-    can still overflow it (weights of 1e10 after one huge update give NaN logits). Draws nothing at random."""
-    modules = [m for m in (model, head) if m is not None]
+def finite_model(model, head, idx, think=None):
+    """Whether a model, its latent head (or None) and a baseline's thought module (or None) are fit to save: every
+    weight and buffer finite, and so are the logits, the hidden states and the head's outputs of a forward pass on
+    the token ids idx (B, T); finite weights can still overflow it (weights of 1e10 after one huge update give NaN
+    logits). Draws nothing at random."""
+    modules = [m for m in (model, head, think) if m is not None]
     states = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
     if not all(bool(torch.isfinite(t).all()) for t in states):
         return False

@@ -295,17 +295,17 @@ def main(cfg):
     print_config(cfg)
     tok, train, encoded, val, model_cfg = setup_data(cfg, ckpt or init)
     model, head, think, latent_config = build_model(cfg, model_cfg, init, device)
-    aside = head or think  # the module trained beside the model, if any
-    optimizer = make_optimizer([model] + ([aside] if aside else []), cfg.lr, cfg.weight_decay)
+    aside = head if head is not None else think  # the module trained beside the model, if any
+    optimizer = make_optimizer([model] + ([aside] if aside is not None else []), cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(encoded), cfg.total_batch_size, cfg.seed)  # whole batches, the same in every process
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)  # c, chunk labels, latent noise
     step, best_val = 0, -1.0
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        if aside:
+        if aside is not None:
             aside.load_state_dict(ckpt["latent_head"])
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
-    n_params = model.num_params() + (sum(p.numel() for p in aside.parameters()) if aside else 0)
+    n_params = model.num_params() + (sum(p.numel() for p in aside.parameters()) if aside is not None else 0)
     print0(f"{len(encoded):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
            f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}\n"
            f"batch: {cfg.total_batch_size} sequences per step = {cfg.batch_size} per pass x {world} process(es) x "
@@ -344,18 +344,19 @@ def main(cfg):
         if step % cfg.eval_every == 0 or step == last:
             gen_states = generator_states(gen)  # every process's, for an exact resume
             if rank == 0:  # validation and checkpoints in process 0; the others wait at the barrier
-                if not finite_model(model, head, probe):  # an update can blow the weights up with a finite loss
+                if not finite_model(model, head, probe, think):  # an update can blow the weights up with a finite loss
                     raise UserError(f"training diverged at step {step}: its update left weights or outputs that are "
                                     f"not finite, not saved; lower --lr; {kept_checkpoint(cfg.out_dir)}")
                 acc, per_c = validate(model, head, tok, val, c_values, cfg.max_latents, plan and plan.thoughts, think)
                 # ties go to the later, longer-trained checkpoint; icot's only once its schedule has removed every chain
                 selectable = not plan or plan.selectable(step)
-                fallback = not selectable and step == last and best_val < 0  # then the last one, said below
+                # a schedule that ended with chains left (not one paused by --stop_at): its last one, said below
+                fallback = not selectable and step == cfg.max_steps and best_val < 0
                 is_best = (selectable and acc >= best_val) or fallback
                 best_val = max(best_val, acc) if selectable else best_val
                 path = save_checkpoint(cfg.out_dir, step, {
                     "script": "train_sft", "model": model.state_dict(), "model_config": asdict(model_cfg),
-                    "latent_head": aside.state_dict() if aside else None, "latent_config": latent_config,
+                    "latent_head": aside.state_dict() if aside is not None else None, "latent_config": latent_config,
                     "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
                     "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
                 best = f"{100 * best_val:.1f}%" if best_val >= 0 else "none yet (chains not all removed)"

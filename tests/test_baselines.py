@@ -185,6 +185,22 @@ def test_icot_trains_until_the_chain_is_gone_and_selects_only_then(tiny_runs, tm
     assert run["best_val"] == best["best_val"]
 
 
+def test_icot_stopped_early_is_not_a_finished_schedule(tiny_runs, tmp_path, capsys):
+    """--stop_at before the chains are gone pauses the run: no checkpoint becomes `best` and nothing says to raise
+    --max_steps; a schedule that ends with chains left does take its last checkpoint as `best`, and says so."""
+    import train_sft
+    from checkpoint import read_pointer
+    from conftest import tiny_train_cfg
+    flags = dict(mode="icot", init_from=tiny_runs["cot"], remove_every=100, eval_every=3)
+    paused = str(tmp_path / "paused")
+    train_sft.main(tiny_train_cfg(tiny_runs["data"], paused, max_steps=400, stop_at=3, **flags))
+    assert read_pointer(paused, "latest") == "ckpt_000003.pt" and read_pointer(paused, "best") is None
+    assert "raise --max_steps" not in capsys.readouterr().out
+    ended = str(tmp_path / "ended")
+    train_sft.main(tiny_train_cfg(tiny_runs["data"], ended, max_steps=3, **flags))
+    assert read_pointer(ended, "best") == "ckpt_000003.pt" and "raise --max_steps" in capsys.readouterr().out
+
+
 # --- Distill (CODI) -------------------------------------------------------------------------------------------------
 def test_hidden_distance_by_hand():
     from baselines import hidden_distance

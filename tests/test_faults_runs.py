@@ -115,6 +115,28 @@ def test_nan_loss_names_its_own_step_and_what_is_kept(tiny_data, tmp_path):
         sft(tiny_data, str(tmp_path / "run"), eval_every=2, lr=1e10, min_lr=0, grad_clip=0)
 
 
+def test_finite_model_checks_every_module_it_would_save():
+    """A weight that is not finite in the model, the latent head or a baseline's thought module makes the set unfit
+    to save; finite weights whose forward pass overflows do too."""
+    from baselines import thinker
+    from conftest import tiny_gpt
+    from latent_head import LatentHead
+    idx = torch.tensor([[1, 2, 3]])
+    model, head, think = tiny_gpt(seed=0), LatentHead(16), thinker("distill", 16)
+    assert checkpoint.finite_model(model, head, idx, think) and checkpoint.finite_model(model, None, idx, think)
+    for module in (model, head, think):
+        p = next(module.parameters())
+        saved = p.detach().clone()
+        with torch.no_grad():
+            p.view(-1)[0] = float("nan")
+        assert not checkpoint.finite_model(model, head, idx, think)
+        with torch.no_grad():
+            p.copy_(saved)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e38)  # finite weights, infinite logits
+    assert not checkpoint.finite_model(model, head, idx, think)
+
+
 def rl(colar_run, tiny_data, out, **kw):
     base = dict(init_from=colar_run, data_dir=tiny_data, out_dir=str(out), c=2, group=2, questions=4, minibatch=8,
                 max_latents=4, max_answer_tokens=4, max_steps=4, eval_every=2, eval_n=2, log_every=100, device="cpu")
