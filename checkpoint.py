@@ -12,7 +12,7 @@ import os
 import pickle
 import re
 import socket
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 
 import torch
 import torch.distributed as dist
@@ -248,11 +248,18 @@ def open_run(out_dir, resume, script):
 
 
 def check_same(saved, cfg, keys):
-    """A resumed run must keep the settings `keys` of its saved config (a dict)."""
+    """A resumed run must keep the settings `keys` of its saved config (a dict; a setting it lacks was saved before
+    the setting existed, so the run had its default). The others may change (a lower --lr after a divergence, a
+    longer --max_steps), but never unseen: they are printed, as `--flag new (the run: old)`."""
+    before = {f.name: saved.get(f.name, f.default) for f in fields(cfg)}
     for key in keys:
-        if saved[key] != getattr(cfg, key):
-            raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed ({saved[key]}): "
+        if before[key] != getattr(cfg, key):
+            raise UserError(f"--{key}={getattr(cfg, key)} does not match the run being resumed ({before[key]}): "
                             f"resume with the run's own settings")
+    changed = [f"--{k} {getattr(cfg, k)} (the run: {v})" for k, v in before.items()
+               if k not in keys and k != "resume" and v != getattr(cfg, k)]
+    if changed:
+        print0(f"resuming with settings the run did not have: {', '.join(changed)}")
 
 
 def generator_states(gen):

@@ -19,7 +19,7 @@ Modes (the sequence each example becomes; colar.py lays them out and holds the l
     python train_sft.py                                   # CoT on the synthetic task (data/synth), ~5 minutes on CPU
     python train_sft.py --mode nocot --out_dir out/nocot  # the No-CoT baseline
     python train_sft.py --mode colar --init_from out/cot --out_dir out/colar   # CoLaR, starting from the CoT model
-    python train_sft.py --resume true                     # continue out/cot from its latest checkpoint, exactly
+    python train_sft.py --resume true                     # continue out/cot exactly (give the flags it began with)
     python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --out_dir out/gsm8k_cot --max_steps 400
     python train_sft.py --data_dir data/gsm8k --tokenizer gpt2 --init_from gpt2 --out_dir out/gsm8k_gpt2 --lr 1e-4
                                                           # from pretrained GPT-2 (pip install transformers)
@@ -174,9 +174,13 @@ def check_config(cfg):
                           latent_loss=("soft_mse", "nll"),
                           tokenizer=KINDS, pos_emb=("rope", "learned")),
                 positive=("n_layer", "n_head", "n_embd", "batch_size", "max_steps", "eval_every", "log_every", "lr",
-                          "c_thought", "stages"),
+                          "c_thought", "stages", "number_digits", "c_max"),
                 nonnegative=("total_batch_size", "eval_n", "block_size", "max_latents", "min_lr", "dropout",
-                             "stage_steps", "remove_every", "removal_lambda", "distill_weight"))
+                             "stage_steps", "remove_every", "removal_lambda", "distill_weight", "latent_hidden",
+                             "latent_weight", "latent_alpha", "self_feed", "warmup_steps", "weight_decay",
+                             "grad_clip", "keep_last", "stop_at"))
+    if cfg.self_feed > 1:
+        raise UserError(f"--self_feed is a fraction of the latent inputs, between 0 and 1; got {cfg.self_feed}")
     if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
         raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
                         f"Hugging Face's layout (no config.json)")
@@ -285,6 +289,19 @@ def setup_data(cfg, base):
     return tok, train, encoded, val[:cfg.eval_n] if cfg.eval_n > 0 else val, model_cfg  # the tokenizer saw all val
 
 
+def check_context(cfg, tok, encoded, c_values, block_size):
+    """One line, before training, when the longest training row does not fit the model's context (the text row of
+    CoT, No-CoT and a baseline's first stage; CoLaR's row at its smallest c)."""
+    latent = cfg.mode == "colar"
+    c = min(c_values) if latent else (0 if cfg.mode == "nocot" else 1)
+    width = lambda e: len(e[0]) + (math.ceil(len(e[1]) / c) if latent else len(e[1])) + len(e[2])  # noqa: E731
+    need = colar.layout(tok, [max(encoded, key=width)], c, latent=latent).idx.size(1)
+    if need > block_size:
+        where = f"--init_from {cfg.init_from}'s" if cfg.init_from else "--block_size"
+        raise UserError(f"the longest training row needs {need} positions, but the model's context is {block_size} "
+                        f"({where}): give a larger --block_size (0 sizes it to the data) or shorter examples")
+
+
 def main(cfg):
     check_config(cfg)
     c_values = parse_c_values(cfg)
@@ -294,6 +311,7 @@ def main(cfg):
     cfg, ckpt, init = starting_point(cfg)
     print_config(cfg)
     tok, train, encoded, val, model_cfg = setup_data(cfg, ckpt or init)
+    check_context(cfg, tok, encoded, c_values, model_cfg.block_size)
     model, head, think, latent_config = build_model(cfg, model_cfg, init, device)
     aside = head if head is not None else think  # the module trained beside the model, if any
     optimizer = make_optimizer([model] + ([aside] if aside is not None else []), cfg.lr, cfg.weight_decay)

@@ -180,6 +180,21 @@ def test_train_sft_bad_data(case, expected, tiny_data, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_train_sft_rows_longer_than_the_context(tiny_runs, tmp_path, capsys):
+    """A --block_size, or a starting model's context, too short for the longest training row: refused before the
+    first step (it was an error from inside the model's forward), the row's length named."""
+    common = ("--data_dir", tiny_runs["data"], "--device", "cpu", "--n_layer", 1, "--n_embd", 32, "--max_steps", 1)
+    line, _, _ = refused(capsys, "train_sft.py", *common, "--out_dir", tmp_path / "a", "--block_size", 8)
+    assert re.fullmatch(r"error: the longest training row needs \d+ positions, but the model's context is 8 "
+                        r"\(--block_size\): .*", line)
+    assert not os.path.exists(tmp_path / "a")
+    long_question = "+".join(["1"] * 80)  # longer than the CoT model's context
+    data = data_copy(tiny_runs["data"], tmp_path, train=f"{long_question}||<<1+1=2>> #### 2\n")
+    line, _, _ = refused(capsys, "train_sft.py", "--data_dir", data, "--device", "cpu", "--max_steps", 1,
+                         "--out_dir", tmp_path / "b", "--mode", "colar", "--init_from", tiny_runs["cot"])
+    assert f"(--init_from {tiny_runs['cot']}'s)" in line
+
+
 def test_train_rl_empty_validation(tiny_runs, tmp_path, capsys):
     data = data_copy(tiny_runs["data"], tmp_path, val="")
     line, _, _ = refused(capsys, "train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", data,

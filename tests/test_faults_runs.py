@@ -173,6 +173,27 @@ def test_resume_keeps_the_mode(colar_run, tiny_data, tmp_path, capsys):
     assert sorted(os.listdir(out)) == before
 
 
+def test_resume_names_the_settings_it_changes(tiny_data, tmp_path, capsys):
+    """A resumed run may change a setting outside RESUME_KEYS (a lower --lr, a longer --max_steps), never unseen: the
+    changes are printed. A checkpoint saved before a setting existed resumes as if it had that setting's default."""
+    out = str(tmp_path / "run")
+    sft(tiny_data, out, eval_every=1, stop_at=2)
+    capsys.readouterr()
+    sft(tiny_data, out, eval_every=1, stop_at=3, resume=True)
+    said = [s for s in capsys.readouterr().out.splitlines() if s.startswith("resuming with")]
+    assert said == ["resuming with settings the run did not have: --stop_at 3 (the run: 2)"]
+    sft(tiny_data, out, eval_every=1, max_steps=5, lr=1e-3, resume=True)
+    said = [s for s in capsys.readouterr().out.splitlines() if s.startswith("resuming with")]
+    assert said == ["resuming with settings the run did not have: --max_steps 5 (the run: 4), --lr 0.001 (the run: "
+                    "0.002), --stop_at 0 (the run: 3)"]
+    # an older checkpoint, saved before removal_lambda (a resume key) existed: the default stands in for it
+    path = os.path.join(out, read_pointer(out, "latest"))
+    old = torch.load(path, weights_only=False)
+    del old["config"]["removal_lambda"]
+    torch.save(old, path)
+    assert sft(tiny_data, out, eval_every=1, max_steps=6, lr=1e-3, resume=True)["step"] == 6
+
+
 def test_resuming_a_finished_run_writes_nothing(colar_run, tiny_data, tmp_path):
     """The recipes resume every run folder they find (runs/*.sh): a finished one must end at once, its files as
     they were."""
