@@ -64,12 +64,15 @@ def finite_model(model, head, idx, think=None):
 
 
 def _atomic_write(out_dir, name, write, what):
-    """write(f) into out_dir/name.tmp, then rename it to name: a reader sees the old file or the whole new one. A
-    failed write (a full disk, a read-only folder) removes the temp file and stops the run with one line."""
+    """write(f) into out_dir/name.tmp, then rename it to name: a reader sees the old file or the whole new one, and
+    after a crash of the machine too (the bytes reach the disk before the rename). A failed write (a full disk, a
+    read-only folder) removes the temp file and stops the run with one line."""
     path = os.path.join(out_dir, name)
     try:
         with open(path + ".tmp", "wb") as f:  # opened here: torch.save's own open reports errors as RuntimeError
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
     except (OSError, RuntimeError) as e:  # torch.save reports some failed writes as a RuntimeError of many lines
         with contextlib.suppress(OSError):

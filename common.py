@@ -294,7 +294,9 @@ def wrap_ddp(trainee, device, world_size, find_unused=False):
 
 # --- optimisation ----------------------------------------------------------------------------------------------
 def get_lr(step, cfg):
-    """Linear warm-up from 0 to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    """The learning rate of step `step` (0-based): a linear warm-up, lr * (step + 1) / warmup_steps, reaching lr at
+    step warmup_steps - 1; then a cosine decay from lr (at warmup_steps) towards min_lr, reached at step max_steps,
+    one past the last step taken."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))

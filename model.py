@@ -226,7 +226,8 @@ class GPT(nn.Module):
         """
         idx:    (B, Ti) token ids, or None
         embeds: (B, Te, C) input embeddings placed after the tokens (latents), or None
-        pos:    (B, T) position ids, T = Ti + Te; default: positions continue from the cache, 0, 1, 2, ...
+        pos:    (B, T) position ids, T = Ti + Te; default: positions continue from the cache's length, 0, 1, 2,
+                ... (right only without left padding: a padded batch passes its own)
         mask:   (B, T) bool, True where the position is real (not padding); default: all real
         cache:  a KVCache; the new keys/values are appended to it
         targets:(B, T) token ids to predict at each position, -1 where nothing is predicted
