@@ -9,7 +9,7 @@
 #
 #   bash runs/mult_c2.sh                                   # 80-125 minutes on a 2-core CPU
 #   SEED=2 bash runs/mult_c2.sh                            # another training seed (its own folders)
-#   DIGITS=5 bash runs/mult_c2.sh                          # 5x5, the same recipe
+#   DIGITS=5 bash runs/mult_c2.sh                          # 5x5, the same recipe: about 3.5 hours
 #   LAG=3 C_VALUES=3 STEPS=6000 LONG=0 bash runs/mult_c2.sh   # sum digits 3 places later (--lag): c = 3 still 0%
 #   FORMAT=product bash runs/mult_c2.sh                    # the chain number by number: c = 2 stays near 0%
 #   C_VALUES=1,2,3,4,5 STEPS=6000 LONG=0 bash runs/mult_c2.sh   # every speed at once, as the demo trains
