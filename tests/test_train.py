@@ -156,3 +156,18 @@ def test_a_colar_run_from_a_colar_run_keeps_its_latent_head(tiny_runs):
         same = all(torch.equal(v, init["latent_head"][k]) for k, v in head.state_dict().items()
                    if k in init["latent_head"] and v.shape == init["latent_head"][k].shape)
         assert same == kept
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("latent_hidden", -1, "--latent_hidden must be >= 0, got -1"),  # was a negative dimension inside nn.Linear
+    ("number_digits", 0, "--number_digits must be positive, got 0"),
+    ("self_feed", 1.5, "--self_feed is a fraction of the latent inputs, between 0 and 1; got 1.5"),
+    ("self_feed", -0.1, "--self_feed must be >= 0, got -0.1"),
+    ("warmup_steps", -5, "--warmup_steps must be >= 0, got -5"),
+    ("latent_weight", -1.0, "--latent_weight must be >= 0, got -1.0"),
+    ("keep_last", -1, "--keep_last must be >= 0, got -1")])
+def test_train_sft_refuses_flags_out_of_range(tiny_data, tmp_path, flag, value, message):
+    with pytest.raises(UserError) as e:
+        train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, mode="colar", **{flag: value}))
+    assert str(e.value) == message
+    train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, mode="colar"))  # the defaults pass
