@@ -33,7 +33,7 @@ import torch
 
 import torch.nn.functional as F
 
-from common import autocast
+from common import autocast, full_precision
 from compress import compress, sample_chunk_labels
 from data.format import chain_text
 from latent_head import gaussian_log_prob, latent_loss
@@ -129,12 +129,6 @@ def latent_targets(z, b, eot_emb):
     covered = b.latent_out.clone()
     covered[rows, b.eot_at] = True
     return target, covered
-
-
-def full_precision(device):
-    """A context in which the latent head runs in fp32 even inside the trainer's bf16 autocast: its mean and sigma
-    (driven to ~1e-4 by SFT) would lose all but ~3 significant digits in bf16, and decoding runs it in fp32."""
-    return torch.autocast(device.type, enabled=False)
 
 
 def colar_loss(model, head, b, c, eot_id, generator, pool="sqrt", kind="soft_mse", alpha=0.0, chunk_labels=True,

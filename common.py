@@ -218,6 +218,12 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+
+def full_precision(device):
+    """A context in which the latent head runs in fp32 even inside the trainer's bf16 autocast: its mean and sigma
+    (driven to ~1e-4 by SFT) would lose all but ~3 significant digits in bf16, and decoding runs it in fp32."""
+    return torch.autocast(device.type, enabled=False)
+
 # --- several processes (torchrun) ------------------------------------------------------------------------------
 def setup_distributed(device_name="auto"):
     """Join the process group when torchrun started this process (it sets RANK, WORLD_SIZE and LOCAL_RANK): backend
