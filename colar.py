@@ -235,23 +235,23 @@ def replay_batch(tok, questions, outs, c, device):
     return b.to(device), lat.to(device)
 
 
-def action_log_probs(model, head, b, lat, go_on_id=None):
+def action_log_probs(model, head, b, lat, stop_id=None):
     """Log-probabilities of every action of a replay batch, in one teacher-forced pass. Returns logp (N, T): at
     latent_out the Gaussian log-density (mean over dimensions) of the latent produced there, at the answer actions
     (targets != -1) the log-prob of the token produced there, 0 elsewhere; and the mean sigma over the latents.
-    With go_on_id (the <|eot|> id), a latent's action also holds the decision to go on thinking made at the same
-    position: its log-prob gains log(1 - p(<|eot|>))."""
+    With stop_id (the <|eot|> id), a latent's action also holds the decision not to stop, made at the same
+    position: its log-prob gains log(1 - p(stop_id))."""
     x = torch.where(b.latent_in[..., None], lat.to(model.wte.weight.dtype), model.wte(b.idx))
     with autocast(x.device):  # the model in bf16 on CUDA (fp32 elsewhere); the head and log-densities in fp32
         logits, _, h = model(embeds=x, mask=b.mask)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 (bf16 on GPU)
     mu, log_sigma = head(h[b.latent_out])  # (M, C), in the head's own dtype
     lat_logp = gaussian_log_prob(head.normalise(lat[b.latent_in]), mu, log_sigma)  # row-major, as latent_out
-    if go_on_id is not None:  # log(1 - p(eot)) = logsumexp over the other tokens - logsumexp over all, stably
-        go_logits = logits[b.latent_out]
-        others = go_logits.clone()
-        others[:, go_on_id] = float("-inf")
-        lat_logp = lat_logp + (others.logsumexp(-1) - go_logits.logsumexp(-1)).to(lat_logp.dtype)
+    if stop_id is not None:  # log(1 - p(stop)) = logsumexp over the other tokens - logsumexp over all, stably
+        slot_logits = logits[b.latent_out]
+        others = slot_logits.clone()
+        others[:, stop_id] = float("-inf")
+        lat_logp = lat_logp + (others.logsumexp(-1) - slot_logits.logsumexp(-1)).to(lat_logp.dtype)
     acts = b.targets != -1
     tok_logp = F.log_softmax(logits[acts], dim=-1).gather(1, b.targets[acts][:, None]).squeeze(1)
     logp = torch.zeros(b.idx.shape, device=x.device, dtype=mu.dtype)
@@ -260,12 +260,12 @@ def action_log_probs(model, head, b, lat, go_on_id=None):
     return logp, sigma
 
 
-def rl_loss(model, head, b, lat, logp_old, adv, cfg, go_on_id=None):
+def rl_loss(model, head, b, lat, logp_old, adv, cfg, stop_id=None):
     """The loss of some rollouts (a minibatch, or a process's share of one) and the mean sigma of their latents.
     No rollouts (a process's share ran out): 0 through every parameter, so DDP still averages every gradient."""
     if adv.numel() == 0:
         zero = sum(p.sum() for m in (model, head) for p in m.parameters()) * 0.0
         return zero, zero.detach()
-    logp, sigma = action_log_probs(model, head, b, lat, go_on_id)
+    logp, sigma = action_log_probs(model, head, b, lat, stop_id)
     per_action = clipped_surrogate(logp, logp_old, adv[:, None], cfg.clip_eps)
     return aggregate(per_action, b.latent_out, b.targets != -1, cfg.length_average), sigma

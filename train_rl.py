@@ -118,7 +118,7 @@ def reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64):
     return 1.0 - length_penalty * n_latents / max_latents
 
 
-def rl_step(trainee, model, head, optimizer, params, b, lat, adv, cfg, gen, go_on_id):
+def rl_step(trainee, model, head, optimizer, params, b, lat, adv, cfg, gen, stop_id):
     """Policy-gradient updates on this process's kept rollouts of a step (advantages adv (N,)): `epochs` passes in
     minibatches, one optimizer step each. Returns the mean loss, gradient norm (before clipping) and sigma over the
     minibatches; a non-finite loss or gradient returns at once, with the weights untouched by it."""
@@ -126,7 +126,7 @@ def rl_step(trainee, model, head, optimizer, params, b, lat, adv, cfg, gen, go_o
     per = max(1, cfg.minibatch // world)  # this process's rollouts per minibatch
     if adv.numel():  # in slices of a minibatch's size: the (N, T, vocab) logits of every rollout at once can be large
         with torch.no_grad():
-            logp_old = torch.cat([colar.action_log_probs(model, head, b.rows(rows), lat[rows], go_on_id)[0]
+            logp_old = torch.cat([colar.action_log_probs(model, head, b.rows(rows), lat[rows], stop_id)[0]
                                   for rows in torch.arange(adv.numel(), device=adv.device).split(per)])
     n_mb = torch.tensor(-(-adv.numel() // per), device=adv.device)
     if world > 1:  # every process takes as many optimizer steps
@@ -260,8 +260,8 @@ def main(cfg):
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    go_on_id = tok.eot if cfg.stop_actions == "all" else None
-    trainee = wrap_ddp(Trainee(model, head, partial(colar.rl_loss, cfg=cfg, go_on_id=go_on_id)), device, world)
+    stop_id = tok.eot if cfg.stop_actions == "all" else None
+    trainee = wrap_ddp(Trainee(model, head, partial(colar.rl_loss, cfg=cfg, stop_id=stop_id)), device, world)
     print0(f"{len(train):,} training questions, {len(val):,} validation; speed c={cfg.c}; {cfg.questions} questions x "
            f"{cfg.group} rollouts per step over {world} process(es); device {device}")
     probe = torch.tensor([colar.prompt(tok, train[0][0], cfg.c)], device=device)  # for finite_model
@@ -301,7 +301,7 @@ def main(cfg):
         keep = signal.repeat_interleave(cfg.group).nonzero().squeeze(1).tolist()
         b, lat = colar.replay_batch(tok, [questions[i] for i in keep], [outs[i] for i in keep], cfg.c, device)
         loss, norm, step_sigma = rl_step(trainee, model, head, optimizer, params, b, lat, adv[keep].to(device), cfg,
-                                         gen, go_on_id) if len(keep) or world > 1 else (0.0, 0.0, float("nan"))
+                                         gen, stop_id) if len(keep) or world > 1 else (0.0, 0.0, float("nan"))
         sigma = sigma if math.isnan(step_sigma) else step_sigma
         if not math.isfinite(loss):
             raise UserError(f"the RL loss or its gradient became {loss} at step {step + 1}: lower --lr or raise "

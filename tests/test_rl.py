@@ -231,8 +231,8 @@ def test_greedy_rollout_latents_are_the_head_means():
     assert torch.allclose(logp[b.latent_out], peak, atol=1e-9)
 
 
-@pytest.mark.parametrize("sign,go_on_id", [(1.0, None), (-1.0, None), (1.0, TOK.eot)])
-def test_rl_step_moves_log_prob_with_the_advantage(sign, go_on_id):
+@pytest.mark.parametrize("sign,stop_id", [(1.0, None), (-1.0, None), (1.0, TOK.eot)])
+def test_rl_step_moves_log_prob_with_the_advantage(sign, stop_id):
     model, head = latent_model()
     questions, _, outs = sampled_rollouts(model, head, seed=1)
     i = next(k for k, o in enumerate(outs) if o["n_latents"] >= 2 and not o["hit_cap"])
@@ -240,16 +240,16 @@ def test_rl_step_moves_log_prob_with_the_advantage(sign, go_on_id):
 
     def objective():  # what the update should raise (A > 0) or lower (A < 0): mean latent + mean answer log-prob
         with torch.no_grad():
-            logp, _ = colar.action_log_probs(model, head, b, lat, go_on_id)
+            logp, _ = colar.action_log_probs(model, head, b, lat, stop_id)
         return (logp[b.latent_out].mean() + logp[b.targets != -1].mean()).item()
 
     before = objective()
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=1e-3)
     cfg = SimpleNamespace(epochs=1, minibatch=8, clip_eps=0.2, length_average=True, grad_clip=0.0)
-    trainee = Trainee(model, head, partial(colar.rl_loss, cfg=cfg, go_on_id=go_on_id))
+    trainee = Trainee(model, head, partial(colar.rl_loss, cfg=cfg, stop_id=stop_id))
     loss, norm, sigma = train_rl.rl_step(trainee, model, head, optimizer, params, b, lat, torch.tensor([sign]), cfg,
-                                         torch.Generator().manual_seed(0), go_on_id)
+                                         torch.Generator().manual_seed(0), stop_id)
     after = objective()
     assert norm > 0 and sigma >= 0.3 - 1e-9 and loss == pytest.approx(-2 * sign)  # rho = 1: loss = -A (1 + 1)
     assert (after - before) * sign > 0
