@@ -5,9 +5,9 @@ The GSM8K-Aug line format every data set here is written in, one example per lin
 
 The chain (the steps between `||` and `####`) may be empty. Answers are compared after normalisation.
 """
-import math
 import os
 import re
+from decimal import Decimal, InvalidOperation
 
 from common import UserError
 
@@ -102,10 +102,11 @@ def normalise_answer(text):
 
 
 def answers_match(predicted, reference):
-    """Numerically equal after normalisation (to 1e-6 relative), else equal as strings."""
+    """Equal as numbers after normalisation, exactly (1450001 is not 1450000, and no float rounds a 20-digit answer),
+    else equal as strings; nan and infinity match nothing."""
     p, r = normalise_answer(predicted), normalise_answer(reference)
     try:
-        pf, rf = float(p), float(r)
-    except ValueError:
+        pd, rd = Decimal(p), Decimal(r)
+    except InvalidOperation:
         return p == r
-    return math.isfinite(pf) and math.isclose(pf, rf, rel_tol=1e-6, abs_tol=1e-9)
+    return pd.is_finite() and rd.is_finite() and pd == rd

@@ -84,6 +84,7 @@ def test_write_then_read_split(tmp_path):
     ("18", "18.0", True), ("1,000", "1000", True), ("0.5", ".5", True), ("abc", "abc", True),
     ("$5", "5", True), (" 7 ", "7", True), ("-3", "-3.00", True),
     ("17", "18", False), ("", "0", False), ("abc", "abd", False), ("0.5", "0.6", False), ("nan", "nan", False),
+    ("1450001", "1,450,000", False), ("12345678901234567891", "12345678901234567890", False), ("inf", "inf", False),
 ])
 def test_answers_match(p, r, same):
     assert answers_match(p, r) is same
