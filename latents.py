@@ -92,17 +92,19 @@ def written_latents(head, h, b):
 
 
 def nearest_rates(latents_of, z, zmask):
-    """Per latent position k: the fraction of examples whose k-th latent (latents_of[i][k]) is at least as near to
-    their own true chunk k as to the true chunk k of any other example (see the top of the file); it stops at the
-    first position that fewer than two examples reach."""
+    """Per latent position k: the fraction of examples with a k-th latent (latents_of[i][k]) that is at least as near
+    to their own true chunk k as to the true chunk k of any other example that has one, whether or not its own
+    latents reach k (see the top of the file); it stops where fewer than two examples have a true chunk k or none a
+    k-th latent."""
     rates = []
     for k in range(zmask.size(1)):
-        rows = [i for i, lat in enumerate(latents_of) if zmask[i, k] and len(lat) > k]
-        if len(rows) < 2:
+        cands = zmask[:, k].nonzero().squeeze(1).tolist()  # the examples with a true chunk k
+        rows = [i for i in cands if len(latents_of[i]) > k]
+        if len(cands) < 2 or not rows:
             break
         mine = torch.stack([latents_of[i][k] for i in rows]).to(z.device)  # (n, C)
-        sims = similarity(mine, z[rows, k])  # (n, n): latent i against true chunk k of example j
-        own = sims.diagonal()  # a hit: the own chunk is among the nearest (another example's identical chunk ties)
+        sims = similarity(mine, z[cands, k])  # (n, m): latent of rows[r] against true chunk k of cands[j]
+        own = sims[range(len(rows)), [cands.index(i) for i in rows]]  # (another's identical chunk ties: a hit)
         rates.append((own >= sims.max(1).values - 1e-6).float().mean().item())
     return rates
 

@@ -168,6 +168,16 @@ def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
     assert shifted[:K] == [expected(k, nxt) for k in range(K)] and min(shifted) < 1.0
 
 
+def test_nearest_rates_compare_with_every_true_chunk():
+    z = torch.eye(6).reshape(3, 2, 6)  # 3 examples, 2 chunks each, all 6 orthogonal
+    zmask = torch.ones(3, 2, dtype=torch.bool)
+    # example 0 writes example 1's first chunk, example 1 writes nothing, example 2 writes its own chunks: at position
+    # 0 example 0 misses (example 1's chunk is a candidate though its latents stop early), example 2 hits
+    rates = latents.nearest_rates([[z[1, 0]], [], [z[2, 0], z[2, 1]]], z, zmask)
+    assert rates == [0.5, 1.0]
+    assert latents.nearest_rates([[z[0, 0]], [], []], z, zmask) == [1.0]  # no example reaches position 1
+
+
 def test_probe_cli_prints_a_line_per_speed(tiny_runs, capsys):
     out = latents.main(latents.LatentsConfig(ckpt=tiny_runs["colar"], data_dir=tiny_runs["data"], probe=3,
                                              max_latents=8, device="cpu"))
