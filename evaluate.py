@@ -218,6 +218,8 @@ def main(cfg):
         for r in merge_records(cfg.out, records):
             if r.get("checkpoint_sha256") != sha:  # a method name reused for another model: say what it replaced
                 print(f"replaced a record of {r['checkpoint']}: {format_record(r)}")
+            elif r.get("settings") != wanted[r["decode"]]:  # e.g. another --data_dir or --n under the same name
+                print(f"replaced a record of other questions or settings: {format_record(r)}")
         print(f"records merged into {cfg.out}")
     return records
 

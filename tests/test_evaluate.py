@@ -66,9 +66,9 @@ def test_evaluate_skip_done(tiny_runs, tmp_path, monkeypatch, capsys):
         evaluate.main(evaluate.EvalConfig(**{**args, "out": ""}, decode="greedy"))
 
 
-def test_evaluate_says_which_record_of_another_checkpoint_it_replaced(tiny_runs, tmp_path, capsys):
+def test_evaluate_says_which_record_it_replaced(tiny_runs, tmp_path, capsys):
     """One method name, two models: the second's records replace the first's, and it says so, naming the file they
-    came from; re-evaluating the same checkpoint replaces silently."""
+    came from; re-evaluating the same checkpoint replaces silently, on other questions not."""
     out_json = str(tmp_path / "r.json")
     args = dict(split="test", n=2, decode="greedy", method="m", out=out_json, device="cpu")
     evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["cot"], **args))
@@ -79,6 +79,9 @@ def test_evaluate_says_which_record_of_another_checkpoint_it_replaced(tiny_runs,
     assert len(replaced) == 1 and tiny_runs["cot"] in replaced[0]
     [record] = evaluate.read_records(out_json, "--out")
     assert tiny_runs["colar"] in record["checkpoint"]
+    evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], c="1", **{**args, "n": 3}))  # other questions
+    replaced = [s for s in capsys.readouterr().out.splitlines() if s.startswith("replaced a record")]
+    assert replaced == ["replaced a record of other questions or settings: " + evaluate.format_record(record)]
 
 
 @pytest.mark.parametrize("flag", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5),
