@@ -126,7 +126,7 @@ def answer_with_thoughts(model, tok, questions, n_thoughts, think=lambda h: h, t
             h, next_pos = h[:, -1], next_pos + 1
         eot = torch.full((len(questions), 1), tok.eot, device=device)
         logits = model(eot, pos=next_pos[:, None], cache=cache)[0][:, -1]
-    room = model.cfg.block_size - int(next_pos.max()) - 1
+    room = model.cfg.block_size - int(next_pos.max())  # <|eot|> sits at next_pos; the last answer token is not fed
     outs = decode(model, cache, logits, next_pos + 1, min(max_answer_tokens, room), tok.eos, temperature, top_p,
                   generator)
     return [{"answer": tok.decode(o[:o.index(tok.eos)] if tok.eos in o else o).strip(), "finished": tok.eos in o,
@@ -163,9 +163,11 @@ def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, see
         prompts = []
         for q in questions[i:i + batch_size]:
             p = prompt(tok, q, c) + ([tok.eot] if c == 0 else [])
-            if len(p) >= model.cfg.block_size:
-                raise UserError(f"the prompt is {len(p)} tokens but the model's context is {model.cfg.block_size}: "
-                                f"{q[:60]!r}")
+            need = len(p) + (thoughts + 1 if thoughts > 0 else 0)  # a baseline's thoughts and <|eot|> come first
+            if need >= model.cfg.block_size:
+                what = f" (with its {thoughts} thoughts and <|eot|>: {need})" if thoughts > 0 else ""
+                raise UserError(f"the prompt is {len(p)} tokens{what} but the model's context is "
+                                f"{model.cfg.block_size}: {q[:60]!r}")
             prompts.append(p)
         if thoughts > 0:
             results += answer_with_thoughts(model, tok, questions[i:i + batch_size], thoughts, think or (lambda h: h),
@@ -192,8 +194,9 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
 
     Each row first thinks: at its last position, the LM head decides whether <|eot|> comes next (argmax, or a sampled
     token with stop="sampled"); if not, the latent head's sample (mean at latent_temperature 0), times its scale, is fed
-    as the next input embedding. After max_latents latents <|eot|> is forced (hit_cap). Then the row answers token by
-    token until <|eos|>. Rows think and answer side by side in one loop; a row that has answered leaves the batch.
+    as the next input embedding. After max_latents latents <|eot|> is forced (hit_cap; also set for a row still
+    thinking when the context ends). Then the row answers token by token until <|eos|>. Rows think and answer side
+    by side in one loop; a row that has answered leaves the batch.
     Returns one dict per prompt: n_latents, answer (ids, without <|eos|>), finished, hit_cap, and with keep_latents
     latents (the fed vectors) and lm_top (the LM head's 3 likeliest tokens where each latent was produced)."""
     device = next(model.parameters()).device
@@ -244,6 +247,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
             logits, _, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache)
         logits, h = logits[:, -1], h[:, -1]
         next_pos = next_pos + 1
+    for r in rows[thinking].tolist():  # the context ended before the row stopped thinking: cut off, as by the cap
+        out[r]["hit_cap"] = True
     return out
 
 

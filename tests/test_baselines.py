@@ -4,6 +4,8 @@ same naive loop, one question at a time.
 
 Run: .venv/bin/python -m pytest tests/test_baselines.py
 """
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,6 +104,21 @@ def test_answer_with_thoughts_matches_a_naive_loop():
     want = [naive_answer(model, TOK, q, 3, 6) for q in questions]
     assert [r["answer"] for r in got] == want and len(set(want)) > 1  # padded rows answer as if alone
     assert all(r["length"] == 3 for r in got)
+
+
+def test_answer_with_thoughts_uses_the_whole_context():
+    """Thoughts that leave 4 positions after <|eot|>: 4 answer tokens fit (the last is never fed), as in the naive
+    loop; a prompt whose thoughts and <|eot|> fill the context is refused in one line."""
+    from common import UserError
+    from sample import answer_questions
+    model = tiny_gpt(TOK.n_vocab, 32, n_layer=2, n_embd=16, init="sharp", seed=1).double()
+    q = EXAMPLES[0][0]
+    n_thoughts = 32 - len(prompt(TOK, q, 1)) - 4
+    want = naive_answer(model, TOK, q, n_thoughts, 4)
+    assert answer_with_thoughts(model, TOK, [q], n_thoughts, max_answer_tokens=32)[0]["answer"] == want
+    assert len(want) == 4  # (this model never closes its answer: it fills the room)
+    with pytest.raises(UserError, match=re.escape("with its 24 thoughts and <|eot|>: 33")):
+        answer_questions(model, TOK, [q], thoughts=n_thoughts + 4)
 
 
 # --- training and evaluation through the CLIs' main functions -----------------------------------------------------

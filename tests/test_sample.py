@@ -213,7 +213,17 @@ def slow_latent_decode(model, head, prompt, eot, eos, max_latents, max_steps):
             answer.append(t)
             nxt = model.wte.weight[t]
         x = torch.cat([x, nxt[None]])
-    return {"n_latents": n, "answer": answer, "finished": finished, "hit_cap": hit_cap}
+    return {"n_latents": n, "answer": answer, "finished": finished, "hit_cap": hit_cap or thinking}  # (context out)
+
+
+def test_generate_latent_a_row_the_context_cuts_off_hits_the_cap():
+    """A cap beyond the context: the rows still thinking when it ends are cut off, flagged as by the cap."""
+    model, head = tiny_latent_model(seed=3)
+    out = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, 1000, 6)
+    steps = model.cfg.block_size - max(map(len, LATENT_PROMPTS))
+    ref = [slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, 1000, steps) for p in LATENT_PROMPTS]
+    assert [{k: o[k] for k in r} for o, r in zip(out, ref)] == ref
+    assert any(o["hit_cap"] and o["n_latents"] == steps for o in out) and not all(o["hit_cap"] for o in out)
 
 
 def test_generate_latent_greedy_matches_slow_reference():
