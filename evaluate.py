@@ -146,7 +146,7 @@ def settings(cfg, decode, questions_sha256):
     out = {"questions_sha256": questions_sha256, "max_latents": cfg.max_latents}
     if decode == "sampled":
         out.update(temperature=cfg.temperature, top_p=cfg.top_p, latent_temperature=cfg.latent_temperature,
-                   sigma_min=cfg.sigma_min)
+                   sigma_min=cfg.sigma_min, batch_size=cfg.batch_size)  # (one generator runs through the batches)
     return out
 
 

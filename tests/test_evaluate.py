@@ -36,6 +36,10 @@ def test_evaluate_skip_done(tiny_runs, tmp_path, monkeypatch, capsys):
     evaluate.main(evaluate.EvalConfig(**{**args, "max_latents": 3}, decode="greedy"))
     evaluate.main(evaluate.EvalConfig(**{**args, "max_latents": 3, "temperature": 0.5}, decode="greedy,sampled"))
     assert done[8:] == [(1, "greedy"), (2, "greedy"), (1, "sampled"), (2, "sampled")]
+    # another batch size: only the sampled ones (one generator runs through the batches: the draws depend on them)
+    evaluate.main(evaluate.EvalConfig(**{**args, "max_latents": 3, "temperature": 0.5, "batch_size": 2},
+                                      decode="greedy,sampled"))
+    assert done[12:] == [(1, "sampled"), (2, "sampled")]
     # the same split name and size in another folder, one answer changed: other questions, evaluated again
     other = tmp_path / "other"
     shutil.copytree(tiny_runs["data"], other)
@@ -45,23 +49,23 @@ def test_evaluate_skip_done(tiny_runs, tmp_path, monkeypatch, capsys):
     (other / "test.txt").write_text("".join(lines))
     evaluate.main(evaluate.EvalConfig(**{**args, "data_dir": str(other)}, decode="greedy"))
     evaluate.main(evaluate.EvalConfig(**args, decode="greedy"))  # back: its record was replaced, so again too
-    assert done[12:] == [(1, "greedy"), (2, "greedy")] * 2
+    assert done[14:] == [(1, "greedy"), (2, "greedy")] * 2
     evaluate.main(evaluate.EvalConfig(**args, decode="greedy"))
-    assert len(done) == 16
+    assert len(done) == 18
     records = evaluate.read_records(out_json, "--out")
     for r in records:
         r["checkpoint_sha256"] = "0" * 64
     with open(out_json, "w") as f:
         json.dump(records, f)
     evaluate.main(evaluate.EvalConfig(**args, decode="greedy"))
-    assert len(done) == 18
+    assert len(done) == 20
     records = evaluate.read_records(out_json, "--out")  # this checkpoint's again, now without settings
     for r in records:
         r.pop("settings")
     with open(out_json, "w") as f:
         json.dump(records, f)
     evaluate.main(evaluate.EvalConfig(**args, decode="greedy"))
-    assert len(done) == 20  # evaluated again
+    assert len(done) == 22  # evaluated again
     with pytest.raises(UserError, match="needs --out"):
         evaluate.main(evaluate.EvalConfig(**{**args, "out": ""}, decode="greedy"))
 
