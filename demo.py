@@ -7,8 +7,8 @@ reference run's (results/demo.json): a column of the table, grey points of the p
 results/ as they are (--results names another file).
 
 Each stage is one command of this repository, printed before it runs (so the demo doubles as its own recipe). A
-stage whose result exists is skipped: a finished training run, or an evaluation already in the results file for
-the same checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up
+stage whose result exists is skipped: a finished training run (one made with other settings is refused, never
+reported as this run's), or an evaluation already in the results file for the same checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up
 where it stopped when run again with the same flags.
 
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
@@ -131,12 +131,32 @@ def train_stage(name, script, run_flags):
     if run_flags.get("stop_at", 0) > 0:
         last = min(last, run_flags["stop_at"])
     if read_pointer(out_dir, "latest"):
-        if load_checkpoint(out_dir, "latest")["step"] >= last:
+        ckpt = load_checkpoint(out_dir, "latest")
+        finished = ckpt["step"] >= last
+        check_same_run(name, ckpt, run_flags, finished)
+        if finished:
             print(f"== {name}: already trained ({out_dir}), skipped")
             return
         run_flags = {**run_flags, "resume": "true"}
     print(f"== {name}: training ({out_dir})")
     run([script] + flags(run_flags))
+
+
+def check_same_run(name, ckpt, run_flags, finished):
+    """The run a stage finds in its folder must be the one it would train: a run made with other settings (another
+    seed, model size, data...) would otherwise be reported under this demo's settings. A finished run must match
+    every flag but the device; one to resume may differ in how far it goes (max_steps, stop_at)."""
+    saved = ckpt.get("rl_config") or ckpt["config"]
+    loose = {"out_dir", "device"} | (set() if finished else {"max_steps", "stop_at"})
+    def same(k, v):
+        if k in ("data_dir", "init_from"):  # folders: the same one however named
+            return os.path.realpath(saved[k]) == os.path.realpath(v)
+        return saved[k] == v
+    diff = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in run_flags.items()
+            if k not in loose and not (k in saved and same(k, v))]
+    if diff:
+        raise UserError(f"{run_flags['out_dir']} holds a {name} run trained with other settings: {', '.join(diff)}; "
+                        f"run the demo with those, or give another --out_dir")
 
 
 def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):

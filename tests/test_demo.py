@@ -148,12 +148,39 @@ def test_a_run_stopped_at_stop_at_is_finished_until_asked_to_go_further(monkeypa
     ran = []
     monkeypatch.setattr(demo, "run", ran.append)
     monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt_000004.pt")
-    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name: {"step": 4})  # a run at step 4
+    monkeypatch.setattr(demo, "load_checkpoint",  # a run at step 4 of a schedule of 8 stopped at 4
+                        lambda out_dir, name: {"step": 4, "config": dict(out_dir="o", max_steps=8, stop_at=4)})
     demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8, stop_at=4))
     demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8, stop_at=6))
     demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8))
     assert ran == [["train_sft.py", "--out_dir=o", "--max_steps=8", "--stop_at=6", "--resume=true"],
                    ["train_sft.py", "--out_dir=o", "--max_steps=8", "--resume=true"]]  # the first: finished, skipped
+
+
+def test_a_run_found_with_other_settings_is_refused(monkeypatch, tmp_path):
+    """A finished run is skipped only when every flag matches (folders however named); one to resume may go further;
+    an RL run is compared with its own settings."""
+    ran = []
+    monkeypatch.setattr(demo, "run", ran.append)
+    monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt_000008.pt")
+    saved = dict(out_dir="o", data_dir=str(tmp_path), max_steps=8, seed=1337, n_layer=4, device="cpu")
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name: {"step": 8, "config": saved})
+    same = dict(saved, data_dir=os.path.join(str(tmp_path), "."), device="auto")
+    demo.train_stage("cot", "train_sft.py", same)
+    for change in (dict(seed=7), dict(n_layer=8), dict(max_steps=4), dict(data_dir=str(tmp_path / "other")),
+                   dict(lr=0.001)):  # (lr: a flag the saved run does not have)
+        with pytest.raises(UserError, match=f"o holds a cot run trained with other settings: {next(iter(change))}="):
+            demo.train_stage("cot", "train_sft.py", {**same, **change})
+    demo.train_stage("cot", "train_sft.py", {**same, "max_steps": 12})  # further: resumed
+    assert ran == [["train_sft.py", "--out_dir=o", f"--data_dir={same['data_dir']}", "--max_steps=12", "--seed=1337",
+                    "--n_layer=4", "--device=auto", "--resume=true"]]
+    with pytest.raises(UserError, match="seed=1337 \\(now 8\\)"):
+        demo.train_stage("cot", "train_sft.py", {**same, "max_steps": 12, "seed": 8})
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name: {"step": 8, "config": saved,
+                                                                         "rl_config": dict(saved, c=2)})
+    demo.train_stage("colar_rl", "train_rl.py", dict(same, c=2))
+    with pytest.raises(UserError, match="c=2 \\(now 5\\)"):
+        demo.train_stage("colar_rl", "train_rl.py", dict(same, c=5))
 
 
 def test_stop_at_and_the_model_size_reach_the_models_trained_from_scratch_only(tmp_path, monkeypatch):
