@@ -181,6 +181,8 @@ def check_config(cfg):
                              "grad_clip", "keep_last", "stop_at"))
     if cfg.self_feed > 1:
         raise UserError(f"--self_feed is a fraction of the latent inputs, between 0 and 1; got {cfg.self_feed}")
+    if cfg.tokenizer == "number" and not 2 <= cfg.number_digits <= 4:
+        raise UserError(f"--number_digits must be 2, 3 or 4 with --tokenizer number, got {cfg.number_digits}")
     if os.path.isdir(cfg.init_from) and not is_pretrained(cfg.init_from) and not read_pointer(cfg.init_from, "latest"):
         raise UserError(f"--init_from {cfg.init_from} is neither a run folder (no 'latest' pointer) nor GPT-2 in "
                         f"Hugging Face's layout (no config.json)")

@@ -171,3 +171,10 @@ def test_train_sft_refuses_flags_out_of_range(tiny_data, tmp_path, flag, value, 
         train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, mode="colar", **{flag: value}))
     assert str(e.value) == message
     train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, mode="colar"))  # the defaults pass
+
+
+def test_train_sft_refuses_number_tokens_it_cannot_build(tiny_data):
+    """(was a ValueError from the tokenizer, after the data was read)"""
+    with pytest.raises(UserError, match="--number_digits must be 2, 3 or 4 with --tokenizer number, got 5"):
+        train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, tokenizer="number", number_digits=5))
+    train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, tokenizer="char", number_digits=5))  # unused
