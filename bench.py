@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 import colar
-from common import UserError, autocast, check_flags, make_optimizer, parse_config, pick_device, print_config, run_cli
+from common import (UserError, autocast, check_flags, check_writable, make_optimizer, parse_config, pick_device,
+                    print_config, run_cli)
 from data.format import read_split
 from data.synthetic import SynthConfig, generate as make_synthetic
 from latent_head import LatentHead
@@ -175,6 +176,8 @@ def main(cfg):
                 nonnegative=("warmup",))
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
+    if cfg.out:
+        check_writable(cfg.out, "--out")  # now, not after the benchmark
     print_config(cfg)
     device = pick_device(cfg.device)
     precision = "bf16 autocast" if isinstance(autocast(device), torch.autocast) else "fp32"
@@ -187,8 +190,8 @@ def main(cfg):
     L = round(statistics.mean(len(ch) for _, ch, _ in encoded[-cfg.questions:]))  # chain tokens
     A = round(statistics.mean(len(a) for _, _, a in encoded[-cfg.questions:]))  # answer tokens
     text_new = L + 1 + A + 1  # chain, <|eot|>, answer, <|eos|>
-    longest = max(max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded),
-                  max(len(colar.prompt(tok, q, 1)) for q in questions) + text_new)  # a training row, or a prompt and its caps
+    longest = max(max(len(q) + len(ch) + len(a) + 8 for q, ch, a in encoded),  # a training row,
+                  max(len(colar.prompt(tok, q, 1)) for q in questions) + text_new)  # or a prompt and its caps
 
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=longest + 32, n_layer=cfg.n_layer, n_head=cfg.n_head,

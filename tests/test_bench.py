@@ -4,9 +4,12 @@ Run: .venv/bin/python -m pytest tests/test_bench.py
 """
 import json
 
+import pytest
+
 from conftest import tiny_gpt
 
 from bench import BenchConfig, generate_nocache, main
+from common import UserError
 from sample import generate
 
 PROMPTS = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9], [7, 9, 3], [23, 0]]
@@ -48,3 +51,12 @@ def test_bench_end_to_end(tmp_path):
     assert train["colar_mix"]["tokens_per_step"] < train["cot"]["tokens_per_step"]
     assert [decode[f"colar_c{c}"]["chain_length"] for c in range(1, 6)] == \
         [res["lengths"]["latents"][str(c)] for c in range(1, 6)]
+
+
+def test_bench_refuses_an_output_it_could_not_write_before_running(tmp_path, monkeypatch):
+    import bench
+    monkeypatch.setattr(bench, "load_examples", lambda *a: pytest.fail("the benchmark began"))
+    for out, message in ((tmp_path, "is a folder"), (tmp_path / "f.json" / "x.json", "is a file, not a folder")):
+        (tmp_path / "f.json").write_text("{}")
+        with pytest.raises(UserError, match=message):
+            main(BenchConfig(n_layer=1, n_head=2, n_embd=16, device="cpu", out=str(out)))
