@@ -153,6 +153,16 @@ def check_writable(path, flag):
         raise UserError(f"{flag} {path} cannot be written: no permission to write {target}")
 
 
+def check_folder(path, flag):
+    """Refuse, before any work, an output folder that could not be made: an existing file, or a path through one."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):  # the folders still to be made
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        what = "is a file, not a folder" if parent == os.path.abspath(path) else f"cannot be made: {parent} is a file"
+        raise UserError(f"{flag} {path} {what}")
+
+
 def read_records(path, flag):
     """The evaluation records in the JSON list at `path` ([] when there is no file yet), read before any work: a file
     the records could not be merged into (not JSON, not a list of records, not writable) is refused with one line."""

@@ -7,9 +7,10 @@ reference run's (results/demo.json): a column of the table, grey points of the p
 results/ as they are (--results names another file).
 
 Each stage is one command of this repository, printed before it runs (so the demo doubles as its own recipe). A
-stage whose result exists is skipped: a finished training run (one made with other settings is refused, never
-reported as this run's), or an evaluation already in the results file for the same checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up
-where it stopped when run again with the same flags.
+stage whose result exists is skipped: the data when every split is there, a finished training run (one made with
+other settings is refused, never reported as this run's), an evaluation already in the results file for the same
+checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up where
+it stopped when run again with the same flags.
 
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
     python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, out/quick/results)
@@ -19,7 +20,6 @@ where it stopped when run again with the same flags.
     python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 57 minutes
     python demo.py --task mult5 --mult_format product   # 5x5, the chain number by number: 101 minutes
 """
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +27,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from checkpoint import load_checkpoint, read_pointer
-from common import UserError, check_flags, parse_config, pick_device, print_config, read_records, run_cli
+from common import (UserError, check_flags, parse_config, pick_device, print_config, read_json, read_records,
+                    run_cli)
 from data.format import check_split
 from data.multiplication import FORMATS, MultConfig, default_out
 from tokenizer import KINDS
@@ -180,6 +181,14 @@ def parse_seeds(text):
     return seeds
 
 
+SPLITS = ("train", "val", "test")
+
+
+def data_done(data_dir):
+    """Whether the data stage has run: every split is there (each is written whole or not at all)."""
+    return all(os.path.isfile(os.path.join(data_dir, f"{split}.txt")) for split in SPLITS)
+
+
 def check_inputs(cfg):
     """Everything the stages will need that can be checked now, so that a bad value stops the demo before its first
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
@@ -197,13 +206,14 @@ def check_inputs(cfg):
     for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{flag} {path} is a file, not a folder")
-    if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):  # no data stage then: every split must be there
-        for split in ("train", "val", "test"):
+    if data_done(cfg.data_dir):  # no data stage then
+        for split in SPLITS:
             check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
         meta = os.path.join(cfg.data_dir, "meta.json")
         if cfg.task.startswith("mult") and os.path.isfile(meta):
-            with open(meta) as f:
-                fmt = json.load(f).get("config", {}).get("format")
+            made = read_json(meta, "--data_dir")
+            made = made.get("config") if isinstance(made, dict) else None  # the generator's settings
+            fmt = made.get("format") if isinstance(made, dict) else None
             if fmt != cfg.mult_format:
                 raise UserError(f"--data_dir {cfg.data_dir} holds the {fmt} chain, not --mult_format "
                                 f"{cfg.mult_format}; give another --data_dir (or --mult_format {fmt})")
@@ -250,7 +260,7 @@ def main(cfg):
     check_inputs(cfg)
     print_config(cfg)
     t0 = time.time()
-    if os.path.exists(os.path.join(cfg.data_dir, "train.txt")):
+    if data_done(cfg.data_dir):
         print(f"== data: {cfg.data_dir} exists, skipped")
     elif cfg.task == "gsm8k":
         print("== data: GSM8K")

@@ -88,9 +88,11 @@ def read_train_val(data_dir):
 
 
 def write_split(path, examples):
-    with open(path, "w", encoding="utf-8") as f:
+    """Write a split whole or not at all (a temporary file renamed): an interrupted run leaves no split cut short."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         for q, steps, a in examples:
             f.write(format_line(q, steps, a) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 def normalise_answer(text):

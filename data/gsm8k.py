@@ -10,7 +10,7 @@ GSM8K-Aug txt files, and writes data/gsm8k/{train,val,test}.txt:
 The source files are read from --source if given, else from the folder in the environment variable COLAR_DATA if set;
 a file missing there (or everywhere, with neither) is downloaded from its public URL into --out/raw, once.
 
-    python -m data.gsm8k                                   # downloads the four files into data/gsm8k/raw
+    python -m data.gsm8k                                   # downloads the three files into data/gsm8k/raw
     COLAR_DATA=/path/to/folder python -m data.gsm8k        # offline: a folder with gsm8k/ and gsm8k_aug/ in it
     python -m data.gsm8k --source /path/to/folder --aug_train /path/to/gsm8k_aug_train.txt
 """
@@ -21,13 +21,12 @@ import urllib.request
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import UserError, parse_config, run_cli  # noqa: E402
+from common import UserError, check_folder, parse_config, run_cli  # noqa: E402
 from data.format import STEP, DataError, normalise_answer, read_split, write_split  # noqa: E402
 
 # where each file lives in --source, and where it can be downloaded from
 FILES = {
     "gsm8k/train.jsonl": "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl",
-    "gsm8k/test.jsonl": "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl",
     "gsm8k_aug/valid.txt": "https://raw.githubusercontent.com/da03/Internalize_CoT_Step_by_Step/main/data/gsm8k/valid.txt",
     "gsm8k_aug/test.txt": "https://raw.githubusercontent.com/da03/Internalize_CoT_Step_by_Step/main/data/gsm8k/test.txt",
 }
@@ -49,19 +48,25 @@ def read_gsm8k_jsonl(path):
     """All examples of a GSM8K jsonl file, as a list of (question, steps, answer)."""
     if not os.path.exists(path):
         raise DataError(f"data file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            try:
-                row = json.loads(line)
-                question, answer = row["question"], row["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{where}: malformed line, expected JSON with 'question' and 'answer' ({e})") from None
-            steps, final = parse_gsm8k_answer(answer, where)
-            out.append((question.replace("\n", " ").strip(), steps, final))
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            row = json.loads(line)
+            question, answer = row["question"], row["answer"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{where}: malformed line, expected JSON with 'question' and 'answer' ({e})") from None
+        steps, final = parse_gsm8k_answer(answer, where)
+        out.append((question.replace("\n", " ").strip(), steps, final))
     return out
 
 
@@ -89,17 +94,19 @@ def fetch(source, rel, out_dir, url, fix=None):
 
 @dataclass
 class GSM8KConfig:
-    source: str = ""         # folder holding gsm8k/{train,test}.jsonl and gsm8k_aug/{valid,test}.txt; "": $COLAR_DATA,
+    source: str = ""         # folder holding gsm8k/train.jsonl and gsm8k_aug/{valid,test}.txt; "": $COLAR_DATA,
                              # and where that is unset too, each file is downloaded into --out/raw
     aug_train: str = ""      # optional: the ~385k-line GSM8K-Aug train.txt ("download" fetches it)
     out: str = "data/gsm8k"  # where train.txt, val.txt and test.txt are written
 
 
 def main(cfg):
+    check_folder(cfg.out, "--out")
     source = cfg.source or os.environ.get("COLAR_DATA", "")
     if source and not cfg.source:
         print(f"reading the source files from COLAR_DATA={source}")
-    paths = {rel: fetch(source, rel, cfg.out, url) for rel, url in FILES.items()}
+    needed = [rel for rel in FILES if not (cfg.aug_train and rel == "gsm8k/train.jsonl")]  # what this run reads
+    paths = {rel: fetch(source, rel, cfg.out, FILES[rel]) for rel in needed}
     val = read_split(paths["gsm8k_aug/valid.txt"])
     test = read_split(paths["gsm8k_aug/test.txt"])
     if cfg.aug_train:

@@ -53,7 +53,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import UserError, check_flags, parse_config, run_cli  # noqa: E402
+from common import UserError, check_flags, check_folder, parse_config, run_cli  # noqa: E402
 from data.format import DataError, format_line, write_split  # noqa: E402
 from data.gsm8k import fetch  # noqa: E402
 
@@ -166,8 +166,7 @@ def main(cfg):
         raise UserError(f"--lag is for the interleaved chain, not --format {cfg.format}")
     n = cfg.digits
     out = cfg.out or default_out(n, cfg.format, cfg.lag)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out} is a file, not a folder")
+    check_folder(out, "--out")
     rel = f"mult_{n}x{n}/test_bigbench.txt"
     if cfg.test_file:
         if not os.path.isfile(cfg.test_file):

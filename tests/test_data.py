@@ -71,6 +71,25 @@ def test_read_split_names_file_and_line(tmp_path):
         read_split(str(tmp_path / "missing.txt"))
 
 
+def test_write_split_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the file as it was (an interrupted data stage leaves no split cut short,
+    which a resumed demo would take for a finished one)."""
+    import data.format
+    path = str(tmp_path / "train.txt")
+    write_split(path, [("a", ["1+1=2"], "2")])
+    real, written = data.format.format_line, []
+
+    def full_disk_at_the_second_line(*a):
+        written.append(a)
+        if len(written) == 2:
+            raise OSError("No space left on device")
+        return real(*a)
+    monkeypatch.setattr(data.format, "format_line", full_disk_at_the_second_line)
+    with pytest.raises(OSError):
+        write_split(path, [("b", [], "3"), ("c", [], "4")])
+    assert read_split(path) == [("a", ["1+1=2"], "2")]
+
+
 def test_write_then_read_split(tmp_path):
     examples = [("a b", ["1+1=2"], "2"), ("c", [], "7"), ("Janet’s", ["2*3=6", "6-1=5"], "5")]
     path = str(tmp_path / "x.txt")
@@ -263,7 +282,6 @@ def fake_source(root):
     def jsonl(rows):
         return "".join(json.dumps({"question": q, "answer": f"Add: <<{e}>>{a}.\n#### {a}"}) + "\n" for q, e, a in rows)
     files = {"gsm8k/train.jsonl": jsonl([("One plus one?", "1+1=2", "2"), ("Two plus two?", "2+2=4", "4")]),
-             "gsm8k/test.jsonl": jsonl([("Three plus three?", "3+3=6", "6"), ("Four times two?", "4*2=8", "8")]),
              "gsm8k_aug/valid.txt": "Two plus two?||<<2+2=4>> #### 4\n",
              "gsm8k_aug/test.txt": "Three plus three?||<<3+3=6>> #### 6\nFour times two?||<<4*2=8>> #### 8\n"}
     assert set(files) == set(FILES)
@@ -332,3 +350,35 @@ def test_failed_download_names_the_flag_that_gives_the_file(tmp_path, monkeypatc
         gsm8k_main(GSM8KConfig(source=str(fake_source(tmp_path / "src")), aug_train="download",
                                out=str(tmp_path / "out")))
     assert "--source" not in str(e.value)
+
+
+def test_gsm8k_reads_only_the_files_it_needs(tmp_path, monkeypatch):
+    """With --aug_train, GSM8K's train.jsonl is never read, so offline it need not be there."""
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    src = fake_source(tmp_path / "src")
+    (src / "gsm8k" / "train.jsonl").unlink()
+    aug = tmp_path / "aug.txt"
+    aug.write_text("Five plus five?||<<5+5=10>> #### 10\n")
+    assert gsm8k_main(GSM8KConfig(source=str(src), aug_train=str(aug), out=str(tmp_path / "out"))) == \
+        {"train": 1, "val": 1, "test": 2}
+
+
+def test_gsm8k_an_undecodable_file_is_one_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xff\xfe{}\n")
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: not UTF-8 text"):
+        read_gsm8k_jsonl(str(path))
+
+
+@pytest.mark.parametrize("module", ["synthetic", "gsm8k", "multiplication"])
+def test_data_out_that_cannot_be_a_folder_is_refused_first(tmp_path, monkeypatch, module):
+    """--out an existing file, or a path through one: refused before the sources are read or the data generated
+    (they were tracebacks from makedirs after the work)."""
+    import importlib
+    mod = importlib.import_module(f"data.{module}")
+    cfg_cls = {"synthetic": SynthConfig, "gsm8k": GSM8KConfig, "multiplication": mod.__dict__.get("MultConfig")}[module]
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    (tmp_path / "f").write_text("")
+    for out, message in ((tmp_path / "f", "is a file, not a folder"), (tmp_path / "f" / "d", "cannot be made: ")):
+        with pytest.raises(UserError, match=f"^--out {re.escape(str(out))} {message}"):
+            mod.main(cfg_cls(out=str(out)))

@@ -183,6 +183,20 @@ def test_a_run_found_with_other_settings_is_refused(monkeypatch, tmp_path):
         demo.train_stage("colar_rl", "train_rl.py", dict(same, c=5))
 
 
+def test_data_cut_short_is_made_again(tmp_path, monkeypatch):
+    """A data folder with a split missing (the data stage was interrupted) is not taken for finished data."""
+    data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=2, n_test=2)
+    os.remove(os.path.join(data, "test.txt"))
+    ran = []
+    monkeypatch.setattr(demo, "train_stage", lambda *args: None)
+    monkeypatch.setattr(demo, "eval_stage", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "run", ran.append)
+    (tmp_path / "out" / "results").mkdir(parents=True)
+    (tmp_path / "out" / "results" / "demo.md").write_text("| table |\n")
+    demo.main(demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), device="cpu"))
+    assert ran[0][:2] == ["-m", "data.synthetic"] and ran[1][0] == "report.py"
+
+
 def test_stop_at_and_the_model_size_reach_the_models_trained_from_scratch_only(tmp_path, monkeypatch):
     data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=2, n_test=2)
     trained = {}

@@ -280,6 +280,9 @@ def test_demo_refuses_multiplication_data_of_another_chain(tmp_path, capsys):
                               "--device", "cpu")
     assert f"--data_dir {data} holds the product chain, not --mult_format interleaved" in line
     assert not os.path.exists(tmp_path / "out") and "$ python" not in stdout
+    write(str(data / "meta.json"), "{not json")  # (was a traceback from json.load)
+    line, _, _ = refused(capsys, "demo.py", "--task", "mult4", "--data_dir", data, "--out_dir", tmp_path / "out")
+    assert f"--data_dir {data}/meta.json is not valid JSON" in line
 
 
 def test_evaluate_checks_out_before_evaluating(tiny_runs, tmp_path):
