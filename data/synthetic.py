@@ -9,8 +9,8 @@ The default is clock arithmetic (every result mod 10): the chain is long (7 step
 token in any tokenizer, and the answer cannot be read off the question without working through the steps, so a model
 that reasons step by step (CoT) is far ahead of one that must answer at once (No-CoT). With --mod 0 the numbers grow
 freely (results kept within 0..max_value), which makes a harder, GSM-like variant. With --check_p p, a chain ends
-with a redundant check step (<<9=9>> above) with probability p: the same question then has two correct chains of
-different lengths, as GSM8K-Aug's questions do, which gives RL a shorter chain to find (see train_rl.py).
+with a redundant check step (for the line above, <<9=9>>) with probability p: the same question then has two correct
+chains of different lengths, as GSM8K-Aug's questions do, which gives RL a shorter chain to find (see train_rl.py).
 
     python -m data.synthetic                              # the default task, into data/synth/
     python -m data.synthetic --mod 0 --operand_max 99 --steps_min 3 --steps_max 5 --out data/synth_big
