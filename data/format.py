@@ -62,17 +62,21 @@ def check_split(path):
         raise DataError(f"data file not found: {path}")
 
 
-def read_split(path):
-    """All examples of a GSM8K-Aug file, as a list of (question, steps, answer); an empty file gives []."""
+def read_lines(path):
+    """The lines of a data file; one line saying why when it cannot be read."""
     check_split(path)
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
+            return f.readlines()
     except OSError as e:
         raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
-    return [parse_line(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
+
+
+def read_split(path):
+    """All examples of a GSM8K-Aug file, as a list of (question, steps, answer); an empty file gives []."""
+    return [parse_line(line, f"{path}:{i}") for i, line in enumerate(read_lines(path), 1) if line.strip()]
 
 
 def read_train_val(data_dir):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import UserError, check_folder, parse_config, run_cli  # noqa: E402
-from data.format import STEP, DataError, normalise_answer, read_split, write_split  # noqa: E402
+from data.format import STEP, DataError, normalise_answer, read_lines, read_split, write_split  # noqa: E402
 
 # where each file lives in --source, and where it can be downloaded from
 FILES = {
@@ -46,17 +46,8 @@ def parse_gsm8k_answer(answer, where="<answer>"):
 
 def read_gsm8k_jsonl(path):
     """All examples of a GSM8K jsonl file, as a list of (question, steps, answer)."""
-    if not os.path.exists(path):
-        raise DataError(f"data file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
     out = []
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         where = f"{path}:{i}"
