@@ -138,14 +138,19 @@ def check_flags(cfg, choices=None, positive=(), nonnegative=()):
                 raise UserError(f"--{name} must be {word}, got {getattr(cfg, name)}")
 
 
+def nearest_existing(path):
+    """The path itself, or its nearest ancestor that exists (the folders still to be made lie between)."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_writable(path, flag):
     """Refuse, before any work, an output file that could not be written when the work is done: a folder, a path
     through a file, a place without write permission."""
     if os.path.isdir(path):
         raise UserError(f"{flag} {path} is a folder: name a file")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):  # the folders still to be made
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(parent):
         raise UserError(f"{flag} {path} cannot be written: {parent} is a file, not a folder")
     target = path if os.path.exists(path) else parent
@@ -155,9 +160,7 @@ def check_writable(path, flag):
 
 def check_folder(path, flag):
     """Refuse, before any work, an output folder that could not be made: an existing file, or a path through one."""
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):  # the folders still to be made
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(os.path.abspath(path))
     if not os.path.isdir(parent):
         what = "is a file, not a folder" if parent == os.path.abspath(path) else f"cannot be made: {parent} is a file"
         raise UserError(f"{flag} {path} {what}")
@@ -228,11 +231,11 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-
 def full_precision(device):
     """A context in which the latent head runs in fp32 even inside the trainer's bf16 autocast: its mean and sigma
     (driven to ~1e-4 by SFT) would lose all but ~3 significant digits in bf16, and decoding runs it in fp32."""
     return torch.autocast(device.type, enabled=False)
+
 
 # --- several processes (torchrun) ------------------------------------------------------------------------------
 def setup_distributed(device_name="auto"):

@@ -27,9 +27,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from checkpoint import load_checkpoint, read_pointer
-from common import (UserError, check_flags, parse_config, pick_device, print_config, read_json, read_records,
-                    run_cli)
-from data.format import check_split
+from common import (UserError, check_flags, check_folder, parse_config, pick_device, print_config, read_json,
+                    read_records, run_cli)
 from data.multiplication import FORMATS, MultConfig, default_out
 from tokenizer import KINDS
 
@@ -203,12 +202,9 @@ def check_inputs(cfg):
         raise UserError(f"--rl_length_penalty must be at most 1, got {cfg.rl_length_penalty}")
     pick_device(cfg.device)
     read_records(cfg.results, "--results")
-    for flag, path in (("--data_dir", cfg.data_dir), ("--out_dir", cfg.out_dir)):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise UserError(f"{flag} {path} is a file, not a folder")
+    check_folder(cfg.data_dir, "--data_dir")
+    check_folder(cfg.out_dir, "--out_dir")
     if data_done(cfg.data_dir):  # no data stage then
-        for split in SPLITS:
-            check_split(os.path.join(cfg.data_dir, f"{split}.txt"))
         meta = os.path.join(cfg.data_dir, "meta.json")
         if cfg.task.startswith("mult") and os.path.isfile(meta):
             made = read_json(meta, "--data_dir")
