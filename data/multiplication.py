@@ -28,6 +28,10 @@ later, after the partial product's digit L places up (lag 1: 0 05 65 41 91 01 1)
 ends a chunk of up to 2L + 1 tokens never holds a sum digit together with the partial-product digit it adds; only the
 carries between its sum digits stay inside a chunk. The tokens are the same, in another order.
 
+--pad_first K writes the first partial product with K more high zeros (55561 becomes 5556100 for K = 2), which moves
+every later token K places on and so every chunk boundary at a speed c that does not divide K: at c = 3 the last
+step's chunks `prod[3] p3[4] prod[4]` become `p3[4] prod[4] p3[5]` for K = 2. At c = 2 an even K keeps every pair.
+
 --format columns writes long multiplication column by column: step g holds digit g of each shifted partial product
 (the N numbers above, read down the columns) and then digit g - 1 of the product, which the column before decides (5 +
 6 + 5 + 0 plus the carry 0 at place 2 gives the 6 that ends step 3). No digit depends on another of its own step or of
@@ -45,6 +49,7 @@ $COLAR_DATA/mult_NxN/test_bigbench.txt, or downloaded once from iCoT's repositor
     python -m data.multiplication --digits 4                      # data/mult4: train 200,000, val 1,000, test 1,000
     python -m data.multiplication --digits 5 --format product     # data/mult5_product
     python -m data.multiplication --digits 4 --lag 2              # data/mult4_lag2
+    python -m data.multiplication --digits 4 --pad_first 2        # data/mult4_pad2
 """
 import json
 import os
@@ -108,7 +113,7 @@ def interleave(p, s, lag=0):
     return "".join(p[i:i + 1] + (s[i - lag] if i >= lag else "") for i in range(len(p) + lag))
 
 
-def example(a, b, n, fmt="interleaved", lag=0):
+def example(a, b, n, fmt="interleaved", lag=0, pad_first=0):
     """(question, steps, answer) in this project's line format, with --format's steps (see the top of the file)."""
     prod = digits(a * b, 2 * n)
     question, answer = f"{digits(a, n)}*{digits(b, n)}", " ".join(prod)
@@ -117,7 +122,7 @@ def example(a, b, n, fmt="interleaved", lag=0):
         return question, ["".join(p[g] for p in ps) + (prod[g - 1] if g else "") for g in range(2 * n + 1)], answer
     steps = []
     for k, (p, total) in enumerate(partial_products(a, b, n)):
-        w = n + 1 + k
+        w = n + 1 + k + (pad_first if k == 0 else 0)
         if fmt == "sums":
             steps.append(digits(total, w if k < n - 1 else 2 * n))
         elif fmt == "interleaved" and k > 0:  # the last partial product has 2n digits, as the product
@@ -142,10 +147,11 @@ def draw_pairs(rng, n, count, taken):
     return out
 
 
-def default_out(n, fmt, lag=0):
-    """Where --out defaults to: data/mult{n} for the default format, data/mult{n}_{format} for another, and _lag{L}
-    after it for --lag L."""
-    return f"data/mult{n}" + ("" if fmt == MultConfig.format else f"_{fmt}") + (f"_lag{lag}" if lag else "")
+def default_out(n, fmt, lag=0, pad_first=0):
+    """Where --out defaults to: data/mult{n} for the default format, data/mult{n}_{format} for another, then _lag{L}
+    for --lag L and _pad{K} for --pad_first K."""
+    return (f"data/mult{n}" + ("" if fmt == MultConfig.format else f"_{fmt}") + (f"_lag{lag}" if lag else "")
+            + (f"_pad{pad_first}" if pad_first else ""))
 
 
 @dataclass
@@ -153,6 +159,7 @@ class MultConfig:
     digits: int = 4             # N: N-digit times N-digit (iCoT's test files exist for 4, 5, 7, 9, 11)
     format: str = "interleaved" # the chain's steps: icot, product, sums, interleaved or columns (see the top)
     lag: int = 0                # interleaved: each running-sum digit written this many places later (see the top)
+    pad_first: int = 0          # the first partial product written with this many more high zeros (see the top)
     out: str = ""               # output folder ("": data/mult{N}, with _{format} unless the format is interleaved)
     test_file: str = ""         # iCoT's test_bigbench.txt ("": $COLAR_DATA/mult_NxN/, else downloaded into out/raw)
     seed: int = 1234            # train and val follow from it
@@ -161,11 +168,13 @@ class MultConfig:
 
 
 def main(cfg):
-    check_flags(cfg, dict(format=FORMATS), positive=("digits", "n_val"), nonnegative=("n_train", "lag"))
+    check_flags(cfg, dict(format=FORMATS), positive=("digits", "n_val"), nonnegative=("n_train", "lag", "pad_first"))
     if cfg.lag and cfg.format != "interleaved":
         raise UserError(f"--lag is for the interleaved chain, not --format {cfg.format}")
+    if cfg.pad_first and cfg.format == "columns":
+        raise UserError("--pad_first is for chains of partial products, not --format columns")
     n = cfg.digits
-    out = cfg.out or default_out(n, cfg.format, cfg.lag)
+    out = cfg.out or default_out(n, cfg.format, cfg.lag, cfg.pad_first)
     check_folder(out, "--out")
     rel = f"mult_{n}x{n}/test_bigbench.txt"
     if cfg.test_file:
@@ -185,13 +194,14 @@ def main(cfg):
     train = draw_pairs(rng, n, cfg.n_train, taken)
     os.makedirs(out, exist_ok=True)
     for name, pairs in (("train", train), ("val", val), ("test", [(a, b) for a, b, _ in test])):
-        write_split(os.path.join(out, f"{name}.txt"), [example(a, b, n, cfg.format, cfg.lag) for a, b in pairs])
+        write_split(os.path.join(out, f"{name}.txt"), [example(a, b, n, cfg.format, cfg.lag, cfg.pad_first)
+                                                             for a, b in pairs])
     meta = {"config": asdict(cfg), "test_file": path, "counts": {"train": len(train), "val": len(val),
                                                                   "test": len(test)}}
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(f"wrote {out}: train {len(train):,}, val {len(val):,}, test {len(test):,} (from {path})")
-    print("example:", format_line(*example(*test[0][:2], n, cfg.format, cfg.lag)))
+    print("example:", format_line(*example(*test[0][:2], n, cfg.format, cfg.lag, cfg.pad_first)))
     return meta
 
 

@@ -170,3 +170,34 @@ def test_lag_is_for_the_interleaved_chain(tmp_path):
     assert meta["config"]["lag"] == 2
     q, steps, _ = read_split(str(tmp_path / "l" / "test.txt"))[0]
     assert steps == list(example(123, 456, 3, "interleaved", 2)[1])
+
+
+def test_pad_first_moves_every_chunk_boundary():
+    from tokenizer import Tokenizer
+    from data.format import chain_text
+    # 55561 with two more high zeros; the later steps unchanged
+    steps = example(2365, 4347, 4, "interleaved", pad_first=2)[1]
+    assert steps == ["5556100", "050561419101", "05055690027800", "0505060068429001"]
+    assert example(2365, 4347, 4, "product", pad_first=1)[1][0] == "555610"
+    tok = Tokenizer("place")
+    plain = tok.encode(chain_text(example(2365, 4347, 4)[1]))
+    padded = tok.encode(chain_text(steps))
+    assert len(padded) == len(plain) + 2 and padded[-18:] == plain[-18:]  # the last step: << 16 digits >>
+    # the last step starts at token 40 (7 + 1 + 14 + 1 + 16 + 1): 48, 49, 50 hold prod[3] p3[4] prod[4], one chunk at
+    # c = 3 (48 = 3 x 16); two tokens on, p3[4] prod[4] p3[5] (51, 52, 53) are one
+    last = "0505060068429001"  # p3[i] = last[2i], prod[i] = last[2i + 1]; token 41 + i unpadded, 43 + i padded
+    chunks = lambda ids, c: [tok.decode(ids[k:k + c]) for k in range(0, len(ids), c)]  # noqa: E731
+    assert chunks(plain, 3)[16] == last[7:10] == "068"    # tokens 48-50: prod[3] p3[4] prod[4]
+    assert chunks(padded, 3)[17] == last[8:11] == "684"   # tokens 51-53: p3[4] prod[4] p3[5]
+    assert chunks(padded, 3)[:3] == ["<<55", "561", "00>>"]
+    # at c = 2 an even pad keeps every pair: the last step's chunks (tokens 40-57, 42-59) are the same
+    assert chunks(plain, 2)[20:29] == chunks(padded, 2)[21:30] and chunks(plain, 2)[20] == "<<0"
+
+
+def test_pad_first_is_for_chains_of_partial_products(tmp_path):
+    good = write_test_file(tmp_path / "t.txt", [(123, 456)])
+    with pytest.raises(UserError, match="--pad_first is for chains of partial products"):
+        main(MultConfig(digits=3, test_file=good, format="columns", pad_first=1, out=str(tmp_path / "o")))
+    meta = main(MultConfig(digits=3, test_file=good, pad_first=1, n_train=10, n_val=2, out=str(tmp_path / "p")))
+    assert meta["config"]["pad_first"] == 1
+    assert read_split(str(tmp_path / "p" / "test.txt"))[0][1][0] == "83700"  # 123 x 6: 8370, then 0
