@@ -18,7 +18,7 @@ it stopped when run again with the same flags.
     python demo.py --baselines true     # then the latent baselines: Coconut, pause as thought, iCoT, Distill (CODI)
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
     python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 57 minutes
-    python demo.py --task mult5 --mult_format product   # 5x5, the chain number by number: 101 minutes
+    python demo.py --task mult5         # 5x5: about 2.7 hours
 """
 import os
 import subprocess
