@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# c = 3 on 4x4 multiplication from a c = 2 model, with the chunk boundaries moved. On the place-by-place chain at c =
-# 3, seed 1337's c = 2 model learned to write every digit but the product's digit 4, whose chunk `prod[3] p3[4]
+# c = 3 on 4x4 multiplication from a c = 2 model, with the chunk boundaries moved. On the place-by-place chain at
+# c = 3, seed 1337's c = 2 model learned to write every digit but the product's digit 4, whose chunk `prod[3] p3[4]
 # prod[4]` holds both of its inputs (EXPERIMENTS.md, 2026-12-01). `data.multiplication --pad_first K` writes the first
 # partial product with K more zeros, which moves every later token K places on: K = 2 makes that chunk `p3[4] prod[4]
 # p3[5]`, K = 1 `prod[4] p3[5] prod[5]`. The same c = 2 model is trained at c = 3 alone on each chain (K = 2 first,
