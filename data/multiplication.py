@@ -31,6 +31,7 @@ carries between its sum digits stay inside a chunk. The tokens are the same, in 
 --pad_first K writes the first partial product with K more high zeros (55561 becomes 5556100 for K = 2), which moves
 every later token K places on and so every chunk boundary at a speed c that does not divide K: at c = 3 the last
 step's chunks `prod[3] p3[4] prod[4]` become `p3[4] prod[4] p3[5]` for K = 2. At c = 2 an even K keeps every pair.
+Measured at c = 3 (EXPERIMENTS.md, 2026-12-01): K = 2 and the plain chain gave nearly the same accuracy.
 
 --format columns writes long multiplication column by column: step g holds digit g of each shifted partial product
 (the N numbers above, read down the columns) and then digit g - 1 of the product, which the column before decides (5 +
