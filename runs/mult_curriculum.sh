@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # 4x4 multiplication, one speed at a time: from a model trained at c = 2 alone, CoLaR SFT at c = 3 alone, then at
 # c = 4 alone from that, then c = 5, each stage from the best checkpoint (by validation) of the one before, on the
-# default place-by-place chain. Each stage is probed on validation (latents.py --probe) and evaluated on the public
-# test file. Trained at every speed at once the model answers nothing above c = 1 here (the demo); trained at c = 2
-# alone it matches CoT, and c = 3 learned from such a model reaches about 0.6 of CoT (EXPERIMENTS.md, 2026-12-01).
+# place-by-place chain. Each stage is probed on validation (latents.py --probe) and evaluated on the public test file.
+# Trained at every speed at once the model answers nothing above c = 1 here (the demo); trained at c = 2 alone it
+# matches CoT, and c = 3 learned from such a model reaches about 0.6 of CoT (EXPERIMENTS.md, 2026-12-01).
+#
+# PAD=K moves every chunk boundary: `data.multiplication --pad_first K` writes the first partial product with K more
+# zeros, so every later token sits K places on (with K = 2 the c = 3 chunk `prod[3] p3[4] prod[4]`, which holds both
+# inputs of its sum digit, becomes `p3[4] prod[4] p3[5]`). Logged (EXPERIMENTS.md, 2026-12-01): from seed 3's c = 2
+# model c = 3 answers 56.4% of the test file on the plain chain and 58.0% with K = 2, every digit written in both;
+# from seed 1337's c = 2 model the plain chain gave 3.9%: the starting model matters, the boundaries little.
 #
 #   SEED=3 bash runs/mult_c2.sh              # first, the c = 2 model: out/mult4_c2_interleaved_seed3/colar_c2_14000
 #   bash runs/mult_curriculum.sh             # then c = 3, 4, 5: 6,000 steps each, about 40 minutes each on 2 cores
 #   SPEEDS="3 4" STEPS=10000 bash runs/mult_curriculum.sh     # other speeds or lengths (their own run folders)
+#   PAD=2 SPEEDS=3 bash runs/mult_curriculum.sh               # c = 3 with the chunk boundaries moved two tokens
 #
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
 # not repeated.
@@ -17,23 +24,25 @@ PY=${PY:-.venv/bin/python}
 INIT=${INIT:-out/mult4_c2_interleaved_seed3/colar_c2_14000}   # the model the first stage starts from
 SPEEDS=${SPEEDS:-3 4 5}
 STEPS=${STEPS:-6000}
+PAD=${PAD:-0}
 SEED=${SEED:-1337}
-DATA=data/mult4_interleaved   # runs/mult_c2.sh's data: 200,000 train, 1,000 val problems from seed 1234
+# runs/mult_c2.sh's 200,000 train and 1,000 val problems (seed 1234); with PAD, the same with the first step wider
+DATA=data/mult4_interleaved; if [ "$PAD" != 0 ]; then DATA=data/mult4_interleaved_pad$PAD; fi
 OUT=out/mult4_curriculum
 if [ ! -f "$INIT/latest" ]; then
     echo "error: no trained model in $INIT (run 'SEED=3 bash runs/mult_c2.sh' first, or set INIT)" >&2; exit 1
 fi
 if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/installed; fi  # the venv of `make test`
-[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits 4 --out $DATA
+[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits 4 --pad_first "$PAD" --out $DATA
 
 from=$INIT
 for c in $SPEEDS; do
-    RUN=$OUT/colar_c${c}_$STEPS
+    RUN=$OUT/colar_c${c}_pad${PAD}_$STEPS
     resume=false; if [ -f $RUN/latest ]; then resume=true; fi
     $PY train_sft.py --data_dir $DATA --mode colar --init_from "$from" --c_values $c --lr 1e-3 --eval_every 1000 \
         --eval_n 200 --max_latents 96 --seed $SEED --max_steps $STEPS --out_dir $RUN --resume $resume
     $PY latents.py --ckpt $RUN --c $c --data_dir $DATA --split val --probe 200 --max_latents 96
     $PY evaluate.py --skip_done true --ckpt $RUN --data_dir $DATA --split test --c $c --max_latents 96 \
-        --method colar_c${c}_$STEPS --out $OUT/results.json
+        --method colar_c${c}_pad${PAD}_$STEPS --out $OUT/results.json
     from=$RUN
 done
