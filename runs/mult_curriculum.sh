@@ -12,9 +12,9 @@
 # from seed 1337's c = 2 model the plain chain gave 3.9%: the starting model matters, the boundaries little.
 #
 #   SEED=3 bash runs/mult_c2.sh              # first, the c = 2 model: out/mult4_c2_interleaved_seed3/colar_c2_14000
-#   bash runs/mult_curriculum.sh             # then c = 3, 4, 5: 6,000 steps each, about 40 minutes each on 2 cores
-#   SPEEDS="3 4" STEPS=10000 bash runs/mult_curriculum.sh     # other speeds or lengths (their own run folders)
-#   PAD=2 SPEEDS=3 bash runs/mult_curriculum.sh               # c = 3 with the chunk boundaries moved two tokens
+#   bash runs/mult_curriculum.sh             # then the stages below: about 40 minutes per 6,000 steps on 2 cores
+#   STAGES="3:12000" bash runs/mult_curriculum.sh      # other stages, speed:steps, each from the one before
+#   PAD=2 STAGES=3:6000 bash runs/mult_curriculum.sh   # c = 3 with the chunk boundaries moved two tokens
 #
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
 # not repeated.
@@ -22,13 +22,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 INIT=${INIT:-out/mult4_c2_interleaved_seed3/colar_c2_14000}   # the model the first stage starts from
-SPEEDS=${SPEEDS:-3 4 5}
-STEPS=${STEPS:-6000}
+STAGES=${STAGES:-3:6000 4:6000 4:10000 5:10000}   # speed:steps; a speed again: a fresh schedule from its best
 PAD=${PAD:-0}
 SEED=${SEED:-1337}
 # runs/mult_c2.sh's 200,000 train and 1,000 val problems (seed 1234); with PAD, the same with the first step wider
 DATA=data/mult4_interleaved; if [ "$PAD" != 0 ]; then DATA=data/mult4_interleaved_pad$PAD; fi
 OUT=out/mult4_curriculum
+for stage in $STAGES; do
+    if ! [[ $stage =~ ^[1-9]:[1-9][0-9]*$ ]]; then
+        echo "error: STAGES holds '$stage', not speed:steps (e.g. 4:6000)" >&2; exit 1
+    fi
+done
 if [ ! -f "$INIT/latest" ]; then
     echo "error: no trained model in $INIT (run 'SEED=3 bash runs/mult_c2.sh' first, or set INIT)" >&2; exit 1
 fi
@@ -36,7 +40,8 @@ if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/ins
 [ -f $DATA/train.txt ] || $PY -m data.multiplication --digits 4 --pad_first "$PAD" --out $DATA
 
 from=$INIT
-for c in $SPEEDS; do
+for stage in $STAGES; do
+    c=${stage%:*}; STEPS=${stage#*:}
     RUN=$OUT/colar_c${c}_pad${PAD}_$STEPS
     resume=false; if [ -f $RUN/latest ]; then resume=true; fi
     $PY train_sft.py --data_dir $DATA --mode colar --init_from "$from" --c_values $c --lr 1e-3 --eval_every 1000 \
