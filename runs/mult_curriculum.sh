@@ -30,10 +30,15 @@ SEED=${SEED:-1337}
 # runs/mult_c2.sh's 200,000 train and 1,000 val problems (seed 1234); with PAD, the same with the first step wider
 DATA=data/mult4_interleaved; if [ "$PAD" != 0 ]; then DATA=data/mult4_interleaved_pad$PAD; fi
 OUT=out/mult4_curriculum
+seen=" "
 for stage in $STAGES; do
     if ! [[ $stage =~ ^[1-9]:[1-9][0-9]*$ ]]; then
         echo "error: STAGES holds '$stage', not speed:steps (e.g. 4:6000)" >&2; exit 1
     fi
+    if [[ $seen == *" $stage "* ]]; then   # both would be the same run folder
+        echo "error: STAGES holds '$stage' twice; a stage is named by its speed and steps" >&2; exit 1
+    fi
+    seen="$seen$stage "
 done
 if [ ! -f "$INIT/latest" ]; then
     echo "error: no trained model in $INIT (run 'SEED=3 bash runs/mult_c2.sh' first, or set INIT)" >&2; exit 1

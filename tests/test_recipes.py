@@ -86,3 +86,12 @@ def test_curriculum_accepts_well_formed_stages_and_checks_the_start_next():
     run = subprocess.run(["bash", os.path.join(ROOT, "runs", "mult_curriculum.sh")], capture_output=True, text=True,
                          env=env)
     assert run.returncode == 1 and run.stderr.startswith("error: no trained model in /nonexistent")
+
+
+def test_curriculum_refuses_a_stage_named_twice():
+    """Two equal stages would share one run folder: the second would find the first finished and skip its training."""
+    env = dict(os.environ, STAGES="3:6000 4:6000 4:6000", INIT="/nonexistent", PY="false")
+    run = subprocess.run(["bash", os.path.join(ROOT, "runs", "mult_curriculum.sh")], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 1
+    assert run.stderr.strip() == "error: STAGES holds '4:6000' twice; a stage is named by its speed and steps"
