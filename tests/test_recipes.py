@@ -69,29 +69,31 @@ def test_recipe_is_valid_bash(path):
     assert subprocess.run(["bash", "-n", path], capture_output=True).returncode == 0
 
 
+
+def run_curriculum(stages):
+    """runs/mult_curriculum.sh with STAGES=stages, a starting model that does not exist and no Python to run."""
+    env = dict(os.environ, STAGES=stages, INIT="/nonexistent", PY="false")
+    return subprocess.run(["bash", os.path.join(ROOT, "runs", "mult_curriculum.sh")], capture_output=True, text=True,
+                          env=env)
+
+
 @pytest.mark.parametrize("stages", ["3:6000 4", "3:6000 4:", "x:100", "3:06000", "3-6000"])
 def test_curriculum_refuses_a_malformed_stage_before_any_work(stages):
     """A stage that is not speed:steps is named in one line before the first command runs (the parameter expansions
     would otherwise turn `4` into a 4-step run at c = 4, minutes into the recipe)."""
-    env = dict(os.environ, STAGES=stages, INIT="/nonexistent", PY="false")
-    run = subprocess.run(["bash", os.path.join(ROOT, "runs", "mult_curriculum.sh")], capture_output=True, text=True,
-                         env=env)
+    run = run_curriculum(stages)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [f"error: STAGES holds '{stages.split()[-1]}', not speed:steps "
                                                "(e.g. 4:6000)"]
 
 
 def test_curriculum_accepts_well_formed_stages_and_checks_the_start_next():
-    env = dict(os.environ, STAGES="3:6000 4:10000", INIT="/nonexistent", PY="false")
-    run = subprocess.run(["bash", os.path.join(ROOT, "runs", "mult_curriculum.sh")], capture_output=True, text=True,
-                         env=env)
+    run = run_curriculum("3:6000 4:10000")
     assert run.returncode == 1 and run.stderr.startswith("error: no trained model in /nonexistent")
 
 
 def test_curriculum_refuses_a_stage_named_twice():
     """Two equal stages would share one run folder: the second would find the first finished and skip its training."""
-    env = dict(os.environ, STAGES="3:6000 4:6000 4:6000", INIT="/nonexistent", PY="false")
-    run = subprocess.run(["bash", os.path.join(ROOT, "runs", "mult_curriculum.sh")], capture_output=True, text=True,
-                         env=env)
+    run = run_curriculum("3:6000 4:6000 4:6000")
     assert run.returncode == 1
     assert run.stderr.strip() == "error: STAGES holds '4:6000' twice; a stage is named by its speed and steps"
