@@ -19,8 +19,13 @@ it stopped when run again with the same flags.
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
     python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 57 minutes
     python demo.py --task mult5         # 5x5: about 2.7 hours
+    python demo.py --task mult4 --colar_stages "2:14000 3:16000 4:16000 5:10000" --rl_c 3   # one speed at a time
+
+With --colar_stages a stage "c:steps" trains at speed c alone from the best checkpoint of the stage before (into
+out_dir/colar_c{c}_{steps}); each speed's last stage is evaluated at that speed (colar_ladder), RL starts from --rl_c's.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,6 +63,8 @@ class DemoConfig:
     stop_at: int = 0                  # CoT and No-CoT stop at this step of that schedule (0: run it to the end)
     colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
+    colar_stages: str = ""            # also CoLaR one speed at a time: "speed:steps ...", each stage from the one
+                                      # before (the first from CoT); a speed again: a fresh schedule from its best
     rl_c: int = 5                     # the speed RL trains at
     rl_steps: int = 600               # RL steps
     rl_length_penalty: float = 0.0    # train_rl.py --length_penalty
@@ -180,6 +187,20 @@ def parse_seeds(text):
     return seeds
 
 
+def parse_stages(text):
+    """--colar_stages as [(c, steps), ...] in order: each word speed:steps, a speed of 1..5 (the evaluated ones), no
+    stage twice (both would train the same folder); [] for an empty text."""
+    stages = []
+    for word in text.split():
+        m = re.fullmatch(r"([1-5]):([1-9][0-9]*)", word)
+        if not m:
+            raise UserError(f"--colar_stages holds {word!r}, not speed:steps with a speed of 1..5 (e.g. 4:6000)")
+        if (int(m[1]), int(m[2])) in stages:
+            raise UserError(f"--colar_stages holds {word!r} twice; a stage is named by its speed and steps")
+        stages.append((int(m[1]), int(m[2])))
+    return stages
+
+
 SPLITS = ("train", "val", "test")
 
 
@@ -193,6 +214,10 @@ def check_inputs(cfg):
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
     data source and the folders."""
     parse_seeds(cfg.seeds)
+    speeds = {c for c, _ in parse_stages(cfg.colar_stages)}
+    if speeds and cfg.rl_c not in speeds:
+        raise UserError(f"--rl_c {cfg.rl_c} is not a speed of --colar_stages ({cfg.colar_stages}): RL starts from "
+                        f"that speed's model")
     check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty", "stop_at"),
                 positive=("batch_size", "n_layer", "n_head", "n_embd", "max_steps", "colar_steps", "rl_steps",
                           "max_latents", "colar_lr", "baseline_steps"))
@@ -280,32 +305,40 @@ def main(cfg):
     scratch = {**base, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd}  # trained from scratch
     if cfg.stop_at:
         scratch["stop_at"] = cfg.stop_at
+    ladder, one_speed, prev = [], {}, out("cot")  # --colar_stages; {c: the folder of c's last stage}
+    for c, n in parse_stages(cfg.colar_stages):
+        name = f"colar_c{c}_{n}"
+        ladder.append((name, "train_sft.py", {**colar, "out_dir": out(name), "init_from": prev, "c_values": str(c),
+                                              "max_steps": n, "eval_every": max(1, n // 10)}))
+        prev = one_speed[c] = out(name)
     stages = [("cot", "train_sft.py", {**scratch, "mode": "cot", "out_dir": out("cot")}),
               ("nocot", "train_sft.py", {**scratch, "mode": "nocot", "out_dir": out("nocot")}),
-              ("colar", "train_sft.py", colar),
-              ("colar_rl", "train_rl.py", dict(init_from=out("colar"), data_dir=cfg.data_dir, c=cfg.rl_c,
-                                                max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
+              ("colar", "train_sft.py", colar), *ladder,
+              ("colar_rl", "train_rl.py", dict(init_from=one_speed.get(cfg.rl_c, out("colar")), data_dir=cfg.data_dir,
+                                                c=cfg.rl_c, max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
                                                 eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
                                                 length_penalty=cfg.rl_length_penalty, max_latents=cfg.max_latents,
                                                 device=cfg.device, seed=cfg.train_seed))]
-    evals = [("cot", None), ("nocot", None), ("colar", None), ("colar_rl", [1, 2, 3, 4, 5])]
+    evals = [("cot", out("cot"), None), ("nocot", out("nocot"), None), ("colar", out("colar"), None)]
+    evals += [("colar_ladder", run_dir, [c]) for c, run_dir in sorted(one_speed.items())]
+    evals.append(("colar_rl", out("colar_rl"), [cfg.rl_c] if one_speed else [1, 2, 3, 4, 5]))
     if cfg.ablations:
         for name, switch in {**ABLATIONS, **UNSEEN}.items():
             stages.append((name, "train_sft.py", {**colar, "out_dir": out(name), **switch}))
-            evals.append((name, [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
+            evals.append((name, out(name), [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
     if cfg.baselines:
         for name in BASELINES:
             stages.append((name, "train_sft.py", {**base, "mode": name, "out_dir": out(name), "init_from": out("cot"),
                                                   "max_steps": cfg.baseline_steps, "lr": cfg.colar_lr, "eval_n": 200,
                                                   "eval_every": max(1, cfg.baseline_steps // 6)}))
-            evals.append((name, None))
+            evals.append((name, out(name), None))
     for name, script, run_flags in stages:
         t = time.time()
         train_stage(name, script, run_flags)
         times[f"train {name}"] = time.time() - t
     t = time.time()
-    for name, cs in evals:
-        eval_stage(cfg, name, out(name), cs, text_cot=(name == "colar"))
+    for name, run_dir, cs in evals:
+        eval_stage(cfg, name, run_dir, cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
     stem = os.path.splitext(cfg.results)[0]
     run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"] + reference_flags(cfg))

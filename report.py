@@ -17,8 +17,9 @@ from baselines import BASELINES
 from common import UserError, check_flags, check_writable, parse_config, read_json, run_cli
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
-LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP",
-          "colar_nll": "CoLaR-NLL", "colar_oc": "CoLaR-OC", "colar_rl": "CoLaR + RL", "colar_text": "CoLaR writing text",
+LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_ladder": "CoLaR, one speed at a time",
+          "colar_dl": "CoLaR-DL", "colar_mp": "CoLaR-MP", "colar_nll": "CoLaR-NLL", "colar_oc": "CoLaR-OC",
+          "colar_rl": "CoLaR + RL", "colar_text": "CoLaR writing text",
           "colar_135": "CoLaR trained on c in {1, 3, 5}", "coconut": "Coconut", "pause": "Pause as thought",
           "icot": "iCoT", "distill": "Distill (CODI)"}
 ABLATIONS = {"colar_dl": "DL = deterministic latents", "colar_mp": "MP = mean pooling",

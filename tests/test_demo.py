@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest tests/test_demo.py
 import importlib
 import json
 import os
+import re
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -212,3 +213,46 @@ def test_stop_at_and_the_model_size_reach_the_models_trained_from_scratch_only(t
     shape = lambda flags: tuple(flags.get(k) for k in ("n_layer", "n_head", "n_embd"))  # noqa: E731
     assert {name: shape(flags) for name, flags in trained.items()} == {  # CoLaR and RL take CoT's shape
         "cot": (2, 2, 32), "nocot": (2, 2, 32), "colar": (None,) * 3, "colar_rl": (None,) * 3}
+
+
+def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
+    """--colar_stages: each stage at its speed alone from the best model of the one before (the first from CoT's), a
+    speed's last stage evaluated at that speed only, RL from the model of --rl_c and evaluated at it; run again, every
+    stage is skipped."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(demo, "subprocess", SimpleNamespace(run=in_process))
+    data = make_tiny_data(str(tmp_path / "data"), n_train=100, n_val=4, n_test=4)
+    out = tmp_path / "out"
+    cfg = demo.DemoConfig(data_dir=data, out_dir=str(out), reference="", max_steps=2, max_latents=6, colar_steps=2,
+                          colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0",
+                          device="cpu", n_layer=1, n_head=2, n_embd=16)
+    demo.main(cfg)
+    printed = capfd.readouterr().out
+    trained = [dict(a[2:].split("=", 1) for a in s.split()[3:])  # each training command's flags, in order
+               for s in printed.splitlines() if s.startswith("$ python train")]
+    ladder = [(t["out_dir"], t["init_from"], t["c_values"], t["max_steps"]) for t in trained[3:6]]
+    assert ladder == [(str(out / "colar_c2_2"), str(out / "cot"), "2", "2"),
+                      (str(out / "colar_c3_2"), str(out / "colar_c2_2"), "3", "2"),
+                      (str(out / "colar_c3_3"), str(out / "colar_c3_2"), "3", "3")]
+    assert (trained[6]["init_from"], trained[6]["c"]) == (str(out / "colar_c3_3"), "3")  # RL: c = 3's last stage
+    with open(out / "results" / "demo.json") as f:
+        records = json.load(f)
+    evaluated = {(r["method"], r["c"], os.path.basename(os.path.dirname(r["checkpoint"]))) for r in records}
+    assert {(m, c, d) for m, c, d in evaluated if m in ("colar_ladder", "colar_rl")} == {
+        ("colar_ladder", 2, "colar_c2_2"), ("colar_ladder", 3, "colar_c3_3"), ("colar_rl", 3, "colar_rl")}
+    demo.main(cfg)
+    assert sum("already trained" in s for s in stage_lines(capfd.readouterr().out, "skipped")) == 7
+
+
+@pytest.mark.parametrize("stages, rl_c, message", [
+    ("2:100 3-100", 2, "'3-100', not speed:steps"), ("6:100", 5, "'6:100', not speed:steps with a speed of 1..5"),
+    ("2:0", 2, "'2:0', not speed:steps"), ("2:100 3:50 2:100", 2, "'2:100' twice"),
+    ("2:100 3:50", 5, "--rl_c 5 is not a speed of --colar_stages")])
+def test_bad_colar_stages_are_refused_before_any_stage(tmp_path, monkeypatch, stages, rl_c, message):
+    ran = []
+    monkeypatch.setattr(demo, "run", ran.append)
+    monkeypatch.setattr(demo, "train_stage", lambda *args: ran.append(args))
+    with pytest.raises(UserError, match=re.escape(message)):
+        demo.main(demo.DemoConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), device="cpu",
+                                  colar_stages=stages, rl_c=rl_c))
+    assert ran == []
