@@ -67,6 +67,8 @@ class DemoConfig:
                                       # before (the first from CoT); a speed again: a fresh schedule from its best
     rl_c: int = 5                     # the speed RL trains at
     rl_steps: int = 600               # RL steps
+    rl_lr: float = 2e-5               # RL learning rate (train_rl.py --lr)
+    rl_sigma_min: float = 0.1         # the latent head's sigma floor in RL (train_rl.py --sigma_min)
     rl_length_penalty: float = 0.0    # train_rl.py --length_penalty
     rl_eval_n: int = 500              # validation questions for RL's checkpoint selection
     n_test: int = 0                   # test questions to evaluate (0: all)
@@ -218,9 +220,10 @@ def check_inputs(cfg):
     if speeds and cfg.rl_c not in speeds:
         raise UserError(f"--rl_c {cfg.rl_c} is not a speed of --colar_stages ({cfg.colar_stages}): RL starts from "
                         f"that speed's model")
-    check_flags(cfg, dict(tokenizer=KINDS), nonnegative=("n_test", "rl_eval_n", "rl_length_penalty", "stop_at"),
+    check_flags(cfg, dict(tokenizer=KINDS),
+                nonnegative=("n_test", "rl_eval_n", "rl_length_penalty", "rl_sigma_min", "stop_at"),
                 positive=("batch_size", "n_layer", "n_head", "n_embd", "max_steps", "colar_steps", "rl_steps",
-                          "max_latents", "colar_lr", "baseline_steps"))
+                          "max_latents", "colar_lr", "baseline_steps", "rl_lr"))
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd ({cfg.n_embd}) must be a multiple of --n_head ({cfg.n_head})")
     if cfg.rl_length_penalty > 1:
@@ -315,7 +318,8 @@ def main(cfg):
               ("nocot", "train_sft.py", {**scratch, "mode": "nocot", "out_dir": out("nocot")}),
               ("colar", "train_sft.py", colar), *ladder,
               ("colar_rl", "train_rl.py", dict(init_from=one_speed.get(cfg.rl_c, out("colar")), data_dir=cfg.data_dir,
-                                                c=cfg.rl_c, max_steps=cfg.rl_steps, out_dir=out("colar_rl"),
+                                                c=cfg.rl_c, max_steps=cfg.rl_steps, lr=cfg.rl_lr,
+                                                sigma_min=cfg.rl_sigma_min, out_dir=out("colar_rl"),
                                                 eval_every=max(1, cfg.rl_steps // 6), eval_n=cfg.rl_eval_n,
                                                 length_penalty=cfg.rl_length_penalty, max_latents=cfg.max_latents,
                                                 device=cfg.device, seed=cfg.train_seed))]

@@ -224,7 +224,8 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     data = make_tiny_data(str(tmp_path / "data"), n_train=100, n_val=4, n_test=4)
     out = tmp_path / "out"
     cfg = demo.DemoConfig(data_dir=data, out_dir=str(out), reference="", max_steps=2, max_latents=6, colar_steps=2,
-                          colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0",
+                          colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_lr=5e-6, rl_sigma_min=0.03, rl_eval_n=4,
+                          n_test=4, seeds="0",
                           device="cpu", n_layer=1, n_head=2, n_embd=16)
     demo.main(cfg)
     printed = capfd.readouterr().out
@@ -234,7 +235,9 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     assert ladder == [(str(out / "colar_c2_2"), str(out / "cot"), "2", "2"),
                       (str(out / "colar_c3_2"), str(out / "colar_c2_2"), "3", "2"),
                       (str(out / "colar_c3_3"), str(out / "colar_c3_2"), "3", "3")]
-    assert (trained[6]["init_from"], trained[6]["c"]) == (str(out / "colar_c3_3"), "3")  # RL: c = 3's last stage
+    rl = trained[6]  # RL: from c = 3's last stage, with the RL settings given
+    assert (rl["init_from"], rl["c"], float(rl["lr"]), float(rl["sigma_min"])) == (
+        str(out / "colar_c3_3"), "3", 5e-6, 0.03)
     with open(out / "results" / "demo.json") as f:
         records = json.load(f)
     evaluated = {(r["method"], r["c"], os.path.basename(os.path.dirname(r["checkpoint"]))) for r in records}
@@ -244,15 +247,18 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     assert sum("already trained" in s for s in stage_lines(capfd.readouterr().out, "skipped")) == 7
 
 
-@pytest.mark.parametrize("stages, rl_c, message", [
-    ("2:100 3-100", 2, "'3-100', not speed:steps"), ("6:100", 5, "'6:100', not speed:steps with a speed of 1..5"),
-    ("2:0", 2, "'2:0', not speed:steps"), ("2:100 3:50 2:100", 2, "'2:100' twice"),
-    ("2:100 3:50", 5, "--rl_c 5 is not a speed of --colar_stages")])
-def test_bad_colar_stages_are_refused_before_any_stage(tmp_path, monkeypatch, stages, rl_c, message):
+@pytest.mark.parametrize("given, message", [
+    (dict(colar_stages="2:100 3-100", rl_c=2), "'3-100', not speed:steps"),
+    (dict(colar_stages="6:100", rl_c=5), "'6:100', not speed:steps with a speed of 1..5"),
+    (dict(colar_stages="2:0", rl_c=2), "'2:0', not speed:steps"),
+    (dict(colar_stages="2:100 3:50 2:100", rl_c=2), "'2:100' twice"),
+    (dict(colar_stages="2:100 3:50", rl_c=5), "--rl_c 5 is not a speed of --colar_stages"),
+    (dict(rl_lr=0.0), "--rl_lr must be positive"), (dict(rl_sigma_min=-0.1), "--rl_sigma_min must be >= 0")])
+def test_bad_one_speed_stages_or_rl_settings_are_refused_before_any_stage(tmp_path, monkeypatch, given, message):
     ran = []
     monkeypatch.setattr(demo, "run", ran.append)
     monkeypatch.setattr(demo, "train_stage", lambda *args: ran.append(args))
     with pytest.raises(UserError, match=re.escape(message)):
         demo.main(demo.DemoConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), device="cpu",
-                                  colar_stages=stages, rl_c=rl_c))
+                                  **given))
     assert ran == []
