@@ -19,7 +19,8 @@ it stopped when run again with the same flags.
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
     python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 57 minutes
     python demo.py --task mult5         # 5x5: about 2.7 hours
-    python demo.py --task mult4 --colar_stages "2:14000 3:16000 4:16000 5:10000" --rl_c 3   # one speed at a time
+    python demo.py --task mult4 --colar_stages "2:14000 3:6000 3:10000 4:6000 4:10000 5:10000 5:8000" --rl_c 3 \
+        --rl_lr 5e-6 --rl_sigma_min 0.03 --rl_steps 400   # and one speed at a time: about 8 hours (README)
 
 With --colar_stages a stage "c:steps" trains at speed c alone from the best checkpoint of the stage before (into
 out_dir/colar_c{c}_{steps}); each speed's last stage is evaluated at that speed (colar_ladder), RL starts from --rl_c's.
