@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 import torch
@@ -124,7 +125,9 @@ def parse_config(cls, argv=None):
 
 
 def print_config(cfg):
-    print0(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
+    """The config as one line of key=value, a value holding spaces quoted (so each pair reads as one flag)."""
+    show = lambda v: shlex.quote(v) if isinstance(v, str) and re.search(r"\s", v) else v  # noqa: E731
+    print0(" ".join(f"{k}={show(v)}" for k, v in dataclasses.asdict(cfg).items()))
 
 
 def check_flags(cfg, choices=None, positive=(), nonnegative=()):

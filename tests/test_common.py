@@ -15,7 +15,7 @@ from conftest import ROOT, tiny_gpt
 
 from checkpoint import open_run, save_checkpoint
 from common import (EpochSampler, UserError, check_flags, get_lr, grad_accum_steps, make_optimizer, parse_config,
-                    pick_device, run_cli, trained_speeds)
+                    pick_device, print_config, run_cli, trained_speeds)
 from latent_head import LatentHead
 
 SCRIPTS = ("train_sft", "train_rl", "evaluate", "demo", "bench", "report", "latents")  # each run as python X.py
@@ -34,6 +34,13 @@ def test_flags_types_and_defaults():
     cfg = parse_config(Cfg, ["--name", "b", "--n", "7", "--lr", "1e-3", "--flag", "true"])
     assert cfg == Cfg(name="b", n=7, lr=1e-3, flag=True)
     assert parse_config(Cfg, ["--flag", "no"]).flag is False
+
+
+def test_print_config_quotes_a_value_with_spaces(capsys):
+    print_config(Cfg(name="2:100 3:50", n=0))  # else the line would read as pairs name=2:100 and 3:50
+    assert capsys.readouterr().out == "name='2:100 3:50' n=0 lr=0.5 flag=False\n"
+    print_config(Cfg(name=""))
+    assert capsys.readouterr().out == "name= n=3 lr=0.5 flag=False\n"
 
 
 def test_config_file_then_flags_override(tmp_path):

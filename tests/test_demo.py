@@ -224,9 +224,8 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     data = make_tiny_data(str(tmp_path / "data"), n_train=100, n_val=4, n_test=4)
     out = tmp_path / "out"
     cfg = demo.DemoConfig(data_dir=data, out_dir=str(out), reference="", max_steps=2, max_latents=6, colar_steps=2,
-                          colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_lr=5e-6, rl_sigma_min=0.03, rl_eval_n=4,
-                          n_test=4, seeds="0",
-                          device="cpu", n_layer=1, n_head=2, n_embd=16)
+                          colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_lr=5e-6, rl_sigma_min=0.03,
+                          rl_eval_n=4, n_test=4, seeds="0", device="cpu", n_layer=1, n_head=2, n_embd=16)
     demo.main(cfg)
     printed = capfd.readouterr().out
     trained = [dict(a[2:].split("=", 1) for a in s.split()[3:])  # each training command's flags, in order
