@@ -64,8 +64,7 @@ class DemoConfig:
     stop_at: int = 0                  # CoT and No-CoT stop at this step of that schedule (0: run it to the end)
     colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
-    colar_stages: str = ""            # also CoLaR one speed at a time: "speed:steps ...", each stage from the one
-                                      # before (the first from CoT); a speed again: a fresh schedule from its best
+    colar_stages: str = ""            # also a CoLaR model per speed: "c:steps ...", each stage from the one before
     rl_c: int = 5                     # the speed RL trains at
     rl_steps: int = 600               # RL steps
     rl_lr: float = 2e-5               # RL learning rate (train_rl.py --lr)
