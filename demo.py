@@ -17,13 +17,13 @@ it stopped when run again with the same flags.
     python demo.py --ablations true     # then the ablations (DL, MP, NLL, OC at c = 2, 5) and the unseen-speed model
     python demo.py --baselines true     # then the latent baselines: Coconut, pause as thought, iCoT, Distill (CODI)
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
-    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: 57 minutes
-    python demo.py --task mult5         # 5x5: about 2.7 hours
-    python demo.py --task mult4 --colar_stages "2:14000 3:6000 3:10000 4:6000 4:10000 5:10000 5:8000" --rl_c 3 \
-        --rl_lr 5e-6 --rl_sigma_min 0.03 --rl_steps 400   # and one speed at a time: about 8 hours (README)
+    python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: about 8 hours
+    python demo.py --task mult5         # 5x5: about 13 hours (both estimated from their stages' times)
+    python demo.py --task mult4 --colar_stages none --rl_c 2   # 4x4, the paper's recipe alone: about an hour
 
-With --colar_stages a stage "c:steps" trains at speed c alone from the best checkpoint of the stage before (into
-out_dir/colar_c{c}_{steps}); each speed's last stage is evaluated at that speed (colar_ladder), RL starts from --rl_c's.
+With --colar_stages (the multiplication tasks' default) a stage "c:steps" trains at speed c alone from the best
+checkpoint of the stage before (into out_dir/colar_c{c}_{steps}), beside the CoLaR model trained at every speed at
+once; each speed's last stage is evaluated at its speed (colar_ladder), RL starts from --rl_c's.
 """
 import os
 import re
@@ -64,7 +64,7 @@ class DemoConfig:
     stop_at: int = 0                  # CoT and No-CoT stop at this step of that schedule (0: run it to the end)
     colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
-    colar_stages: str = ""            # also a CoLaR model per speed: "c:steps ...", each stage from the one before
+    colar_stages: str = ""            # also a CoLaR model per speed: "c:steps ...", each from the one before; none: not
     rl_c: int = 5                     # the speed RL trains at
     rl_steps: int = 600               # RL steps
     rl_lr: float = 2e-5               # RL learning rate (train_rl.py --lr)
@@ -93,10 +93,15 @@ GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8
 # the partial products and running sums written place by place (--mult_format interleaved), "place" tokens (a digit's
 # token tells its place) (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 99.8% on validation; with the
 # "product" chain 97.8%, and a 2,000-step schedule ends at 1%).
-# RL at c = 2, where SFT leaves the most room and still answers some questions (1-2% on validation, so a few rollout
-# groups in each step hold a right answer; at c >= 3 SFT answers 0%, every group is all-wrong and GRPO has no signal)
-MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, rl_c=2, rl_steps=200,
-            rl_eval_n=200)
+# Trained at every speed at once (the paper's recipe, the colar stage) CoLaR answers 0-1% above c = 1 here; one speed
+# at a time, each stage from the best model of the one before, it writes every digit at c = 2..5 (EXPERIMENTS.md, the
+# ladder: 98.0 / 98.6 / 90.6 / 90.9% on test for one training seed). A speed's second stage restarts the learning-rate
+# schedule: a stage can end while still rising and climb again on a fresh one. RL at c = 5, the fastest speed and
+# (with c = 4) the one the ladder leaves the most room at, with the learning rate and sigma floor that gained at c = 2
+# and 3 (at 2e-5 and 0.1 it drifted down at c = 2)
+LADDER = "2:14000 3:6000 3:10000 4:6000 4:10000 5:10000 5:8000"
+MULT = dict(tokenizer="place", max_steps=8000, stop_at=4000, colar_steps=6000, max_latents=96, colar_stages=LADDER,
+            rl_c=5, rl_steps=400, rl_lr=5e-6, rl_sigma_min=0.03, rl_eval_n=200)
 TASKS = {"gsm8k": GSM8K, **{f"mult{n}": MULT for n in (4, 5)}}
 
 
@@ -191,8 +196,10 @@ def parse_seeds(text):
 
 def parse_stages(text):
     """--colar_stages as [(c, steps), ...] in order: each word speed:steps, a speed of 1..5 (the evaluated ones), no
-    stage twice (both would train the same folder); [] for an empty text."""
+    stage twice (both would train the same folder); [] for an empty text or "none"."""
     stages = []
+    if text.strip() == "none":
+        return stages
     for word in text.split():
         m = re.fullmatch(r"([1-5]):([1-9][0-9]*)", word)
         if not m:

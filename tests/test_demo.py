@@ -261,3 +261,34 @@ def test_bad_one_speed_stages_or_rl_settings_are_refused_before_any_stage(tmp_pa
         demo.main(demo.DemoConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), device="cpu",
                                   **given))
     assert ran == []
+
+
+@pytest.mark.parametrize("given, ladder, rl", [
+    (dict(), ["colar_c2_14000", "colar_c3_6000", "colar_c3_10000", "colar_c4_6000", "colar_c4_10000", "colar_c5_10000",
+              "colar_c5_8000"], ("colar_c5_8000", 5)),
+    (dict(colar_stages="none", rl_c=2), [], ("colar", 2))])
+def test_multiplication_trains_one_speed_at_a_time_unless_told_none(tmp_path, monkeypatch, given, ladder, rl):
+    """--task mult4's stages: beside the every-speed model, the ladder of one-speed stages (14,000 steps at c = 2, two
+    stages at each of c = 3, 4, 5, the first from CoT's model) and RL at c = 5 from its last stage, at lr 5e-6 with
+    a sigma floor of 0.03; --colar_stages none leaves the paper's recipe alone, RL from the every-speed model."""
+    trained, evaluated = [], []
+    monkeypatch.setattr(demo, "train_stage", lambda name, script, run_flags: trained.append((name, run_flags)))
+    monkeypatch.setattr(demo, "run", lambda args: evaluated.append(args) if args[0] == "evaluate.py" else None)
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "mult4.md").write_text("table\n")  # report.py's, which the demo prints at the end
+    demo.main(demo.DemoConfig(task="mult4", data_dir=str(tmp_path / "data"), out_dir=str(out), device="cpu", **given))
+    names = [name for name, _ in trained]
+    assert names == ["cot", "nocot", "colar"] + ladder + ["colar_rl"]
+    flags_of = dict(trained)
+    steps = [(flags_of[n]["c_values"], flags_of[n]["max_steps"], os.path.basename(flags_of[n]["init_from"]))
+             for n in ladder]
+    if ladder:
+        assert steps == [("2", 14000, "cot"), ("3", 6000, "colar_c2_14000"), ("3", 10000, "colar_c3_6000"),
+                         ("4", 6000, "colar_c3_10000"), ("4", 10000, "colar_c4_6000"),
+                         ("5", 10000, "colar_c4_10000"), ("5", 8000, "colar_c5_10000")]
+    r = flags_of["colar_rl"]
+    assert (os.path.basename(r["init_from"]), r["c"], r["lr"], r["sigma_min"], r["max_steps"]) == (*rl, 5e-6, 0.03, 400)
+    ladder_evals = [(a[1], a[-1]) for a in evaluated if "--method=colar_ladder" in a]
+    assert ladder_evals == ([(f"--ckpt={out / n}", f"--c={c}") for n, c in [
+        ("colar_c2_14000", 2), ("colar_c3_10000", 3), ("colar_c4_10000", 4), ("colar_c5_8000", 5)]] if ladder else [])
