@@ -265,7 +265,8 @@ def validate(model, head, tok, val, c_values, max_latents, thoughts=0, think=Non
 
 def build_model(cfg, model_cfg, init, device):
     """The model (seeded, or the starting model's weights), for colar a latent head (new, or a starting CoLaR
-    model's of the same kind, as in a curriculum over c), for pause its thought."""
+    model's of the same shape, as in a curriculum over c: a deterministic head takes a Gaussian one's layers and
+    leaves its sigma layer unused, so the DL switch at a later stage changes one thing), for pause its thought."""
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     latent_config = {"hidden": cfg.latent_hidden, "deterministic": cfg.deterministic}
@@ -273,7 +274,8 @@ def build_model(cfg, model_cfg, init, device):
     think = thinker(cfg.mode, model_cfg.n_embd)
     if init:
         model.load_state_dict(init["model"])
-        with_head = head is not None and init.get("latent_head") and init.get("latent_config") == latent_config
+        with_head = (head is not None and init.get("latent_head")
+                     and (init.get("latent_config") or {}).get("hidden") == cfg.latent_hidden)
         if with_head:
             head.load_state_dict(init["latent_head"])
         print0(f"initialised from {init['path']}" + (", its latent head too" if with_head else ""))

@@ -19,6 +19,8 @@
 #   bash runs/mult_curriculum.sh             # then the stages below: about 40 minutes per 6,000 steps on 2 cores
 #   STAGES="3:12000" bash runs/mult_curriculum.sh      # other stages, speed:steps, each from the one before
 #   PAD=2 STAGES=3:6000 bash runs/mult_curriculum.sh   # c = 3 with the chunk boundaries moved two tokens
+#   INIT=out/mult4_curriculum/colar_c4_restart STAGES="5:10000 5:8000" FLAGS="--pool mean" NAME=mp \
+#       bash runs/mult_curriculum.sh             # an ablation of the c = 5 stages (folders and method end in _mp)
 #
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
 # not repeated.
@@ -29,6 +31,8 @@ INIT=${INIT:-out/mult4_c2_interleaved_seed3/colar_c2_14000}   # the model the fi
 STAGES=${STAGES:-3:6000 4:6000 4:10000 5:10000}   # speed:steps; a speed again: a fresh schedule from its best
 PAD=${PAD:-0}
 SEED=${SEED:-1337}
+FLAGS=${FLAGS:-}   # more train_sft.py flags for every stage (an ablation's switch), with NAME to tag its folders
+NAME=${NAME:-}
 # runs/mult_c2.sh's 200,000 train and 1,000 val problems (seed 1234); with PAD, the same with the first step wider
 DATA=data/mult4_interleaved; if [ "$PAD" != 0 ]; then DATA=data/mult4_interleaved_pad$PAD; fi
 OUT=out/mult4_curriculum
@@ -42,6 +46,9 @@ for stage in $STAGES; do
     fi
     seen="$seen$stage "
 done
+if [ -n "$FLAGS" ] && [ -z "$NAME" ]; then
+    echo "error: FLAGS ($FLAGS) needs a NAME for its run folders, apart from the runs without them" >&2; exit 1
+fi
 if [ ! -f "$INIT/latest" ]; then
     echo "error: no trained model in $INIT (run 'SEED=3 bash runs/mult_c2.sh' first, or set INIT)" >&2; exit 1
 fi
@@ -51,12 +58,12 @@ if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/ins
 from=$INIT
 for stage in $STAGES; do
     c=${stage%:*}; STEPS=${stage#*:}
-    RUN=$OUT/colar_c${c}_pad${PAD}_$STEPS
+    RUN=$OUT/colar_c${c}_pad${PAD}_$STEPS${NAME:+_$NAME}
     resume=false; if [ -f $RUN/latest ]; then resume=true; fi
     $PY train_sft.py --data_dir $DATA --mode colar --init_from "$from" --c_values $c --lr 1e-3 --eval_every 1000 \
-        --eval_n 200 --max_latents 96 --seed $SEED --max_steps $STEPS --out_dir $RUN --resume $resume
+        --eval_n 200 --max_latents 96 --seed $SEED --max_steps $STEPS --out_dir $RUN --resume $resume $FLAGS
     $PY latents.py --ckpt $RUN --c $c --data_dir $DATA --split val --probe 200 --max_latents 96
     $PY evaluate.py --skip_done true --ckpt $RUN --data_dir $DATA --split test --c $c --max_latents 96 \
-        --method colar_c${c}_pad${PAD}_$STEPS --out $OUT/results.json
+        --method "$(basename $RUN)" --out $OUT/results.json
     from=$RUN
 done

@@ -145,13 +145,13 @@ def test_train_evaluate_end_to_end(tiny_data, tmp_path):
 
 def test_a_colar_run_from_a_colar_run_keeps_its_latent_head(tiny_runs):
     """--init_from a CoLaR run (a curriculum over c: train on some speeds, then on more) starts from its latent head,
-    not a new one; a head of another kind (here deterministic) starts new."""
+    not a new one, also a deterministic head (the DL switch at a later stage); a head of another width starts new."""
     from conftest import tiny_colar_cfg
     from model import GPTConfig
     init = load_checkpoint(tiny_runs["colar"])
     model_cfg = GPTConfig(**init["model_config"])
-    for deterministic, kept in ((False, True), (True, False)):
-        cfg = tiny_colar_cfg(tiny_runs["data"], "unused", tiny_runs["colar"], deterministic=deterministic)
+    for switch, kept in ((dict(), True), (dict(deterministic=True), True), (dict(latent_hidden=8), False)):
+        cfg = tiny_colar_cfg(tiny_runs["data"], "unused", tiny_runs["colar"], **switch)
         _, head, _, _ = train_sft.build_model(cfg, model_cfg, init, "cpu")
         same = all(torch.equal(v, init["latent_head"][k]) for k, v in head.state_dict().items()
                    if k in init["latent_head"] and v.shape == init["latent_head"][k].shape)
