@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# 4x4 multiplication, one speed at a time: from a model trained at c = 2 alone, CoLaR SFT at c = 3 alone, then at
-# c = 4 alone from that, then c = 5, each stage from the best checkpoint (by validation) of the one before, on the
-# place-by-place chain. Each stage is probed on validation (latents.py --probe) and evaluated on the public test file.
+# 4x4 (or 5x5) multiplication, one speed at a time: from a model trained at c = 2 alone, CoLaR SFT at c = 3 alone,
+# then at c = 4 alone from that, then c = 5, each stage from the best checkpoint (by validation) of the one before, on
+# the place-by-place chain. Each stage is probed on validation (latents.py --probe) and evaluated on the public test
+# file.
 # Trained at every speed at once the model answers nothing above c = 1 here (the demo); trained at c = 2 alone it
 # matches CoT. Logged (EXPERIMENTS.md, 2026-12-01 and 02), from seed 3's c = 2 model (98.0% on test; CoT 95.8%): c = 3
 # 56.4% after 6,000 steps, 98.6% after 10,000 more on a fresh schedule (STAGES=3:10000 INIT=.../colar_c3_pad0_6000);
@@ -17,9 +18,10 @@
 #
 #   SEED=3 bash runs/mult_c2.sh              # first, the c = 2 model: out/mult4_c2_interleaved_seed3/colar_c2_14000
 #   bash runs/mult_curriculum.sh             # then the stages below: about 40 minutes per 6,000 steps on 2 cores
+#   DIGITS=5 INIT=out/mult5_c2_interleaved/colar_c2_14000 bash runs/mult_curriculum.sh   # 5x5 from its c = 2 model
 #   STAGES="3:12000" bash runs/mult_curriculum.sh      # other stages, speed:steps, each from the one before
 #   PAD=2 STAGES=3:6000 bash runs/mult_curriculum.sh   # c = 3 with the chunk boundaries moved two tokens
-#   INIT=out/mult4_curriculum/colar_c4_restart STAGES="5:10000 5:8000" FLAGS="--pool mean" NAME=mp \
+#   INIT=out/mult4_curriculum/colar_c4_pad0_10000 STAGES="5:10000 5:8000" ABLATION="--pool mean" TAG=mp \
 #       bash runs/mult_curriculum.sh             # an ablation of the c = 5 stages (folders and method end in _mp)
 #
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
@@ -27,15 +29,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-INIT=${INIT:-out/mult4_c2_interleaved_seed3/colar_c2_14000}   # the model the first stage starts from
+DIGITS=${DIGITS:-4}
+INIT=${INIT:-out/mult${DIGITS}_c2_interleaved_seed3/colar_c2_14000}   # the model the first stage starts from
 STAGES=${STAGES:-3:6000 4:6000 4:10000 5:10000}   # speed:steps; a speed again: a fresh schedule from its best
 PAD=${PAD:-0}
 SEED=${SEED:-1337}
-FLAGS=${FLAGS:-}   # more train_sft.py flags for every stage (an ablation's switch), with NAME to tag its folders
-NAME=${NAME:-}
+ABLATION=${ABLATION:-}   # more train_sft.py flags for every stage (as runs/mult_c2.sh)
+TAG=${TAG:-}             # the name that tells such a run's folders from CoLaR's
 # runs/mult_c2.sh's 200,000 train and 1,000 val problems (seed 1234); with PAD, the same with the first step wider
-DATA=data/mult4_interleaved; if [ "$PAD" != 0 ]; then DATA=data/mult4_interleaved_pad$PAD; fi
-OUT=out/mult4_curriculum
+DATA=data/mult${DIGITS}_interleaved; if [ "$PAD" != 0 ]; then DATA=${DATA}_pad$PAD; fi
+OUT=out/mult${DIGITS}_curriculum
 seen=" "
 for stage in $STAGES; do
     if ! [[ $stage =~ ^[1-9]:[1-9][0-9]*$ ]]; then
@@ -46,22 +49,20 @@ for stage in $STAGES; do
     fi
     seen="$seen$stage "
 done
-if [ -n "$FLAGS" ] && [ -z "$NAME" ]; then
-    echo "error: FLAGS ($FLAGS) needs a NAME for its run folders, apart from the runs without them" >&2; exit 1
-fi
+if [ -n "$ABLATION" ] && [ -z "$TAG" ]; then echo "error: ABLATION needs a TAG to name its run folders" >&2; exit 1; fi
 if [ ! -f "$INIT/latest" ]; then
     echo "error: no trained model in $INIT (run 'SEED=3 bash runs/mult_c2.sh' first, or set INIT)" >&2; exit 1
 fi
 if [ "$PY" = .venv/bin/python ] && [ ! -f .venv/installed ]; then make .venv/installed; fi  # the venv of `make test`
-[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits 4 --pad_first "$PAD" --out $DATA
+[ -f $DATA/train.txt ] || $PY -m data.multiplication --digits $DIGITS --pad_first "$PAD" --out $DATA
 
 from=$INIT
 for stage in $STAGES; do
     c=${stage%:*}; STEPS=${stage#*:}
-    RUN=$OUT/colar_c${c}_pad${PAD}_$STEPS${NAME:+_$NAME}
+    RUN=$OUT/colar_c${c}_pad${PAD}_$STEPS${TAG:+_$TAG}
     resume=false; if [ -f $RUN/latest ]; then resume=true; fi
     $PY train_sft.py --data_dir $DATA --mode colar --init_from "$from" --c_values $c --lr 1e-3 --eval_every 1000 \
-        --eval_n 200 --max_latents 96 --seed $SEED --max_steps $STEPS --out_dir $RUN --resume $resume $FLAGS
+        --eval_n 200 --max_latents 96 --seed $SEED --max_steps $STEPS --out_dir $RUN --resume $resume $ABLATION
     $PY latents.py --ckpt $RUN --c $c --data_dir $DATA --split val --probe 200 --max_latents 96
     $PY evaluate.py --skip_done true --ckpt $RUN --data_dir $DATA --split test --c $c --max_latents 96 \
         --method "$(basename $RUN)" --out $OUT/results.json

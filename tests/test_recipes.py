@@ -100,19 +100,19 @@ def test_curriculum_refuses_a_stage_named_twice():
 
 
 def test_curriculum_passes_an_ablation_switch_into_its_own_folders(tmp_path):
-    """FLAGS reach every training stage, NAME tags the folders and the evaluated method, and each stage starts from
-    the one before; FLAGS without NAME is refused (its runs would share the plain runs' folders)."""
+    """ABLATION reaches every training stage, TAG tags the folders and the evaluated method, and each stage starts from
+    the one before; ABLATION without TAG is refused (its runs would share the plain runs' folders)."""
     log, init = tmp_path / "commands.txt", tmp_path / "c4"
     init.mkdir()
     (init / "latest").write_text("ckpt_000010.pt\n")
     fake = tmp_path / "py"
     fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')  # records each command instead of running it
     fake.chmod(0o755)
-    env = dict(os.environ, STAGES="5:10 5:8", INIT=str(init), PY=str(fake), FLAGS="--pool mean")
+    env = dict(os.environ, STAGES="5:10 5:8", INIT=str(init), PY=str(fake), ABLATION="--pool mean")
     script = os.path.join(ROOT, "runs", "mult_curriculum.sh")
     refused = subprocess.run(["bash", script], capture_output=True, text=True, env=env)
-    assert refused.returncode == 1 and refused.stderr.startswith("error: FLAGS (--pool mean) needs a NAME")
-    assert subprocess.run(["bash", script], capture_output=True, text=True, env=dict(env, NAME="mp")).returncode == 0
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ABLATION needs a TAG")
+    assert subprocess.run(["bash", script], capture_output=True, text=True, env=dict(env, TAG="mp")).returncode == 0
     train = [line.split() for line in log.read_text().splitlines() if line.startswith("train_sft.py")]
     arg = lambda words, flag: words[words.index(flag) + 1]  # noqa: E731
     assert [(arg(t, "--out_dir"), arg(t, "--init_from"), arg(t, "--pool")) for t in train] == [
