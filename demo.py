@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from itertools import takewhile
 
 from checkpoint import load_checkpoint, read_pointer
 from common import (UserError, check_flags, check_folder, parse_config, pick_device, print_config, read_json,
@@ -111,8 +112,9 @@ def mult_name(task, fmt):
     return os.path.basename(default_out(int(task[4:]), fmt))
 
 
-# the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5, and the
-# generalisation test of its Figure 5: train on c in {1, 3, 5}, evaluate at every c (2 and 4 never seen)
+# the ablations of the paper's Table 1 (each one switch of the CoLaR recipe), evaluated at c = 2 and 5 (with
+# --colar_stages: the ladder's first and last speed's stages with the switch, each from the plain model before them),
+# and the generalisation test of its Figure 5: train on c in {1, 3, 5}, evaluate at every c (2 and 4 never seen)
 ABLATIONS = {"colar_dl": dict(deterministic=True), "colar_mp": dict(pool="mean"),
              "colar_nll": dict(latent_loss="nll"), "colar_oc": dict(chunk_labels=False)}
 UNSEEN = {"colar_135": dict(c_values="1,3,5")}
@@ -208,6 +210,27 @@ def parse_stages(text):
             raise UserError(f"--colar_stages holds {word!r} twice; a stage is named by its speed and steps")
         stages.append((int(m[1]), int(m[2])))
     return stages
+
+
+def ladder_stages(colar, speeds, start, out, prefix):
+    """The training stages of one-speed stages [(c, steps), ...] from the run folder `start`: each at its speed alone,
+    from the best checkpoint of the stage before, into out(f"{prefix}_c{c}_{steps}"), with the flags of `colar`."""
+    stages = []
+    for c, n in speeds:
+        name = f"{prefix}_c{c}_{n}"
+        stages.append((name, "train_sft.py", {**colar, "out_dir": out(name), "init_from": start, "c_values": str(c),
+                                              "max_steps": n, "eval_every": max(1, n // 10)}))
+        start = out(name)
+    return stages
+
+
+def speed_ends(speeds, start, folders):
+    """{c: (the folder its stages start from, [its stages])} for the ladder's first speed (its leading stages, from
+    `start`) and its last (its trailing stages, from the folder of the stage before them); folders: each stage's."""
+    first, last = speeds[0][0], speeds[-1][0]
+    lead = len(list(takewhile(lambda s: s[0] == first, speeds)))
+    tail = len(speeds) - len(list(takewhile(lambda s: s[0] == last, reversed(speeds))))  # the last speed's first
+    return {first: (start, speeds[:lead]), last: (folders[tail - 1] if tail else start, speeds[tail:])}
 
 
 SPLITS = ("train", "val", "test")
@@ -315,12 +338,9 @@ def main(cfg):
     scratch = {**base, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd}  # trained from scratch
     if cfg.stop_at:
         scratch["stop_at"] = cfg.stop_at
-    ladder, one_speed, prev = [], {}, out("cot")  # --colar_stages; {c: the folder of c's last stage}
-    for c, n in parse_stages(cfg.colar_stages):
-        name = f"colar_c{c}_{n}"
-        ladder.append((name, "train_sft.py", {**colar, "out_dir": out(name), "init_from": prev, "c_values": str(c),
-                                              "max_steps": n, "eval_every": max(1, n // 10)}))
-        prev = one_speed[c] = out(name)
+    speeds = parse_stages(cfg.colar_stages)
+    ladder = ladder_stages(colar, speeds, out("cot"), out, "colar")
+    one_speed = {c: run_flags["out_dir"] for (c, _), (_, _, run_flags) in zip(speeds, ladder)}  # c: its last stage
     stages = [("cot", "train_sft.py", {**scratch, "mode": "cot", "out_dir": out("cot")}),
               ("nocot", "train_sft.py", {**scratch, "mode": "nocot", "out_dir": out("nocot")}),
               ("colar", "train_sft.py", colar), *ladder,
@@ -335,8 +355,14 @@ def main(cfg):
     evals.append(("colar_rl", out("colar_rl"), [cfg.rl_c] if one_speed else [1, 2, 3, 4, 5]))
     if cfg.ablations:
         for name, switch in {**ABLATIONS, **UNSEEN}.items():
-            stages.append((name, "train_sft.py", {**colar, "out_dir": out(name), **switch}))
-            evals.append((name, out(name), [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
+            if name in UNSEEN or not speeds:
+                stages.append((name, "train_sft.py", {**colar, "out_dir": out(name), **switch}))
+                evals.append((name, out(name), [2, 5] if name in ABLATIONS else [1, 2, 3, 4, 5]))
+                continue
+            for c, (start, group) in speed_ends(speeds, out("cot"), [r["out_dir"] for _, _, r in ladder]).items():
+                runs = ladder_stages({**colar, **switch}, group, start, out, name)
+                stages += runs
+                evals.append((name, runs[-1][2]["out_dir"], [c]))
     if cfg.baselines:
         for name in BASELINES:
             stages.append((name, "train_sft.py", {**base, "mode": name, "out_dir": out(name), "init_from": out("cot"),

@@ -292,3 +292,29 @@ def test_multiplication_trains_one_speed_at_a_time_unless_told_none(tmp_path, mo
     ladder_evals = [(a[1], a[-1]) for a in evaluated if "--method=colar_ladder" in a]
     assert ladder_evals == ([(f"--ckpt={out / n}", f"--c={c}") for n, c in [
         ("colar_c2_14000", 2), ("colar_c3_10000", 3), ("colar_c4_10000", 4), ("colar_c5_8000", 5)]] if ladder else [])
+
+
+def test_ablations_of_a_ladder_switch_its_first_and_last_speed(tmp_path, monkeypatch):
+    """--ablations with --colar_stages: each switch trains the ladder's first speed's stages from CoT's model and its
+    last speed's from the plain ladder's model before them, evaluated at those speeds; the unseen-speed model is
+    trained at every one of its speeds at once, from CoT, as without a ladder."""
+    trained, evaluated = [], []
+    monkeypatch.setattr(demo, "train_stage", lambda name, script, run_flags: trained.append((name, run_flags)))
+    monkeypatch.setattr(demo, "run", lambda args: evaluated.append(args) if args[0] == "evaluate.py" else None)
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "demo.md").write_text("table\n")
+    demo.main(demo.DemoConfig(data_dir=str(tmp_path / "data"), out_dir=str(out), device="cpu", ablations=True,
+                              colar_stages="2:40 3:20 4:20 4:30", rl_c=4))
+    runs = {name: flags for name, flags in trained}
+    got = [(n, os.path.basename(f["init_from"]), f["c_values"], f.get("pool"), f.get("chunk_labels"))
+           for n, f in trained if n.startswith(("colar_mp", "colar_oc"))]
+    assert got == [("colar_mp_c2_40", "cot", "2", "mean", None), ("colar_mp_c4_20", "colar_c3_20", "4", "mean", None),
+                   ("colar_mp_c4_30", "colar_mp_c4_20", "4", "mean", None),
+                   ("colar_oc_c2_40", "cot", "2", None, False), ("colar_oc_c4_20", "colar_c3_20", "4", None, False),
+                   ("colar_oc_c4_30", "colar_oc_c4_20", "4", None, False)]
+    assert {n for n in runs if n.startswith(("colar_dl", "colar_nll"))} == {
+        "colar_dl_c2_40", "colar_dl_c4_20", "colar_dl_c4_30", "colar_nll_c2_40", "colar_nll_c4_20", "colar_nll_c4_30"}
+    assert (runs["colar_135"]["init_from"], runs["colar_135"]["c_values"]) == (str(out / "cot"), "1,3,5")
+    dl = [(a[1], a[-1]) for a in evaluated if "--method=colar_dl" in a]
+    assert dl == [(f"--ckpt={out / 'colar_dl_c2_40'}", "--c=2"), (f"--ckpt={out / 'colar_dl_c4_30'}", "--c=4")]
