@@ -107,6 +107,16 @@ def _read_config(cls, path):
 def parse_config(cls, argv=None):
     """Build `cls` (a dataclass) from --flags, one per field; `--config file.json` supplies values first, checked as
     the flags are. A bad config file is one `error:` line and exit status 2."""
+    return cls(**_given_values(cls, argv))
+
+
+def given_fields(cls, argv=None):
+    """The fields of `cls` the command line sets (a flag or --config), whatever their values: what a preset (demo.py's
+    --task) must leave alone, also a value given on purpose that equals the field's default."""
+    return set(_given_values(cls, argv))
+
+
+def _given_values(cls, argv):
     parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", default=None, help="JSON file of field values (flags given here override it)")
     helps = _field_help(cls)
@@ -121,7 +131,7 @@ def parse_config(cls, argv=None):
         except UserError as e:
             parser.exit(2, f"error: {e}\n")
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    return cls(**values)
+    return values
 
 
 def print_config(cfg):

@@ -15,7 +15,7 @@ import pytest
 
 import checkpoint
 import demo
-from common import UserError, parse_config, run_cli
+from common import UserError, given_fields, parse_config, run_cli
 from conftest import make_tiny_data
 
 
@@ -66,7 +66,8 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     with open(results) as f:
         records = json.load(f)
     got = {(r["method"], r["c"], r["decode"]) for r in records}
-    speeds = [("cot", 1), ("nocot", 0), ("colar_text", 1)] + [(m, c) for m in ("colar", "colar_rl") for c in range(1, 6)]
+    speeds = [("cot", 1), ("nocot", 0), ("colar_text", 1)]
+    speeds += [(m, c) for m in ("colar", "colar_rl") for c in range(1, 6)]
     assert got == {(m, c, d) for m, c in speeds for d in ("greedy", "sampled")}
     assert all(r["n"] == 4 and r["split"] == "test" for r in records)
     assert all(r["seeds"] == ([0, 1] if r["decode"] == "sampled" else []) for r in records)
@@ -318,3 +319,19 @@ def test_ablations_of_a_ladder_switch_its_first_and_last_speed(tmp_path, monkeyp
     assert (runs["colar_135"]["init_from"], runs["colar_135"]["c_values"]) == (str(out / "cot"), "1,3,5")
     dl = [(a[1], a[-1]) for a in evaluated if "--method=colar_dl" in a]
     assert dl == [(f"--ckpt={out / 'colar_dl_c2_40'}", "--c=2"), (f"--ckpt={out / 'colar_dl_c4_30'}", "--c=4")]
+
+
+def test_a_flag_given_at_its_default_value_is_kept_over_the_preset(tmp_path):
+    """The paper's recipe on multiplication with RL at the old settings, which equal the flags' defaults
+    (--rl_lr 2e-5, --rl_sigma_min 0.1): given on the command line, or in --config, they win over the task's preset
+    (5e-6, 0.03), as a value that differs from the default does."""
+    argv = ["--task", "mult4", "--colar_stages", "none", "--rl_c", "2", "--rl_lr", "2e-5", "--rl_sigma_min", "0.1",
+            "--rl_steps", "200"]
+    cfg = demo.resolve(parse_config(demo.DemoConfig, argv), given_fields(demo.DemoConfig, argv))
+    assert (cfg.colar_stages, cfg.rl_c, cfg.rl_lr, cfg.rl_sigma_min, cfg.rl_steps) == ("none", 2, 2e-5, 0.1, 200)
+    assert (cfg.tokenizer, cfg.max_latents) == ("place", 96)  # the rest of the preset stays
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"task": "mult4", "rl_lr": 2e-5}))
+    argv = ["--config", str(path)]
+    cfg = demo.resolve(parse_config(demo.DemoConfig, argv), given_fields(demo.DemoConfig, argv))
+    assert (cfg.rl_lr, cfg.rl_sigma_min) == (2e-5, 0.03)
