@@ -19,7 +19,7 @@ it stopped when run again with the same flags.
     python demo.py --task gsm8k         # the same on GSM8K ($COLAR_DATA or downloaded), from scratch, GPT-2's BPE
     python demo.py --task mult4         # the benchmark: iCoT's 4x4 multiplication, public test file: about 8 hours
     python demo.py --task mult5         # 5x5: about 13 hours (both estimated from their stages' times)
-    python demo.py --task mult4 --colar_stages none --rl_c 2   # 4x4, the paper's recipe alone: about an hour
+    python demo.py --task mult4 --colar_stages none --rl_c 2   # 4x4 without the ladder: about an hour
 
 With --colar_stages (the multiplication tasks' default) a stage "c:steps" trains at speed c alone from the best
 checkpoint of the stage before (into out_dir/colar_c{c}_{steps}), beside the CoLaR model trained at every speed at
@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, replace
 from itertools import takewhile
 
 from checkpoint import load_checkpoint, read_pointer
-from common import (UserError, check_flags, check_folder, parse_config, pick_device, print_config, read_json,
-                    read_records, run_cli)
+from common import (UserError, check_flags, check_folder, given_fields, parse_config, pick_device, print_config,
+                    read_json, read_records, run_cli)
 from data.multiplication import FORMATS, MultConfig, default_out
 from tokenizer import KINDS
 
@@ -50,9 +50,9 @@ class DemoConfig:
     steps_min: int = 6                # synth: fewest operations per question (data/synthetic.py)
     steps_max: int = 8                # synth: most operations per question
     out_dir: str = "out"              # run folders go under it: out/cot, out/nocot, out/colar, out/colar_rl, ...
-    results: str = ""                 # evaluation records (table, plot beside them); empty: out_dir/results/demo.json
+    results: str = ""                 # evaluation records (table, plot beside them); empty: out_dir/results/<task>.json
     reference: str = "results/demo.json"  # a reference run's committed records, shown beside this run's if present
-    quick: bool = False               # the ~5-minute version: sets the QUICK values below
+    quick: bool = False               # the ~6-minute version: sets the QUICK values below
     ablations: bool = False           # also train and evaluate the ablations and the unseen-speed model
     baselines: bool = False           # also train and evaluate the latent baselines (baselines.py), from the CoT model
     baseline_steps: int = 3000        # training steps of each baseline
@@ -63,7 +63,7 @@ class DemoConfig:
     n_embd: int = 128                 # model width
     max_steps: int = 1200             # training steps of the CoT and No-CoT models (the learning-rate schedule's)
     stop_at: int = 0                  # CoT and No-CoT stop at this step of that schedule (0: run it to the end)
-    colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also for each ablation
+    colar_steps: int = 6000           # CoLaR SFT steps (from the CoT model), also each ablation's without a ladder
     colar_lr: float = 1e-3            # CoLaR SFT peak learning rate
     colar_stages: str = ""            # also a CoLaR model per speed: "c:steps ...", each from the one before; none: not
     rl_c: int = 5                     # the speed RL trains at
@@ -226,7 +226,8 @@ def ladder_stages(colar, speeds, start, out, prefix):
 
 def speed_ends(speeds, start, folders):
     """{c: (the folder its stages start from, [its stages])} for the ladder's first speed (its leading stages, from
-    `start`) and its last (its trailing stages, from the folder of the stage before them); folders: each stage's."""
+    `start`) and its last (its trailing stages, from the folder of the stage before them; only these when the ladder
+    ends at the speed it starts at); folders: each stage's."""
     first, last = speeds[0][0], speeds[-1][0]
     lead = len(list(takewhile(lambda s: s[0] == first, speeds)))
     tail = len(speeds) - len(list(takewhile(lambda s: s[0] == last, reversed(speeds))))  # the last speed's first
@@ -277,16 +278,18 @@ def check_inputs(cfg):
         raise UserError(f"--mult_test_file {cfg.mult_test_file} is not a file (iCoT's test_bigbench.txt)")
 
 
-def resolve(cfg):
+def resolve(cfg, given=None):
     """The config the demo runs: --task gsm8k's values, or --quick's (into out_dir/quick, a --results *_quick.json),
-    each where the command line left a field at its default; the records go to out_dir/results/ (demo.json,
-    demo_quick.json, gsm8k_demo.json, mult4.json: the reference's name) unless --results names a file."""
+    each where the command line did not set the field (given: the fields it set; None: those that differ from the
+    defaults, for a config built in code); the records go to out_dir/results/ (demo.json, demo_quick.json,
+    gsm8k_demo.json, mult4.json: the reference's name) unless --results names a file."""
     check_flags(cfg, dict(task=("synth",) + tuple(TASKS), mult_format=FORMATS))
     if cfg.quick and cfg.task != "synth":
         raise UserError(f"--quick is a version of the synthetic task's demo; --task {cfg.task} has no quick version")
     if not 1 <= cfg.rl_c <= 5:
         raise UserError(f"--rl_c must be one of the trained speeds 1..5, got {cfg.rl_c}")
-    given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}  # on the command line
+    if given is None:
+        given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}
     unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
     name = mult_name(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else ""  # its folders and records
     if cfg.task in TASKS:  # a preset sets only what the command line left at its default
@@ -309,8 +312,8 @@ def reference_flags(cfg):
     return [f"--reference={ref}"]
 
 
-def main(cfg):
-    cfg = resolve(cfg)
+def main(cfg, given=None):
+    cfg = resolve(cfg, given)
     check_inputs(cfg)
     print_config(cfg)
     t0 = time.time()
@@ -386,4 +389,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_config(DemoConfig))
+    run_cli(lambda cfg: main(cfg, given_fields(DemoConfig)), parse_config(DemoConfig))

@@ -122,8 +122,9 @@ def spread_table(runs, split="test"):
     another training seed): greedy and sampled accuracy as the mean over the runs with their range, the runs' mean
     sampling half-width (the spread within one model) and the mean greedy #L."""
     per_run = [rows(r, split) for r in runs]
-    lines = [f"| method | c | accuracy, greedy (%): mean (range) over {len(runs)} training runs | accuracy, sampled (%): "
-             f"mean (range) | sampling ± within a run (%) | #L, greedy |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | c | accuracy, greedy (%): mean (range) over {len(runs)} training runs | "
+             f"accuracy, sampled (%): mean (range) | sampling ± within a run (%) | #L, greedy |",
+             "|---|---:|---:|---:|---:|---:|"]
 
     def spread(key, decode, field="accuracy", scale=100.0, with_range=True):
         xs = [scale * run[key][decode][field] for run in per_run

@@ -73,7 +73,7 @@ class TrainConfig:
     block_size: int = 0            # context length; 0: room for the longest example and for the longest question
                                    # with max_latents latents and an answer (as RL samples them), plus 32
     # CoLaR (mode colar)
-    init_from: str = ""            # CoT run or checkpoint, gpt2[-medium|-large|-xl] or a GPT-2 folder; its shape wins
+    init_from: str = ""            # CoT/CoLaR run, checkpoint, gpt2[-medium|-large|-xl] or GPT-2 folder; its shape wins
     c_max: int = 5                 # compression factors 1..c_max are trained
     c_values: str = ""             # or exactly these, comma-separated (e.g. 1,3,5; repeats weight the draw)
     pool: str = "sqrt"             # sqrt (sum / sqrt(n), CoLaR) or mean (the MP ablation)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on GSM8K, trained from scratch on a CPU: GSM8K (train less GSM8K-Aug's 500 validation questions:
 # 6,973 problems) and GSM8K-Aug's validation and test files in the GSM8K-Aug format, GPT-2's BPE reduced to the ids the
-# text uses (13,567), the demo's 4-layer model (2.53M parameters), then CoT (400 steps of 32), No-CoT (400), CoLaR (800
+# text uses (13,561), the demo's 4-layer model (2.53M parameters), then CoT (400 steps of 32), No-CoT (400), CoLaR (800
 # steps from the CoT model), RL at c = 5 (60 steps) and the test evaluation (1,319 questions) into
 # out/gsm8k/results/gsm8k_demo.json, .md and .png, beside the committed reference run's results/gsm8k_demo.*.
 #
@@ -10,7 +10,7 @@
 #
 # On a 2-core CPU the training takes about 30 minutes (CoT 6.0, No-CoT 4.7, CoLaR 13.3, RL 5.3) and the evaluation
 # longer: sampled decoding over 5 seeds costs 4 to 7 minutes per row (EXPERIMENTS.md). Resumable: run it again.
-# Expect the floor, 2-4% for every method: a from-scratch model on 7k problems learns the format, not the mathematics.
+# Expect the floor, 1-4% for every method: a from-scratch model on 7k problems learns the format, not the mathematics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -24,7 +24,7 @@
 # chance.
 # iCoT's test file is read from $COLAR_DATA/mult_NxN/test_bigbench.txt when set, else downloaded once.
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
-# not repeated.
+# not repeated (the probe runs again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

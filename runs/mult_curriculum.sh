@@ -25,7 +25,7 @@
 #       bash runs/mult_curriculum.sh             # an ablation of the c = 5 stages (folders and method end in _mp)
 #
 # Rerun it after an interruption: a finished run folder is skipped, an unfinished one resumed, a recorded evaluation
-# not repeated.
+# not repeated (the probe runs again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -41,8 +41,8 @@ DATA=data/mult${DIGITS}_interleaved; if [ "$PAD" != 0 ]; then DATA=${DATA}_pad$P
 OUT=out/mult${DIGITS}_curriculum
 seen=" "
 for stage in $STAGES; do
-    if ! [[ $stage =~ ^[1-9]:[1-9][0-9]*$ ]]; then
-        echo "error: STAGES holds '$stage', not speed:steps (e.g. 4:6000)" >&2; exit 1
+    if ! [[ $stage =~ ^[1-5]:[1-9][0-9]*$ ]]; then
+        echo "error: STAGES holds '$stage', not speed:steps with a speed of 1..5 (e.g. 4:6000)" >&2; exit 1
     fi
     if [[ $seen == *" $stage "* ]]; then   # both would be the same run folder
         echo "error: STAGES holds '$stage' twice; a stage is named by its speed and steps" >&2; exit 1

@@ -77,14 +77,14 @@ def run_curriculum(stages):
                           env=env)
 
 
-@pytest.mark.parametrize("stages", ["3:6000 4", "3:6000 4:", "x:100", "3:06000", "3-6000"])
+@pytest.mark.parametrize("stages", ["3:6000 4", "3:6000 4:", "x:100", "3:06000", "3-6000", "3:100 6:100"])
 def test_curriculum_refuses_a_malformed_stage_before_any_work(stages):
     """A stage that is not speed:steps is named in one line before the first command runs (the parameter expansions
     would otherwise turn `4` into a 4-step run at c = 4, minutes into the recipe)."""
     run = run_curriculum(stages)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [f"error: STAGES holds '{stages.split()[-1]}', not speed:steps "
-                                               "(e.g. 4:6000)"]
+                                               "with a speed of 1..5 (e.g. 4:6000)"]
 
 
 def test_curriculum_accepts_well_formed_stages_and_checks_the_start_next():

@@ -127,7 +127,8 @@ def test_plot_labels_speeds_but_not_baselines():
 
 def test_baselines_have_no_speed():
     md = table([rec("coconut", 0, "greedy", 0.5, 6.0), rec("pause", 0, "greedy", 0.25, 6.0)])
-    assert body(md) == [["Coconut", "–", "–", "50.0", "–", "6.0"], ["Pause as thought", "–", "–", "25.0", "–", "6.0"]]
+    assert body(md) == [["Coconut", "–", "–", "50.0", "–", "6.0"],
+                        ["Pause as thought", "–", "–", "25.0", "–", "6.0"]]
 
 
 def test_table_missing_values():

@@ -264,7 +264,8 @@ def test_generate_latent_sampled_is_seeded():
               keep_latents=True)
 
     def run(seed):
-        return generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, generator=torch.Generator().manual_seed(seed), **kw)
+        gen = torch.Generator().manual_seed(seed)
+        return generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, generator=gen, **kw)
 
     def flat(results):
         return [(r["n_latents"], r["answer"], r["finished"], r["hit_cap"], [z.tolist() for z in r["latents"]])
