@@ -304,6 +304,22 @@ def resolve(cfg, given=None):
     return cfg
 
 
+def run_times(stages, results):
+    """The run's time over every command that worked on it (an interrupted demo may be resumed many times): each
+    training stage's minutes as its latest checkpoint records them (? where it records none), the evaluation's as
+    its records do."""
+    parts, total = [], 0.0
+    for name, _, run_flags in stages:
+        found = read_pointer(run_flags["out_dir"], "latest")
+        seconds = load_checkpoint(run_flags["out_dir"], "latest").get("seconds") if found else None
+        parts.append(f"{name} {'?' if seconds is None else f'{seconds / 60:.1f}'}")
+        total += seconds or 0.0
+    evaluation = sum(r.get("seconds", 0.0) for r in read_records(results, "--results"))
+    return (f"the run's time over every resume (training from its checkpoints, evaluation from its records): "
+            f"{', '.join(parts)} min of training, {evaluation / 60:.1f} min of evaluation; "
+            f"{(total + evaluation) / 60:.1f} min in all")
+
+
 def reference_flags(cfg):
     """report.py's --reference: the reference run's records, when the file exists and is not this run's own."""
     ref = cfg.reference
@@ -384,6 +400,7 @@ def main(cfg, given=None):
     run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"] + reference_flags(cfg))
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
           + f"; total {(time.time() - t0) / 60:.1f} min")
+    print(run_times(stages, cfg.results))
     with open(stem + ".md") as f:
         return f.read().rstrip("\n")
 

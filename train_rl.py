@@ -251,10 +251,11 @@ def main(cfg):
     optimizer = make_optimizer([model, head], cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(train), cfg.questions, cfg.seed)  # the same questions in every process
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)  # minibatch order (rollouts: rollout_seed)
-    step, best_val, best_greedy = 0, -1.0, -1.0
+    step, best_val, best_greedy, before = 0, -1.0, -1.0, 0.0  # before: the run's seconds in the processes it resumes
+    t_begin = time.time()  # the checkpoints' seconds count from here (the loop's minutes from its start)
     if ckpt:
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
-        best_greedy = ckpt.get("best_greedy", -1.0)
+        best_greedy, before = ckpt.get("best_greedy", -1.0), ckpt.get("seconds", 0.0)
     else:
         print0(f"initialised from {base['path']}")
     for g in optimizer.param_groups:
@@ -284,7 +285,8 @@ def main(cfg):
                 "script": "train_rl", "model": model.state_dict(), "model_config": asdict(model_cfg),
                 "latent_head": head.state_dict(), "latent_config": latent_config, "config": base["config"],
                 "rl_config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
-                "best_greedy": best_greedy, "val_acc": acc, **training_state(optimizer, sampler, gen_states)},
+                "best_greedy": best_greedy, "val_acc": acc, "seconds": before + time.time() - t_begin,
+                **training_state(optimizer, sampler, gen_states)},
                 cfg.keep_last, is_best)
             print(f"{line} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)
         barrier()
@@ -323,7 +325,9 @@ def main(cfg):
     start_is_best = read_pointer(cfg.out_dir, "best") == "ckpt_000000.pt"
     release_run(cfg.out_dir)
     cleanup_distributed()
-    print0(f"done: {step} steps in {minutes:.1f} min, best val sampled accuracy {100 * best_val:.1f}%"
+    print0(f"done: {step} steps in {minutes:.1f} min"
+           + (f" ({(before + time.time() - t_begin) / 60:.1f} with the processes it resumed)" if before else "")
+           + f", best val sampled accuracy {100 * best_val:.1f}%"
            + ("; no checkpoint beat the starting model: `best` is its copy, ckpt_000000.pt" if start_is_best else ""))
     return {"model": model, "head": head, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "history": history}

@@ -321,12 +321,13 @@ def main(cfg):
     optimizer = make_optimizer([model] + ([aside] if aside is not None else []), cfg.lr, cfg.weight_decay)
     sampler = EpochSampler(len(encoded), cfg.total_batch_size, cfg.seed)  # whole batches, the same in every process
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)  # c, chunk labels, latent noise
-    step, best_val = 0, -1.0
+    step, best_val, before = 0, -1.0, 0.0  # before: the run's seconds in the processes it resumes
     if ckpt:
         model.load_state_dict(ckpt["model"])
         if aside is not None:
             aside.load_state_dict(ckpt["latent_head"])
         step, best_val = restore_training_state(ckpt, optimizer, sampler, gen)
+        before = ckpt.get("seconds", 0.0)
     n_params = model.num_params() + (sum(p.numel() for p in aside.parameters()) if aside is not None else 0)
     print0(f"{len(encoded):,} training examples, {len(val):,} validation; vocabulary {tok.n_vocab}; "
            f"{n_params / 1e6:.2f}M parameters; block_size {model_cfg.block_size}; device {device}\n"
@@ -380,7 +381,8 @@ def main(cfg):
                     "script": "train_sft", "model": model.state_dict(), "model_config": asdict(model_cfg),
                     "latent_head": aside.state_dict() if aside is not None else None, "latent_config": latent_config,
                     "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
-                    "val_acc": acc, **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
+                    "val_acc": acc, "seconds": before + time.time() - t_start,
+                    **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
                 best = f"{100 * best_val:.1f}%" if best_val >= 0 else "none yet (chains not all removed)"
                 print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {best} | saved {path}",
                       flush=True)
@@ -391,8 +393,9 @@ def main(cfg):
     minutes, tps = (time.time() - t_start) / 60, tokens_seen / max(1e-9, t_train)
     release_run(cfg.out_dir)
     cleanup_distributed()
-    print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s), "
-           f"best val accuracy {100 * best_val:.1f}%")
+    print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s"
+           + (f"; {before / 60 + minutes:.1f} min with the processes it resumed" if before else "")
+           + f"), best val accuracy {100 * best_val:.1f}%")
     return {"model": model, "head": aside, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "tokens_per_s": tps, "history": history}
 

@@ -243,8 +243,13 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     evaluated = {(r["method"], r["c"], os.path.basename(os.path.dirname(r["checkpoint"]))) for r in records}
     assert {(m, c, d) for m, c, d in evaluated if m in ("colar_ladder", "colar_rl")} == {
         ("colar_ladder", 2, "colar_c2_2"), ("colar_ladder", 3, "colar_c3_3"), ("colar_rl", 3, "colar_rl")}
+    times = next(s for s in printed.splitlines() if s.startswith("the run's time over every resume"))
+    names = ["cot", "nocot", "colar", "colar_c2_2", "colar_c3_2", "colar_c3_3", "colar_rl"]
+    assert all(re.search(rf"\b{n} \d+\.\d\b", times) for n in names) and "?" not in times
     demo.main(cfg)
-    assert sum("already trained" in s for s in stage_lines(capfd.readouterr().out, "skipped")) == 7
+    again = capfd.readouterr().out
+    assert sum("already trained" in s for s in stage_lines(again, "skipped")) == 7
+    assert times in again.splitlines()  # a run that trains nothing still tells the minutes its checkpoints record
 
 
 @pytest.mark.parametrize("given, message", [

@@ -6,6 +6,7 @@ stop that keeps the checkpoint.
 Run: .venv/bin/python -m pytest tests/test_rl.py
 """
 import math
+import time
 from dataclasses import replace
 from functools import partial
 from types import SimpleNamespace
@@ -284,9 +285,15 @@ def test_train_rl_end_to_end_and_exact_resume(tiny_runs, tmp_path, capsys, monke
     assert ckpt["latent_config"]["sigma_min"] == 0.1
     model, head, _, _ = load_model(ckpt["path"])
     assert head.log_sigma_min == pytest.approx(math.log(0.1))  # sampled evaluation draws from the RL policy
-    # stop at step 2, resume: the same weights as the straight run
+    # stop at step 2, resume: the same weights as the straight run; the run's seconds over both processes (the
+    # first one's clock running 100 s per reading)
+    readings = iter(range(0, 10 ** 9, 100))
+    monkeypatch.setattr(train_rl, "time", SimpleNamespace(time=lambda: float(next(readings))))
     train_rl.main(rl_cfg(tiny_runs, tmp_path / "resumed", stop_at=2))
+    first = load_checkpoint(str(tmp_path / "resumed"), "latest")["seconds"]
+    monkeypatch.setattr(train_rl, "time", time)
     resumed = train_rl.main(rl_cfg(tiny_runs, tmp_path / "resumed", resume=True))
+    assert first >= 300 and first < load_checkpoint(str(tmp_path / "resumed"), "latest")["seconds"] < first + 60
     for a, b in ((straight["model"], resumed["model"]), (straight["head"], resumed["head"])):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)

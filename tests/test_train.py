@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_train.py
 """
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,6 +43,27 @@ def test_resume_is_exact(tiny_data, tmp_path):
     torch.manual_seed(1337)
     fresh = train_sft.GPT(straight["model"].cfg)
     assert not torch.equal(fresh.state_dict()["wte.weight"], a["wte.weight"])
+
+
+def fake_clock(step):
+    """A stand-in for the time module whose clock moves `step` seconds at each reading."""
+    readings = iter(range(0, 10 ** 9, step))
+    return SimpleNamespace(time=lambda: float(next(readings)))
+
+
+def test_a_resumed_run_counts_the_seconds_of_the_processes_before_it(tiny_data, tmp_path, monkeypatch, capsys):
+    """A checkpoint records the run's seconds over every process that trained it, so a run stopped and resumed tells
+    its whole time (the demo sums them per stage), not its last process's: a first process whose clock runs 100 s per
+    reading leaves at least several hundred, which the resumed process's checkpoints carry on from."""
+    out = str(tmp_path / "run")
+    monkeypatch.setattr(train_sft, "time", fake_clock(100))
+    train_sft.main(tiny_cfg(tiny_data, out, stop_at=4))
+    first = load_checkpoint(out, "latest")["seconds"]
+    monkeypatch.undo()
+    train_sft.main(tiny_cfg(tiny_data, out, resume=True))
+    last = load_checkpoint(out, "latest")["seconds"]
+    assert first >= 500 and first < last < first + 60
+    assert "min with the processes it resumed" in capsys.readouterr().out
 
 
 def test_default_block_size_leaves_room_for_latents(tiny_data, tmp_path):
