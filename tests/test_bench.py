@@ -49,8 +49,21 @@ def test_bench_end_to_end(tmp_path):
             assert all(r[key] > 0 for key in keys)
     assert train["colar_c1"]["tokens_per_step"] == train["cot"]["tokens_per_step"]  # c=1: the same sequence lengths
     assert train["colar_mix"]["tokens_per_step"] < train["cot"]["tokens_per_step"]
-    assert [decode[f"colar_c{c}"]["chain_length"] for c in range(1, 6)] == \
-        [res["lengths"]["latents"][str(c)] for c in range(1, 6)]
+
+
+def test_bench_refuses_a_decode_row_that_stopped_before_its_cap(tmp_path, monkeypatch):
+    """Each timed decode row must do its method's whole work (a speed's latents up to its cap): a row that stopped
+    early would make that speed look cheaper, so the benchmark stops and names the method."""
+    import bench
+    real = bench.answer_questions
+
+    def one_row_short(model, tok, questions, c, **kw):
+        rows = real(model, tok, questions, c, **kw)
+        return rows if c != 3 else [{**rows[0], "length": rows[0]["length"] - 1}] + rows[1:]
+    monkeypatch.setattr(bench, "answer_questions", one_row_short)
+    with pytest.raises(RuntimeError, match="colar_c3: a row stopped before its cap"):
+        main(BenchConfig(n_layer=1, n_head=2, n_embd=16, batch_size=4, questions=6, repeats=1, warmup=0, device="cpu",
+                         out=str(tmp_path / "bench.json")))
 
 
 def test_bench_refuses_an_output_it_could_not_write_before_running(tmp_path, monkeypatch):

@@ -205,7 +205,7 @@ def test_import_rules_see_imports():
     """Control: the parser finds the imports the rules below look for."""
     assert {"colar", "common", "sample", "model", "torch"} <= imported_modules(os.path.join(ROOT, "train_sft.py"))
     assert {"common", "data"} <= imported_modules(os.path.join(ROOT, "evaluate.py"))
-    assert {"common", "colar", "model", "data", "tests"} <= project_modules() | {"tests"}
+    assert {"common", "colar", "model", "data"} <= project_modules()
     assert set(SCRIPTS) <= project_modules()
 
 

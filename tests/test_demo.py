@@ -326,6 +326,23 @@ def test_ablations_of_a_ladder_switch_its_first_and_last_speed(tmp_path, monkeyp
     assert dl == [(f"--ckpt={out / 'colar_dl_c2_40'}", "--c=2"), (f"--ckpt={out / 'colar_dl_c4_30'}", "--c=4")]
 
 
+def test_the_runs_time_sums_each_stage_from_its_checkpoint_and_the_evaluation_from_its_records(tmp_path, monkeypatch):
+    """The demo's last line: each training stage's minutes as its latest checkpoint records them (90 s and 30 s
+    here; ? for a checkpoint without them and for a stage not trained), the evaluation's from its records' seconds
+    (45 + 15), and the sum: (90 + 30 + 60) / 60 = 3.0 minutes."""
+    seconds = {"o/cot": 90.0, "o/nocot": 30.0, "o/colar": None}
+    monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt.pt" if out_dir in seconds else None)
+    monkeypatch.setattr(demo, "load_checkpoint",
+                        lambda out_dir, name: {} if seconds[out_dir] is None else {"seconds": seconds[out_dir]})
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps([dict(method="cot", c=1, decode=d, split="test", seconds=s)
+                                   for d, s in (("greedy", 45.0), ("sampled", 15.0))]))
+    stages = [(name, "train_sft.py", {"out_dir": f"o/{name}"}) for name in ("cot", "nocot", "colar", "colar_rl")]
+    assert demo.run_times(stages, str(results)) == (
+        "the run's time over every resume (training from its checkpoints, evaluation from its records): cot 1.5, "
+        "nocot 0.5, colar ?, colar_rl ? min of training, 1.0 min of evaluation; 3.0 min in all")
+
+
 def test_a_flag_given_at_its_default_value_is_kept_over_the_preset(tmp_path):
     """The paper's recipe on multiplication with RL at the old settings, which equal the flags' defaults
     (--rl_lr 2e-5, --rl_sigma_min 0.1): given on the command line, or in --config, they win over the task's preset

@@ -124,9 +124,9 @@ def test_main_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"bad.txt:2: not the line iCoT's rule gives for 123 x 456"):
         main(MultConfig(digits=3, test_file=str(bad), out=str(tmp_path / "o")))
     with pytest.raises(UserError, match="--format must be one of icot, product, sums, interleaved, columns"):
-        main(MultConfig(format="chain", test_file=good))
+        main(MultConfig(format="chain", test_file=good, out=str(tmp_path / "o")))
     with pytest.raises(UserError, match="is not a file"):
-        main(MultConfig(digits=3, test_file=str(tmp_path)))
+        main(MultConfig(digits=3, test_file=str(tmp_path), out=str(tmp_path / "o")))
     monkeypatch.setenv("COLAR_DATA", str(tmp_path / "nowhere"))  # and no network: the download fails, one line
     monkeypatch.setattr("urllib.request.urlretrieve", lambda *a: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(UserError, match="downloading .*test_bigbench.txt failed .*give --test_file"):

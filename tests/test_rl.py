@@ -6,6 +6,7 @@ stop that keeps the checkpoint.
 Run: .venv/bin/python -m pytest tests/test_rl.py
 """
 import math
+import re
 import time
 from dataclasses import replace
 from functools import partial
@@ -273,6 +274,8 @@ def parity_reward(answer, reference, *args):
 
 
 def test_train_rl_end_to_end_and_exact_resume(tiny_runs, tmp_path, capsys, monkeypatch):
+    """RL moves the weights, saves what evaluation needs, and a run stopped and resumed ends with the straight run's
+    weights and counts the seconds of both its processes."""
     monkeypatch.setattr(train_rl, "reward", parity_reward)
     straight = train_rl.main(rl_cfg(tiny_runs, tmp_path / "straight"))
     log = capsys.readouterr().out
@@ -293,7 +296,10 @@ def test_train_rl_end_to_end_and_exact_resume(tiny_runs, tmp_path, capsys, monke
     first = load_checkpoint(str(tmp_path / "resumed"), "latest")["seconds"]
     monkeypatch.setattr(train_rl, "time", time)
     resumed = train_rl.main(rl_cfg(tiny_runs, tmp_path / "resumed", resume=True))
-    assert first >= 300 and first < load_checkpoint(str(tmp_path / "resumed"), "latest")["seconds"] < first + 60
+    last = load_checkpoint(str(tmp_path / "resumed"), "latest")["seconds"]
+    assert first >= 300 and first < last < first + 60
+    told = re.search(r"\((\d+\.\d) with the processes it resumed\)", capsys.readouterr().out)
+    assert told and abs(float(told[1]) - last / 60) < 0.1
     for a, b in ((straight["model"], resumed["model"]), (straight["head"], resumed["head"])):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)

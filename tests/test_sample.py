@@ -192,8 +192,9 @@ LATENT_PROMPTS = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10, 11], [12, 13, 14]]
 
 
 @torch.no_grad()
-def slow_latent_decode(model, head, prompt, eot, eos, max_latents, max_steps):
-    """Reference: one prompt, no cache: each step re-runs the whole forward over [prompt embeddings + what was fed]."""
+def slow_latent_decode(model, head, prompt, eot, eos, max_latents, max_steps, fed=None):
+    """Reference: one prompt, no cache: each step re-runs the whole forward over [prompt embeddings + what was fed];
+    the latents fed are appended to `fed` when given."""
     x = model.wte(torch.tensor(prompt))
     n, thinking, answer, finished, hit_cap = 0, True, [], False, False
     for _ in range(max_steps):
@@ -206,6 +207,8 @@ def slow_latent_decode(model, head, prompt, eot, eos, max_latents, max_steps):
             else:
                 nxt = head(h[0, -1])[0] * head.scale
                 n += 1
+                if fed is not None:
+                    fed.append(nxt.detach())
         elif t == eos:
             finished = True
             break
@@ -244,8 +247,12 @@ def test_generate_latent_greedy_matches_slow_reference():
     assert generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, max_latents, max_answer) == out
     # keep_latents: one fed vector, the head's mean times the scale, per latent
     kept = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, max_latents, max_answer, keep_latents=True)
-    for o, k in zip(out, kept):
-        assert len(k["latents"]) == len(k["lm_top"]) == o["n_latents"] and k["answer"] == o["answer"]
+    for p, o, k in zip(LATENT_PROMPTS, out, kept):
+        fed = []
+        slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, max_latents, steps, fed)
+        assert len(k["latents"]) == len(k["lm_top"]) == o["n_latents"] == len(fed) and k["answer"] == o["answer"]
+        if fed:
+            torch.testing.assert_close(torch.stack(k["latents"]), torch.stack(fed), rtol=1e-4, atol=1e-5)
     # smaller caps; at cap 2 a row reaches the cap just as the LM head says <|eot|>: that is no hit
     coincide = 0
     for cap in (0, 1, 2):
