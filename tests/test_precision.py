@@ -43,9 +43,15 @@ def test_training_step_runs_under_bf16_autocast(tiny_data, tmp_path, monkeypatch
 
     monkeypatch.setattr(train_sft, "autocast", bf16)
     kw = dict(mode="colar", c_values="1,2", max_latents=4, self_feed=0.5) if mode == "colar" else {}
-    run = train_sft.main(tiny_train_cfg(tiny_data, str(tmp_path / "out"), batch_size=8, max_steps=2, warmup_steps=1,
-                                        eval_every=2, eval_n=2, log_every=1, **kw))
-    assert len(entered) == 2
+    linear_out = set()  # the dtypes the model's linear layers computed in
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: linear_out.add(out.dtype) if isinstance(m, torch.nn.Linear) else None)
+    try:
+        run = train_sft.main(tiny_train_cfg(tiny_data, str(tmp_path / "out"), batch_size=8, max_steps=2,
+                                            warmup_steps=1, eval_every=2, eval_n=2, log_every=1, **kw))
+    finally:
+        hook.remove()
+    assert len(entered) == 2 and torch.bfloat16 in linear_out  # the training steps' matmuls ran in bf16
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in run["model"].parameters())
 
 
