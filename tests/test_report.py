@@ -225,8 +225,19 @@ def test_reference_column_and_footnote(tmp_path, monkeypatch):
     assert plain.startswith(table(json.loads(mine.read_text()))) and "reference column" not in plain
 
 
-def test_plot_with_a_reference(tmp_path):
+def test_plot_with_a_reference(tmp_path, monkeypatch):
+    """The reference's points are drawn for the (method, c) this run has, sampled: of RECORDS[:4], CoLaR c = 5
+    (#L 11.32, 37.0%) and CoLaR + RL c = 5 (11.3, 40.5%), in the table's order; its greedy-only rows are not."""
     pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+    drawn, scatter = {}, Axes.scatter
+
+    def spy(ax, x, y, **kw):
+        drawn[kw.get("label")] = (list(x), list(y))
+        return scatter(ax, x, y, **kw)
+    monkeypatch.setattr(Axes, "scatter", spy)
     path = tmp_path / "r.png"
     assert plot(RECORDS, str(path), reference=RECORDS[:4], reference_label="reference (r.json)") is True
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    xs, ys = drawn["reference (r.json)"]
+    assert xs == [11.32, 11.3] and ys == pytest.approx([37.0, 40.5])
