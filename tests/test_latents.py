@@ -161,7 +161,8 @@ def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
     monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[i]))  # its own chunks
     r = latents.probe(model, head, tok, examples, c)
     assert r["nearest"][:K] == [1.0] * K and r["generated"] == 0.0
-    assert r["chunks"] == r["latents"] == zmask.sum().item() / len(examples)
+    chains = [chain for _, chain, _ in colar.encode(tok, examples, "colar")]
+    assert r["chunks"] == r["latents"] == sum(-(-len(ch) // c) for ch in chains) / len(examples)  # ceil(L / c) each
     nxt = lambda i: (i + 1) % len(per_row)  # noqa: E731
     monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[nxt(i)]))  # the next example's
     shifted = latents.probe(model, head, tok, examples, c)["nearest"]
