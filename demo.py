@@ -292,7 +292,7 @@ def resolve(cfg, given=None):
         given = {k for k in asdict(cfg) if getattr(cfg, k) != getattr(DemoConfig, k)}
     unset = lambda preset: {k: v for k, v in preset.items() if k not in given}  # noqa: E731
     name = mult_name(cfg.task, cfg.mult_format) if cfg.task.startswith("mult") else ""  # its folders and records
-    if cfg.task in TASKS:  # a preset sets only what the command line left at its default
+    if cfg.task in TASKS:  # a preset sets only what the command line did not set
         folders = dict(data_dir=f"data/{name}", out_dir=f"out/{name}", reference=f"results/{name}.json") if name else {}
         cfg = replace(cfg, **unset({**TASKS[cfg.task], **folders}))
     if cfg.quick:
