@@ -1,5 +1,6 @@
 """The README's claims that drift silently: its file table (every file it names exists, with the number of lines
-given) and the links between README.md and EXPERIMENTS.md (every #anchor names a heading of its file).
+given), the links between README.md and EXPERIMENTS.md (every #anchor names a heading of its file) and the
+multiplication ladder it quotes (the one demo.py runs).
 
 Run: .venv/bin/python -m pytest tests/test_docs.py
 """
@@ -42,3 +43,11 @@ def test_links_between_the_docs_name_headings_that_exist():
             assert anchor in anchors[target or name], f"{name}: {target or name}#{anchor}"
             links += 1
     assert links >= 10
+
+
+def test_the_ladder_the_readme_quotes_is_the_demos():
+    """The README names the stages `demo.py --task mult4` trains one speed at a time; a change to the preset must
+    show there too."""
+    import demo
+    quoted = re.findall(r'--colar_stages "([^"]+)"', read("README.md"))
+    assert quoted and all(" ".join(q.split()) == demo.LADDER for q in quoted)
