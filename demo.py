@@ -92,7 +92,7 @@ GSM8K = dict(data_dir="data/gsm8k", out_dir="out/gsm8k", reference="results/gsm8
 
 # --task mult4 / mult5: iCoT's multiplication (data/multiplication.py), digits least-significant first, a chain of
 # the partial products and running sums written place by place (--mult_format interleaved), "place" tokens (a digit's
-# token tells its place) (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 99.8% on validation; with the
+# token tells its place) (CoT from scratch: 4,000 steps of an 8,000-step schedule reach 96-99.8% on validation; the
 # "product" chain 97.8%, and a 2,000-step schedule ends at 1%).
 # Trained at every speed at once (the paper's recipe, the colar stage) CoLaR answers 0-1% above c = 1 here; one speed
 # at a time, each stage from the best model of the one before, it writes every digit at c = 2..5 (EXPERIMENTS.md, the
