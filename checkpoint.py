@@ -150,11 +150,12 @@ def _unreadable(path, e):
     return f"checkpoint {path} is truncated or corrupt and cannot be read ({type(e).__name__})"
 
 
-def load_checkpoint(path, which="best"):
-    """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code)."""
+def load_checkpoint(path, which="best", mmap=False):
+    """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code). mmap: the
+    tensors stay in the file until read, for a caller that wants only the settings or the step."""
     path = resolve_checkpoint(path, which)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # a truncated or foreign file fails inside torch in many ways
         raise UserError(_unreadable(path, e)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:

@@ -147,7 +147,7 @@ def train_stage(name, script, run_flags):
     if run_flags.get("stop_at", 0) > 0:
         last = min(last, run_flags["stop_at"])
     if read_pointer(out_dir, "latest"):
-        ckpt = load_checkpoint(out_dir, "latest")
+        ckpt = load_checkpoint(out_dir, "latest", mmap=True)
         finished = ckpt["step"] >= last
         check_same_run(name, ckpt, run_flags, finished)
         if finished:
@@ -245,10 +245,10 @@ def data_done(data_dir):
 def check_inputs(cfg):
     """Everything the stages will need that can be checked now, so that a bad value stops the demo before its first
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
-    data source and the folders."""
+    data source and the folders. Returns the ladder's stages, [(c, steps), ...]."""
     parse_seeds(cfg.seeds)
-    speeds = {c for c, _ in parse_stages(cfg.colar_stages)}
-    if speeds and cfg.rl_c not in speeds:
+    ladder = parse_stages(cfg.colar_stages)
+    if ladder and cfg.rl_c not in {c for c, _ in ladder}:
         raise UserError(f"--rl_c {cfg.rl_c} is not a speed of --colar_stages ({cfg.colar_stages}): RL starts from "
                         f"that speed's model")
     check_flags(cfg, dict(tokenizer=KINDS),
@@ -276,6 +276,7 @@ def check_inputs(cfg):
         raise UserError(f"--gsm8k_source {cfg.gsm8k_source} is not a folder (it should hold gsm8k/ and gsm8k_aug/)")
     elif cfg.task.startswith("mult") and cfg.mult_test_file and not os.path.isfile(cfg.mult_test_file):
         raise UserError(f"--mult_test_file {cfg.mult_test_file} is not a file (iCoT's test_bigbench.txt)")
+    return ladder
 
 
 def resolve(cfg, given=None):
@@ -311,7 +312,7 @@ def run_times(stages, results):
     parts, total = [], 0.0
     for name, _, run_flags in stages:
         found = read_pointer(run_flags["out_dir"], "latest")
-        seconds = load_checkpoint(run_flags["out_dir"], "latest").get("seconds") if found else None
+        seconds = load_checkpoint(run_flags["out_dir"], "latest", mmap=True).get("seconds") if found else None
         parts.append(f"{name} {'?' if seconds is None else f'{seconds / 60:.1f}'}")
         total += seconds or 0.0
     evaluation = sum(r.get("seconds", 0.0) for r in read_records(results, "--results"))
@@ -330,7 +331,7 @@ def reference_flags(cfg):
 
 def main(cfg, given=None):
     cfg = resolve(cfg, given)
-    check_inputs(cfg)
+    speeds = check_inputs(cfg)
     print_config(cfg)
     t0 = time.time()
     if data_done(cfg.data_dir):
@@ -357,7 +358,6 @@ def main(cfg, given=None):
     scratch = {**base, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd}  # trained from scratch
     if cfg.stop_at:
         scratch["stop_at"] = cfg.stop_at
-    speeds = parse_stages(cfg.colar_stages)
     ladder = ladder_stages(colar, speeds, out("cot"), out, "colar")
     one_speed = {c: run_flags["out_dir"] for (c, _), (_, _, run_flags) in zip(speeds, ladder)}  # c: its last stage
     stages = [("cot", "train_sft.py", {**scratch, "mode": "cot", "out_dir": out("cot")}),

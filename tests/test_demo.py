@@ -151,7 +151,7 @@ def test_a_run_stopped_at_stop_at_is_finished_until_asked_to_go_further(monkeypa
     monkeypatch.setattr(demo, "run", ran.append)
     monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt_000004.pt")
     monkeypatch.setattr(demo, "load_checkpoint",  # a run at step 4 of a schedule of 8 stopped at 4
-                        lambda out_dir, name: {"step": 4, "config": dict(out_dir="o", max_steps=8, stop_at=4)})
+                        lambda out_dir, name, mmap: {"step": 4, "config": dict(out_dir="o", max_steps=8, stop_at=4)})
     demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8, stop_at=4))
     demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8, stop_at=6))
     demo.train_stage("cot", "train_sft.py", dict(out_dir="o", max_steps=8))
@@ -166,7 +166,7 @@ def test_a_run_found_with_other_settings_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "run", ran.append)
     monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt_000008.pt")
     saved = dict(out_dir="o", data_dir=str(tmp_path), max_steps=8, seed=1337, n_layer=4, device="cpu")
-    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name: {"step": 8, "config": saved})
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name, mmap: {"step": 8, "config": saved})
     same = dict(saved, data_dir=os.path.join(str(tmp_path), "."), device="auto")
     demo.train_stage("cot", "train_sft.py", same)
     for change in (dict(seed=7), dict(n_layer=8), dict(max_steps=4), dict(data_dir=str(tmp_path / "other")),
@@ -178,7 +178,7 @@ def test_a_run_found_with_other_settings_is_refused(monkeypatch, tmp_path):
                     "--n_layer=4", "--device=auto", "--resume=true"]]
     with pytest.raises(UserError, match="seed=1337 \\(now 8\\)"):
         demo.train_stage("cot", "train_sft.py", {**same, "max_steps": 12, "seed": 8})
-    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name: {"step": 8, "config": saved,
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name, mmap: {"step": 8, "config": saved,
                                                                          "rl_config": dict(saved, c=2)})
     demo.train_stage("colar_rl", "train_rl.py", dict(same, c=2))
     with pytest.raises(UserError, match="c=2 \\(now 5\\)"):
@@ -333,7 +333,7 @@ def test_the_runs_time_sums_each_stage_from_its_checkpoint_and_the_evaluation_fr
     seconds = {"o/cot": 90.0, "o/nocot": 30.0, "o/colar": None}
     monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt.pt" if out_dir in seconds else None)
     monkeypatch.setattr(demo, "load_checkpoint",
-                        lambda out_dir, name: {} if seconds[out_dir] is None else {"seconds": seconds[out_dir]})
+                        lambda out_dir, name, mmap: {} if seconds[out_dir] is None else {"seconds": seconds[out_dir]})
     results = tmp_path / "r.json"
     results.write_text(json.dumps([dict(method="cot", c=1, decode=d, split="test", seconds=s)
                                    for d, s in (("greedy", 45.0), ("sampled", 15.0))]))

@@ -325,3 +325,21 @@ def test_a_pointer_to_a_missing_file_says_so(tiny_data, tmp_path, capsys):
     os.remove(os.path.join(out, "ckpt_000001.pt"))
     with pytest.raises(UserError, match=r"/best points at ckpt_000001.pt, which is missing"):
         load_checkpoint(out)
+
+
+def test_a_checkpoint_read_for_its_settings_alone_is_the_same_checkpoint(tmp_path):
+    """mmap=True (the demo's reads of a run's step, settings and seconds) leaves the tensors in the file until
+    touched: the values read are the saved ones, and a foreign or cut file is refused as by a full read."""
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_checkpoint(str(tmp_path / "run"), 3, {**SMALL, "model": weights, "step": 3, "seconds": 12.5})
+    ckpt = load_checkpoint(str(tmp_path / "run"), "latest", mmap=True)
+    assert (ckpt["step"], ckpt["seconds"]) == (3, 12.5) and ckpt["path"].endswith("ckpt_000003.pt")
+    assert torch.equal(ckpt["model"]["w"], torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]))
+    foreign = str(tmp_path / "foreign.pt")
+    torch.save({"model": {}, "model_config": {}, "note": fractions.Fraction(1, 3)}, foreign)
+    with pytest.raises(UserError, match="fractions.Fraction"):
+        load_checkpoint(foreign, mmap=True)
+    with open(ckpt["path"], "rb") as f, open(foreign + ".cut", "wb") as g:
+        g.write(f.read()[:100])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(foreign + ".cut", mmap=True)
