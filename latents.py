@@ -38,8 +38,8 @@ import torch.nn.functional as F
 import colar
 from common import UserError, check_writable, parse_config, pick_device, run_cli, trained_speeds
 from compress import compress
-from data.format import answers_match, chain_text, parse_line, read_split
-from sample import answer_questions, load_model
+from data.format import chain_text, parse_line, read_split
+from sample import answer_questions, answered, load_model
 
 
 @dataclass
@@ -190,7 +190,7 @@ def probe(model, head, tok, examples, c, max_latents=64, pool="sqrt"):
     labels = label_rates([logits[i][b.latent_out[i]] for i in range(len(examples))], chains, tok, c)
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, head=head, max_latents=max_latents,
                                keep_latents=True)
-    generated = [answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples)]
+    generated = [answered(r, a) for r, (_, _, a) in zip(results, examples)]
     nearest = nearest_rates([r["latents"] for r in results], z, zmask)
     n = max(1, len(examples))
     return {"read": sum(read) / n, "generated": sum(generated) / n, "nearest": nearest, "written": written,
@@ -270,7 +270,7 @@ def main(cfg):
         sims = similarity(Z, embeddings)  # (K, T)
         own = [sims[k, s:e].mean().item() for k, (s, e) in enumerate(chunk_spans(len(sims), len(ids), c)) if e > s]
         panels.append({"c": c, "sims": sims, "answer": r["answer"], "reference": answer, "hit_cap": r["hit_cap"],
-                       "correct": answers_match(r["answer"], answer)})
+                       "correct": answered(r, answer)})
         print(f"c={c}: {len(sims)} latents, answer {r['answer']!r} ({'right' if panels[-1]['correct'] else 'wrong'}); "
               f"mean cosine with its own chunk {sum(own) / max(1, len(own)):+.3f}, with every chain token "
               f"{sims.mean().item() if sims.numel() else 0.0:+.3f}")

@@ -154,8 +154,10 @@ def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, see
     """Answer with no chain (c = 0, No-CoT: <|eot|> follows <|bot|> at once), a text chain of thought (c = 1, no
     latent head), CoLaR latents at speed c (with a latent head; c = 1 then means uncompressed latents), or, with
     thoughts > 0, a fixed number of a baseline's thoughts (think(h): the next input; default h itself, Coconut).
-    Returns one dict per question: chain (text-chain ids), length (chain tokens or latents), answer (text),
-    finished (the answer was closed by <|eos|>), hit_cap (latents only: stopped by max_latents), latents."""
+    max_new_tokens (0: the context): the most new tokens of a text chain and its answer; with latents, the most
+    answer tokens after them (generate_latent's max_answer_tokens). Returns one dict per question: chain (text-chain
+    ids), length (chain tokens or latents), answer (text), finished (the answer was closed by <|eos|>), hit_cap
+    (latents only: stopped by max_latents), latents."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     max_new = max_new_tokens or model.cfg.block_size
     results = []
@@ -252,13 +254,19 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
     return out
 
 
+def answered(result, reference):
+    """Whether one of answer_questions' results answers `reference`: closed by <|eos|>, and equal to it (an answer
+    cut short by the step budget, " 12" of " 123", is wrong however it reads)."""
+    return result["finished"] and answers_match(result["answer"], reference)
+
+
 def score(model, tok, examples, c=1, temperature=0.0, top_p=1.0, seed=0, batch_size=256, head=None, **latent):
     """(accuracy, mean reasoning length, fraction that hit the latent cap) of one decoding pass over `examples`
     (a list of (question, steps, answer)); with a latent head and c >= 1, CoLaR latent decoding."""
     results = answer_questions(model, tok, [q for q, _, _ in examples], c, temperature, top_p, seed,
                                batch_size=batch_size, head=head, **latent)
     n = max(1, len(examples))
-    correct = sum(answers_match(r["answer"], a) for r, (_, _, a) in zip(results, examples))
+    correct = sum(answered(r, a) for r, (_, _, a) in zip(results, examples))
     return correct / n, sum(r["length"] for r in results) / n, sum(r["hit_cap"] for r in results) / n
 
 

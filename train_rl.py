@@ -36,7 +36,9 @@ log(1 - p(<|eot|>)), to the latent made at the same position); one speed c per r
 reference model (as in the paper). sigma gets a floor, --sigma_min (0.1 by default, in the head's normalised units where
 a target entry has RMS 1): the SFT loss drives sigma to ~1e-4, where sampling explores nothing and the log-density
 explodes as soon as mu moves (a trial without the floor had a gradient norm of 5.7e3 at step 1 and NaN at step 3).
-The floor is saved with the head, so sampled evaluation of the RL checkpoint draws from the same policy.
+The floor is a clamp: where the head's sigma lies below it (after SFT, in every dimension) RL samples with sigma =
+--sigma_min and learns the mean alone (no gradient reaches the head's log-sigma layer through the clamp). The floor
+is saved with the head, so sampled evaluation of the RL checkpoint draws from the same policy.
 
     python train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl
     python train_rl.py --init_from out/colar --c 5 --out_dir out/colar_rl_noavg --length_average false
@@ -110,10 +112,11 @@ class RLConfig:
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
-def reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64):
-    """1 for a correct answer, else 0; with a length penalty a correct answer earns 1 - penalty * n_latents /
-    max_latents, so of two correct rollouts the shorter one is better (not in the paper; off by default)."""
-    if not answers_match(answer, reference):
+def reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64, finished=True):
+    """1 for a correct answer (closed by <|eos|>: finished), else 0; with a length penalty a correct answer earns
+    1 - penalty * n_latents / max_latents, so of two correct rollouts the shorter one is better (not in the paper;
+    off by default)."""
+    if not finished or not answers_match(answer, reference):
         return 0.0
     return 1.0 - length_penalty * n_latents / max_latents
 
@@ -224,14 +227,14 @@ def rollout(model, head, tok, examples, cfg, step, rank):
                            generator=gen, keep_latents=True)
     refs = [a for _, _, a in examples for _ in range(cfg.group)]
     rewards = torch.tensor([reward(tok.decode(o["answer"]).strip(), a, o["n_latents"], cfg.length_penalty,
-                                   cfg.max_latents) for o, a in zip(outs, refs)])
+                                   cfg.max_latents, o["finished"]) for o, a in zip(outs, refs)])
     return questions, outs, rewards
 
 
 def validate(model, head, tok, val, cfg, step):
     """Sampled (as evaluate.py samples: top-p 0.9, a fixed seed) and greedy accuracy and mean #L at c; returns the
     two accuracies and the figures as a line of text."""
-    caps = dict(head=head, max_latents=cfg.max_latents, max_new_tokens=cfg.max_latents + 1 + cfg.max_answer_tokens)
+    caps = dict(head=head, max_latents=cfg.max_latents, max_new_tokens=cfg.max_answer_tokens)  # the rollouts' budget
     acc, n_lat, _ = score(model, tok, val, cfg.c, 1.0, 0.9, cfg.seed, latent_temperature=1.0, stop="sampled", **caps)
     gacc, gn, _ = score(model, tok, val, cfg.c, **caps)
     line = f"eval step {step}: val sampled {100 * acc:.1f}% #L {n_lat:.2f} | greedy {100 * gacc:.1f}% #L {gn:.2f}"

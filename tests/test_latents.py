@@ -149,7 +149,7 @@ def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
 
     def fake(latents_of):
         def answer_questions(model, tok, questions, c, **kw):
-            return [{"answer": "", "length": len(latents_of(i)), "latents": latents_of(i)}
+            return [{"answer": "", "finished": True, "length": len(latents_of(i)), "latents": latents_of(i)}
                     for i in range(len(questions))]
         return answer_questions
     K = min(len(r) for r in per_row)

@@ -34,6 +34,10 @@ class DigitTok:
     def encode(text):
         return [2 + int(ch) for ch in text]
 
+    @staticmethod
+    def decode(ids):
+        return "".join(str(i - 2) for i in ids if 2 <= i <= 11)
+
 
 TOK, C = DigitTok(), 2
 QUESTIONS = ["2345", "67", "890", "12345"]
@@ -48,6 +52,7 @@ def test_reward():
     assert train_rl.reward("7", "7", n_latents=16, length_penalty=0.5, max_latents=64) == 0.875
     assert train_rl.reward("8", "7", n_latents=16, length_penalty=0.5, max_latents=64) == 0.0
     assert train_rl.reward("7", "7", n_latents=16) == 1.0  # no penalty by default
+    assert train_rl.reward("7", "7", finished=False) == 0.0  # cut short by the budget: " 7" of " 71" perhaps
 
 
 def test_group_advantages_by_hand():
@@ -125,6 +130,26 @@ def test_latent_head_sigma_floor():
     assert torch.equal(mu_a, mu_b)
     assert torch.allclose(ls_b, ls_a.clamp(min=math.log(0.5))) and ls_b.min().item() == pytest.approx(math.log(0.5))
     assert (ls_a < math.log(0.5)).all()  # the case tests the floor
+    # the floor is a clamp: below it RL's policy has sigma = the floor and learns only the mean (train_rl.py says so)
+    z = torch.randn(5, 8)
+    gaussian_log_prob(z, mu_b, ls_b).sum().backward()
+    assert floored.log_sigma.weight.grad.abs().max().item() == 0.0 and floored.mu.weight.grad.abs().max().item() > 0
+    gaussian_log_prob(z, *free(h)).sum().backward()  # the control: without the floor sigma learns
+    assert free.log_sigma.weight.grad.abs().max().item() > 0
+
+
+def test_validation_gives_the_answer_the_rollouts_budget(monkeypatch):
+    """RL's validation decodes with the rollouts' step budget: max_latents latents, then max_answer_tokens answer
+    tokens (not max_latents + 1 + max_answer_tokens of them)."""
+    budgets = []
+    def fake(model, head, tok, prompts, max_latents, max_answer_tokens, *args, **kw):
+        budgets.append((max_latents, max_answer_tokens))
+        return [dict(n_latents=1, answer=[], finished=True, hit_cap=False, latents=[], lm_top=[]) for _ in prompts]
+    monkeypatch.setattr("sample.generate_latent", fake)
+    model, head = tiny_latent_model()
+    cfg = train_rl.RLConfig(c=2, max_latents=7, max_answer_tokens=3)
+    train_rl.validate(model, head, TOK, [("12", [], "3")], cfg, step=0)
+    assert budgets == [(7, 3), (7, 3)]  # sampled, then greedy
 
 
 # --- replay: the layout of rollouts, and their log-probs against a slow reference ------------------------------

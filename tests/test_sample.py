@@ -13,6 +13,7 @@ from colar import prompt
 from common import UserError
 from evaluate import ci95
 from latent_head import LatentHead
+import sample
 from sample import answer_questions, generate, generate_latent, left_pad, pick_tokens, split_output
 
 V = 24
@@ -298,3 +299,13 @@ def test_answer_questions_with_head_uses_latent_decoding(tok):
     # c = 0 takes the No-CoT text path even with a head
     res0 = answer_questions(model, tok, qs, c=0, head=head, max_new_tokens=5)
     assert all(r["length"] == 0 and r["hit_cap"] is False for r in res0)
+
+
+def test_an_answer_cut_short_is_wrong(monkeypatch):
+    """score counts an answer right only when <|eos|> closed it: " 12" cut off by the step budget (of " 123"
+    perhaps) is wrong even where the reference is 12; the same text closed is right."""
+    def fake(model, tok, questions, *args, **kw):
+        return [dict(answer="12", finished=done, length=3, hit_cap=False) for done in (False, True, True)]
+    monkeypatch.setattr(sample, "answer_questions", fake)
+    acc, length, _ = sample.score(None, None, [("q", [], "12"), ("q", [], "12"), ("q", [], "13")])
+    assert (acc, length) == (pytest.approx(1 / 3), 3.0)
