@@ -8,7 +8,8 @@ Chunk k of a chain (tokens k*c .. k*c + c - 1; the last chunk may be partial) be
 
 Why sqrt: token embeddings are roughly zero-mean and uncorrelated, so a sum of n of them has n times the variance;
 dividing by sqrt(n) keeps a compressed embedding on the scale of a single token embedding, whereas the mean shrinks
-its variance n-fold. Padding never counts, and no chunk is ever all padding. Pure tensor functions, no parameters.
+its variance n-fold. Padding never counts; a chunk of padding alone (a shorter row's, past its chain) is zero and
+masked out. Pure tensor functions, no parameters.
 """
 import torch
 

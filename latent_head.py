@@ -14,7 +14,7 @@ Losses (each a mean over the C dimensions, then a mean over the supervised posit
 - soft-MSE: MSE(mu + sigma * eps, target) - alpha * entropy, one reparameterised sample; its expectation is
   (mu - target)^2 + sigma^2, so with alpha = 0 sigma is pushed towards 0;
 - NLL: the negative Gaussian log-density of the target;
-- deterministic head (the DL ablation): plain MSE(mu, target), sigma fixed to 0.
+- deterministic head (the DL ablation): plain MSE(mu, target); sampling returns mu (sigma unused).
 """
 import math
 
@@ -36,8 +36,9 @@ class LatentHead(nn.Module):
         super().__init__()
         H = hidden or n_embd
         self.deterministic, self.momentum = deterministic, momentum
-        # a floor on sigma (0: none). RL sets one: the SFT loss drives sigma to ~1e-4, where sampling explores
-        # nothing and the log-density of a latent explodes as soon as mu moves (train_rl.py)
+        # a floor on sigma (0: none), a clamp: below it sigma is the floor and gets no gradient. RL sets one: the
+        # SFT loss drives sigma to ~1e-4, where sampling explores nothing and the log-density of a latent explodes
+        # as soon as mu moves (train_rl.py)
         self.log_sigma_min = log_sigma_floor(sigma_min)
         self.net = nn.Sequential(nn.Linear(n_embd, H), nn.GELU(), nn.Linear(H, H), nn.LayerNorm(H))
         self.mu = nn.Linear(H, n_embd)

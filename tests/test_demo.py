@@ -1,5 +1,5 @@
-"""The demo pipeline end to end at toy size: every stage runs once (each a `python ...` subprocess), a second run
-skips every one of them, the baselines join, and other evaluation settings evaluate again without training again
+"""The demo pipeline end to end at toy size: every stage runs once (each training stage a `python ...` subprocess, as
+a user's, the evaluations in this process), a second run skips every one of them, the baselines join, and other evaluation settings evaluate again without training again
 (these later runs execute the demo's commands in this process); and the presets.
 
 Run: .venv/bin/python -m pytest tests/test_demo.py
@@ -50,6 +50,9 @@ def in_process(cmd, env=None):
 
 def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stages' subprocesses are tiny: one thread each, like this one
+    real_run = demo.subprocess.run  # training as a user's subprocess; evaluation and report here, sparing their start-up
+    monkeypatch.setattr(demo, "subprocess", SimpleNamespace(
+        run=lambda cmd, env: (real_run if os.path.basename(cmd[1]).startswith("train") else in_process)(cmd, env=env)))
     data = make_tiny_data(str(tmp_path / "data"), n_train=300, n_val=4, n_test=10)
     results = str(tmp_path / "out" / "results" / "demo.json")  # by default, under out_dir
     reference = tmp_path / "reference.json"  # none yet: the report has no reference column
@@ -77,7 +80,7 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     with open(str(tmp_path / "out" / "results" / "demo.md")) as f:
         assert f.read().startswith(text.splitlines()[0])
 
-    # from here on the commands run in this process (the first run above ran each as a user's would)
+    # from here on every command runs in this process (the first run above trained as a user's would)
     monkeypatch.setattr(demo, "subprocess", SimpleNamespace(run=in_process))
     assert demo.main(cfg) == text  # the second run: nothing trained or evaluated again, the same table
     out = capfd.readouterr().out
