@@ -2,11 +2,12 @@
 The latent baselines CoLaR is measured against, on the same model, data and evaluation (train_sft.py --mode ...).
 
 coconut (Hao et al. 2024, "Training Large Language Models to Reason in a Continuous Latent Space"). A continuous
-thought is the model's final hidden state at the previous position, fed back as the next input embedding, with no
-head in between. Training is a curriculum from the CoT model: at stage k = 1, 2, ... the first k reasoning steps
-are replaced by k x c_thought thoughts; at the last stage every step is, by stages x c_thought thoughts (as many as
-inference uses); the loss is the cross-entropy on the remaining steps and the answer only, and the optimizer is reset
-at each stage. A row is laid out as
+thought is the model's final hidden state at the previous position, fed back as the next input embedding, with no head
+in between. Training is a curriculum from the CoT model: at stage k = 1, ..., stages the first k reasoning steps are
+replaced by k x c_thought thoughts (so many even where the chain has fewer steps, as Coconut pads them); after the
+last stage, to the end of training, every step is, by stages x c_thought thoughts (as many as inference uses); the
+loss is the cross-entropy on the remaining steps and the answer only, and the optimizer is reset at each stage. A row
+is laid out as
 
     [question] <|speed|> 1 <|bot|> [thoughts] [remaining steps] <|eot|> [answer] <|eos|>
 
@@ -27,19 +28,20 @@ Each example loses o more tokens, o drawn with P(o) = (1 - e^-lambda) e^(-lambda
 4 in the original), so a change of schedule never arrives all at once. Rows are CoT rows (colar.layout) of the
 shortened chains; the model is decoded as a CoT model, which writes what chain it still has.
 
-distill (CODI, Shen et al. 2025, "Compressing Chain-of-Thought into Continuous Space via Self-Distillation"): one model
-is both teacher, reading the text chain (a CoT row), and student, thinking in stages x c_thought continuous
-thoughts (each the final hidden state through a small projector: Linear, GELU, Linear, LayerNorm), laid out as
-Coconut's last stage. Loss = teacher CE (chain and answer) + student CE (answer) + distill_weight x the smooth-L1
-distance between the student's and the teacher's hidden states at <|eot|> (the position just before the answer),
-after every block, each divided by the teacher's standard deviation there; the teacher's side carries no gradient.
-No curriculum.
+distill (CODI, Shen et al. 2025, "Compressing Chain-of-Thought into Continuous Space via Self-Distillation"): one
+model is both teacher, reading the text chain (a CoT row), and student, thinking in stages x c_thought continuous
+thoughts (each the final hidden state through a small projector: Linear, GELU, Linear, LayerNorm), laid out as Coconut
+after its last stage. Loss = teacher CE (chain and answer) + student CE (answer) + distill_weight x the smooth-L1
+distance between the student's and the teacher's hidden states at the position just before the answer's value (the one
+that predicts its first token: after <|eot|> and, with the char, number and place tokenizers, the space), after every
+block, each divided by the teacher's standard deviation there; the teacher's side carries no gradient. No curriculum.
 
 How these depart from the originals, and why. All four run on this project's small GPT trained from scratch (the
 originals fine-tune pretrained GPT-2 or Llama, CODI with LoRA), from the same CoT checkpoint as CoLaR, with the same
 optimizer, learning-rate schedule and evaluation, so that only the method differs. Schedules count training steps,
 not epochs (a CPU run sees the data a few times at most). Coconut and pause: 3 stages of 2 thoughts (the CoLaR
-authors' rerun; Coconut's own GSM8K setting had 3 epochs per stage), the remaining steps before <|eot|> (above).
+authors' rerun), each a fifth of training, then every step gone for the last two fifths (Coconut's own GSM8K setting:
+3 epochs per stage, then 13), the remaining steps before <|eot|> (above).
 iCoT: one token every remove_every steps, by default the whole chain gone at 2/3 of training (the original removes 8
 tokens per epoch over many more epochs); only checkpoints without chains are selected, as the original does.
 Distill: the projector without dropout; the distance after each block, not also on the input embeddings.
@@ -69,8 +71,9 @@ def inference_thoughts(mode, stages, c_thought):
 
 def coconut_stage(step, stage_steps, stages):
     """The curriculum stage at a (0-based) training step: 1 for the first stage_steps steps, one more every
-    stage_steps steps after, the last (stages) to the end. (Stage 0, CoT, is the model training starts from.)"""
-    return min(1 + step // stage_steps, stages)
+    stage_steps steps after, then stages + 1 (every step gone) to the end. (Stage 0, CoT, is the model training
+    starts from.)"""
+    return min(1 + step // stage_steps, stages + 1)
 
 
 class PauseThought(nn.Module):
@@ -116,14 +119,15 @@ class ThoughtBatch:
 
 
 def thought_layout(tok, examples, stage, c_thought, stages):
-    """(question, steps, answer) examples at curriculum stage `stage` (1..stages): below the last stage the first
-    min(stage, steps) steps become c_thought thoughts each and the others stay text; at the last stage every step
-    goes, for stages x c_thought thoughts. The position before each thought learns nothing; the last thought learns
-    the first remaining token, unless that is <|eot|> (which inference then feeds itself)."""
+    """(question, steps, answer) examples at curriculum stage `stage`: at stage k <= stages the first k steps become
+    k x c_thought thoughts (so many also where the chain has fewer steps) and the others stay text; after the last
+    stage (stage > stages) every step goes, for stages x c_thought thoughts. The position before each thought learns
+    nothing; the last thought learns the first remaining token, unless that is <|eot|> (which inference then feeds
+    itself)."""
     rows = []
     for q, steps, answer in examples:
-        k = len(steps) if stage >= stages else min(stage, len(steps))
-        K = stages * c_thought if stage >= stages else k * c_thought
+        k = len(steps) if stage > stages else min(stage, len(steps))
+        K = min(stage, stages) * c_thought
         head = prompt(tok, q, 1)
         rest = tok.encode(chain_text(steps[k:])) if k < len(steps) else []
         seq = head + [tok.pad] * K + rest + [tok.eot] + tok.encode(" " + answer) + [tok.eos]
@@ -207,12 +211,12 @@ class Curriculum:
     def __init__(self, cfg, longest):
         self.cfg, self.longest = cfg, longest
         self.thoughts = inference_thoughts(cfg.mode, cfg.stages, cfg.c_thought)
-        self.stage_steps = cfg.stage_steps or max(1, cfg.max_steps // (cfg.stages + 1))
+        self.stage_steps = cfg.stage_steps or max(1, cfg.max_steps // (cfg.stages + 2))  # the last phase: 2 shares
         self.remove_every = cfg.remove_every or max(1, 2 * cfg.max_steps // (3 * max(1, longest)))
 
     def at(self, step):
-        if self.cfg.mode == "distill":  # no curriculum: always the last stage's layout
-            return self.cfg.stages
+        if self.cfg.mode == "distill":  # no curriculum: always the layout after the last stage
+            return self.cfg.stages + 1
         if self.thoughts:
             return coconut_stage(step, self.stage_steps, self.cfg.stages)
         return icot_removed(step, self.remove_every)
@@ -225,7 +229,9 @@ class Curriculum:
         """The rows of a micro-batch: examples (question, steps, answer) and the same encoded."""
         if self.thoughts:
             student = thought_layout(tok, examples, self.at(step), self.cfg.c_thought, self.cfg.stages)
-            return DistillBatch(colar.layout(tok, encoded, 1), student) if self.cfg.mode == "distill" else student
+            if self.cfg.mode == "distill":
+                return DistillBatch(colar.layout(tok, encoded, 1), student, answer_leads(tok, examples))
+            return student
         offsets = removal_offsets(len(encoded), self.cfg.removal_lambda, generator)
         return colar.layout(tok, shorten_chains(encoded, self.at(step), offsets), 1)
 
@@ -237,12 +243,14 @@ class Curriculum:
 # --- Distill (CODI) ------------------------------------------------------------------------------------------------
 @dataclass
 class DistillBatch:
-    """The same examples twice: as CoT rows (the teacher) and as rows of thoughts (the student)."""
+    """The same examples twice: as CoT rows (the teacher) and as rows of thoughts (the student); lead (B,): the
+    tokens between <|eot|> and each answer's value (answer_leads)."""
     teacher: colar.Batch
     student: ThoughtBatch
+    lead: torch.Tensor
 
     def to(self, device):
-        return DistillBatch(self.teacher.to(device), self.student.to(device))
+        return DistillBatch(self.teacher.to(device), self.student.to(device), self.lead.to(device))
 
     @property
     def mask(self):  # every real position of both, for the token count
@@ -268,16 +276,22 @@ def hidden_distance(student, teacher):
     return sum(parts) / len(parts)
 
 
+def answer_leads(tok, examples):
+    """(B,) the tokens that come after <|eot|> before each answer's value: the answer is written " " + answer, a
+    space token of its own with the char, number and place tokenizers (1), part of the first word with GPT-2's (0)."""
+    return torch.tensor([max(0, len(tok.encode(" " + a)) - len(tok.encode(a))) for _, _, a in examples])
+
+
 def distill_loss(model, projector, b, weight=20.0):
     """CODI's loss of a DistillBatch: (teacher CE + student CE + weight x hidden-state distance, 0, stats)."""
     t, s = b.teacher, b.student
     rows = torch.arange(t.idx.size(0), device=t.idx.device)
     with block_outputs(model) as outs:
         _, ce_teacher, _ = model(t.idx, mask=t.mask, targets=t.targets)
-        teacher = [o[rows, t.eot_at + 1].detach() for o in outs]  # at <|eot|>, which predicts the answer
+        teacher = [o[rows, t.eot_at + 1 + b.lead].detach() for o in outs]  # where the answer's value is predicted
     with block_outputs(model) as outs:  # the student's <|eot|> opens the last piece of thought_forward
         logits = thought_forward(model, s, projector)
-        student = [o[:, 0] for o in outs]
+        student = [o[rows, b.lead] for o in outs]
     ce_student = F.cross_entropy(logits.flatten(0, 1).float(), s.targets.flatten(), ignore_index=-1)
     dist = hidden_distance(student, teacher)
     stats = {"teacher": ce_teacher.item(), "student": ce_student.item(), "distance": dist.item()}

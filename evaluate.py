@@ -6,10 +6,10 @@ Writes JSON records (merged into --out when it exists), one per (method, c, deco
      "checkpoint_sha256", "settings", "seconds"}
 
 An answer is right when <|eos|> closed it and it equals the reference (as numbers where both are: data/format.py's
-answers_match). `mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT), or latents fed (CoLaR,
-whose records add `hit_cap`, the fraction of questions cut off while thinking: at --max_latents, or at the end of
-the model's context). With several seeds, accuracy and mean_len are means over seeds, and ci95 and len_ci95 the
-half-widths of their 95% t-intervals.
+answers_match). `mean_len` is the reasoning length: chain tokens between <|bot|> and <|eot|> (0 for No-CoT), or
+latents fed (CoLaR, whose records add `hit_cap`, the fraction of questions cut off while thinking: at --max_latents,
+or at the end of the model's context). With several seeds, accuracy and mean_len are means over seeds, and ci95 and
+len_ci95 the half-widths of their 95% t-intervals.
 
     python evaluate.py --ckpt out/cot --split test --decode greedy,sampled --out results/cot.json
     python evaluate.py --ckpt out/colar --c 1,2,3,4,5 --out results/colar.json

@@ -47,11 +47,17 @@ def load_records(paths):
 
 def rows(records, split="test"):
     """{(method, c): {decode: record}} for the records of `split`, in the table's order: the methods of LABELS, then
-    the others in order of appearance; speeds ascending. A later record replaces an earlier one with the same key."""
+    the others in order of appearance; speeds ascending. A later record replaces an earlier one with the same key.
+    A row's greedy and sampled records must measure one checkpoint on the same questions (a row is never two runs)."""
     found = {}
     for r in records:
         if r["split"] == split:
             found.setdefault((r["method"], r["c"]), {})[r["decode"]] = r
+    for (method, c), by_decode in found.items():
+        if len({(r.get("checkpoint_sha256"), r["n"]) for r in by_decode.values()}) > 1:
+            what = ", ".join(f"{d} {str(r.get('checkpoint_sha256'))[:12]} on {r['n']}" for d, r in by_decode.items())
+            raise UserError(f"the {split} records of {method} at c = {c} measure different checkpoints or questions "
+                            f"({what}): evaluate that checkpoint again with both decodings")
     others = list(dict.fromkeys(m for m, _ in found if m not in LABELS))
     rank = lambda m: list(LABELS).index(m) if m in LABELS else len(LABELS) + others.index(m)  # noqa: E731
     return dict(sorted(found.items(), key=lambda kv: (rank(kv[0][0]), kv[0][1])))

@@ -27,7 +27,7 @@ import tiktoken
 
 SPECIALS = ["<|bot|>", "<|eot|>", "<|eos|>", "<|pad|>", "<|speed|>", "<|unk|>"]
 KINDS = ("char", "number", "place", "gpt2")
-PLACES = 32  # places a "place" token tells apart (iCoT's 11x11 products have 22 digits)
+PLACES = 32  # places a "place" token tells apart: 11x11 products have 22 digits; interleaved runs 4N (5x5: 20)
 
 
 def _compact_encoding(number_digits):

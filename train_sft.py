@@ -10,9 +10,10 @@ Modes (the sequence each example becomes; colar.py lays them out and holds the l
   --chunk_labels false (OC: no chunk labels; the layout's <|bot|> and <|eot|> labels are kept, the latter drives the
   stop decision).
 - coconut, pause: the latent baselines (baselines.py), a curriculum from the CoT model in --stages stages of
-  --stage_steps steps, the optimizer reset at each: [question] <|speed|> 1 <|bot|> [thoughts] [steps left] <|eot|> ...
+  --stage_steps steps, then every step as thoughts, the optimizer reset at each: [question] <|speed|> 1 <|bot|>
+  [thoughts] [steps left] <|eot|> ...
 - distill: CODI, one model as teacher (the text chain) and student (stages x c_thought projected thoughts), the
-  student's hidden states at <|eot|> pulled towards the teacher's.
+  student's hidden states where the answer's value is predicted pulled towards the teacher's.
 - icot: from the CoT model, the chain loses one more leading token every --remove_every steps (the optimizer reset
   at each), until the model answers with no chain; a checkpoint is selected only once the whole chain is gone.
 
@@ -87,8 +88,8 @@ class TrainConfig:
     max_latents: int = 64          # cap on latents at inference (validation); also sizes a new model's context
     # baselines (baselines.py)
     c_thought: int = 2             # coconut, pause, distill: thoughts per reasoning step replaced
-    stages: int = 3                # curriculum stages; the last replaces every step by stages x c_thought thoughts
-    stage_steps: int = 0           # training steps per stage, the last stage to the end (0: max_steps // (stages + 1))
+    stages: int = 3                # curriculum stages (stage k: k steps as thoughts), then all as stages x c_thought
+    stage_steps: int = 0           # steps per stage, then all steps gone to the end (0: max_steps // (stages + 2))
     remove_every: int = 0          # icot: training steps per removed chain token (0: the whole chain gone at 2/3)
     removal_lambda: float = 4.0    # icot: removal smoothing, P(o more) ~ exp(-lambda o) (0: off)
     distill_weight: float = 20.0   # distill: weight of the teacher-student hidden-state distance

@@ -36,16 +36,18 @@ Measured at c = 3 (EXPERIMENTS.md, 2026-12-01): K = 2 and the plain chain gave n
 --format columns writes long multiplication column by column: step g holds digit g of each shifted partial product
 (the N numbers above, read down the columns) and then digit g - 1 of the product, which the column before decides (5 +
 6 + 5 + 0 plus the carry 0 at place 2 gives the 6 that ends step 3). No digit depends on another of its own step or of
-the next: each depends only on digits at least N + 3 tokens earlier (a partial product's digit on its own digit one
-column back, the product's on the column before), so a chunk of up to N + 3 tokens never holds a digit and one it
-needs, whatever the speed, and with "place" tokens each of its digits is a different token.
+the next: a partial product's digit needs only the question (its carry comes from the multiplicand's lower digits),
+the product's digit the column before, at least N + 3 tokens earlier, so a chunk of up to N + 3 tokens never holds a
+digit and one it needs, whatever the speed, and with "place" tokens each of its digits is a different token.
 
 The question is `5632*7434`; the answer keeps iCoT's spaced digits, `5 5 6 0 8 2 0 1`, so that it is compared as a
 string, digit for digit (as a number, a reversed `0012` would equal `012`).
 
 The test split is iCoT's public test_bigbench.txt (1,000 problems), read from --test_file, from
 $COLAR_DATA/mult_NxN/test_bigbench.txt, or downloaded once from iCoT's repository; train and validation are drawn from
---seed by the same rule, never with an operand pair of the test file (nor one of each other).
+--seed by the same rule, never with an operand pair of the test file (nor one of each other). A pair reversed is
+another problem (the same product, another chain) and may be drawn: 2 of the 200,000 4x4 training problems (seed
+1234) are test pairs reversed, 4 validation pairs reversed.
 
     python -m data.multiplication --digits 4                      # data/mult4: train 200,000, val 1,000, test 1,000
     python -m data.multiplication --digits 5 --format product     # data/mult5_product

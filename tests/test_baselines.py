@@ -21,7 +21,9 @@ EXAMPLES = [("1+2*3", ["1+2=3", "3*3=9"], "9"), ("12-5", ["12-5=7"], "7"), ("2*2
 
 
 def test_coconut_stage_by_hand():
-    assert [coconut_stage(s, 10, 3) for s in (0, 9, 10, 19, 20, 30, 99)] == [1, 1, 2, 2, 3, 3, 3]
+    """Stages 1..3 of 10 steps each, then stage 4 (every step gone) to the end, as Coconut's stage after its
+    max_latent_stage."""
+    assert [coconut_stage(s, 10, 3) for s in (0, 9, 10, 19, 20, 29, 30, 99)] == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
 def test_thought_layout_by_hand():
@@ -41,10 +43,19 @@ def test_thought_layout_by_hand():
     rest = TOK.encode("<<3*3=9>>")
     assert b.idx[0, 10:10 + len(rest)].tolist() == rest and b.targets[0, 9] == rest[0]
     assert (b.pos[0, :b.mask[0].sum()] == torch.arange(int(b.mask[0].sum()))).all()
-    # the last stage: every step gone, stages x c_thought = 6 thoughts in every row, then the forced <|eot|>
-    b3 = thought_layout(TOK, EXAMPLES, stage=3, c_thought=2, stages=3)
-    assert b3.thought.sum(1).tolist() == [6, 6, 6] and (b3.idx == TOK.eot).sum(1).tolist() == [1, 1, 1]
-    assert [(t >= 0).sum().item() for t in b3.targets] == [1 + 2 + 1] * 3  # <|bot|>, the answer, <|eos|>
+    # after the last stage: every step gone, stages x c_thought = 6 thoughts in every row, then the forced <|eot|>
+    b4 = thought_layout(TOK, EXAMPLES, stage=4, c_thought=2, stages=3)
+    assert b4.thought.sum(1).tolist() == [6, 6, 6] and (b4.idx == TOK.eot).sum(1).tolist() == [1, 1, 1]
+    assert [(t >= 0).sum().item() for t in b4.targets] == [1 + 2 + 1] * 3  # <|bot|>, the answer, <|eos|>
+    # stage k gives k x c_thought thoughts also to a chain of fewer steps (Coconut pads them): 4 for 1 step at
+    # stage 2; a chain of more steps than the last stage keeps the rest as text until the stage after it
+    four = [("1+1+1+1+1", ["1+1=2", "2+1=3", "3+1=4", "4+1=5"], "5")]
+    assert thought_layout(TOK, EXAMPLES, stage=2, c_thought=2, stages=3).thought.sum(1).tolist() == [4, 4, 4]
+    b3 = thought_layout(TOK, four, stage=3, c_thought=2, stages=3)
+    rest = TOK.encode("<<4+1=5>>")
+    assert b3.thought.sum().item() == 6 and b3.idx[0, b3.start + 6:b3.start + 6 + len(rest)].tolist() == rest
+    b4 = thought_layout(TOK, four, stage=4, c_thought=2, stages=3)
+    assert b4.thought.sum().item() == 6 and b4.idx[0, b4.start + 6].item() == TOK.eot
     # stage 0 is CoT: no thoughts, every chain token learned
     b0 = thought_layout(TOK, EXAMPLES, stage=0, c_thought=2, stages=3)
     assert not b0.thought.any() and (b0.targets >= 0).sum(1).tolist() == [
@@ -66,7 +77,8 @@ def naive_forward(model, b, think=lambda h: h):
 
 def test_thought_forward_matches_a_naive_loop_values_and_gradients():
     model = tiny_gpt(TOK.n_vocab, 64, n_layer=2, n_embd=16, init="sharp").double().train()
-    b = thought_layout(TOK, EXAMPLES, stage=2, c_thought=2, stages=3)
+    four = ("1+1+1+1+1", ["1+1=2", "2+1=3", "3+1=4", "4+1=5"], "5")  # keeps two steps as text at stage 2
+    b = thought_layout(TOK, EXAMPLES + [four], stage=2, c_thought=2, stages=3)
     real = b.mask
     grads = []
     for forward in (thought_forward, naive_forward):
@@ -78,7 +90,7 @@ def test_thought_forward_matches_a_naive_loop_values_and_gradients():
     torch.testing.assert_close(grads[0][real], grads[2][real], atol=1e-9, rtol=1e-9)
     for g_cached, g_naive in zip(grads[1], grads[3]):
         torch.testing.assert_close(g_cached, g_naive, atol=1e-9, rtol=1e-9)
-    assert b.thought.sum(1).tolist() == [4, 2, 4]  # every row had thoughts, row 1 fewer
+    assert b.thought.sum(1).tolist() == [4, 4, 4, 4] and b.mask.sum(1).tolist()[3] > b.mask.sum(1).tolist()[0] + 10
 
 
 def naive_answer(model, tok, question, n_thoughts, max_tokens):
@@ -138,10 +150,10 @@ def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_p
                                             max_steps=5, stages=2, stage_steps=2, c_thought=1, eval_every=5))
         ckpt = load_checkpoint(out, "latest")
         steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
-        if mode == "distill":  # no curriculum: the last stage's layout throughout, one optimizer
-            assert [c for _, c, _, _ in run["history"]] == [2] * 5 and steps == {5}
-        else:  # stage 1 for 2 steps, then the last stage; the optimizer reset when stage 2 began (step 2)
-            assert [c for _, c, _, _ in run["history"]] == [1, 1, 2, 2, 2] and steps == {3}
+        if mode == "distill":  # no curriculum: the layout after the last stage throughout, one optimizer
+            assert [c for _, c, _, _ in run["history"]] == [3] * 5 and steps == {5}
+        else:  # stages 1 and 2 for 2 steps each, then every step gone; the optimizer reset when that began (step 4)
+            assert [c for _, c, _, _ in run["history"]] == [1, 1, 2, 2, 3] and steps == {1}
         model, head, tok, _ = load_model(out)
         assert (head is None) == (mode == "coconut")
         if mode != "coconut":  # the thought module comes back with the model
@@ -242,12 +254,13 @@ def block_output_reference(model, embeds, k):
 
 def test_distill_loss_against_a_reference_built_from_public_forwards():
     import colar
-    from baselines import DistillBatch, Projector, distill_loss, hidden_distance
+    from baselines import DistillBatch, Projector, answer_leads, distill_loss, hidden_distance
     torch.manual_seed(0)
     model = tiny_gpt(TOK.n_vocab, 64, n_layer=2, n_embd=16, init="sharp").double().train()
     proj = Projector(16).double()
     encoded = colar.encode(TOK, EXAMPLES, "cot")
-    b = DistillBatch(colar.layout(TOK, encoded, 1), thought_layout(TOK, EXAMPLES, 3, 1, 3))
+    b = DistillBatch(colar.layout(TOK, encoded, 1), thought_layout(TOK, EXAMPLES, 4, 1, 3), answer_leads(TOK, EXAMPLES))
+    assert b.lead.tolist() == [1, 1, 1]  # " 9": the space, then the answer's value
     loss, _, stats = distill_loss(model, proj, b, weight=5.0)
     grads = torch.autograd.grad(loss, list(model.parameters()) + list(proj.parameters()))
 
@@ -268,8 +281,8 @@ def test_distill_loss_against_a_reference_built_from_public_forwards():
         ce_s[-1] = ce_s[-1] + F.cross_entropy(s_logits[P - 2:P - 1], torch.tensor([TOK.bot]), reduction="sum")
         for k in range(2):
             with torch.no_grad():
-                teacher[k].append(block_output_reference(model, e_t, k)[0, len(row)])  # at <|eot|>
-            student[k].append(block_output_reference(model, e_s, k)[0, P + 3])
+                teacher[k].append(block_output_reference(model, e_t, k)[0, len(row) + 1])  # at the space after <|eot|>
+            student[k].append(block_output_reference(model, e_s, k)[0, P + 3 + 1])  # (which predicts the value)
     n_student = sum(len(TOK.encode(" " + a)) + 2 for _, _, a in EXAMPLES)  # <|bot|>, the answer, <|eos|>
     ref_student = sum(ce_s) / n_student
     ref_dist = hidden_distance([torch.stack(s) for s in student], [torch.stack(t) for t in teacher])

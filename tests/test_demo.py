@@ -1,6 +1,7 @@
-"""The demo pipeline end to end at toy size: every stage runs once (each training stage a `python ...` subprocess, as
-a user's, the evaluations in this process), a second run skips every one of them, the baselines join, and other evaluation settings evaluate again without training again
-(these later runs execute the demo's commands in this process); and the presets.
+"""The demo pipeline end to end at toy size: every stage runs once (each training stage a `python ...` subprocess, as a
+user's, the evaluations in this process), a second run skips every one of them, the baselines join, and other
+evaluation settings evaluate again without training again (these later runs execute the demo's commands in this
+process); and the presets.
 
 Run: .venv/bin/python -m pytest tests/test_demo.py
 """
@@ -50,7 +51,7 @@ def in_process(cmd, env=None):
 
 def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stages' subprocesses are tiny: one thread each, like this one
-    real_run = demo.subprocess.run  # training as a user's subprocess; evaluation and report here, sparing their start-up
+    real_run = demo.subprocess.run  # training as a user's subprocess; evaluation and report here (no start-up)
     monkeypatch.setattr(demo, "subprocess", SimpleNamespace(
         run=lambda cmd, env: (real_run if os.path.basename(cmd[1]).startswith("train") else in_process)(cmd, env=env)))
     data = make_tiny_data(str(tmp_path / "data"), n_train=300, n_val=4, n_test=10)

@@ -141,6 +141,20 @@ def test_table_missing_values():
     assert rows[("CoLaR", "4")] == ["50.0", "–", "14.0", "–"]
 
 
+def test_a_row_never_joins_two_checkpoints():
+    """A row's greedy and sampled cells come from one checkpoint on one set of questions: a greedy record of a
+    retrained model left beside the old model's sampled one (or one on 100 questions) is refused, naming both."""
+    greedy, sampled = rec("colar", 2, "greedy", 0.9, 28.0), rec("colar", 2, "sampled", 0.5, 28.0, 0.01)
+    same = [dict(greedy, checkpoint_sha256="a" * 64), dict(sampled, checkpoint_sha256="a" * 64)]
+    assert body(table(same))[0][2:4] == ["50.0 ± 1.0", "90.0"]
+    with pytest.raises(UserError, match=r"colar at c = 2 measure different checkpoints or questions \(greedy "
+                                        r"aaaaaaaaaaaa on 1000, sampled bbbbbbbbbbbb on 1000\)"):
+        table([same[0], dict(sampled, checkpoint_sha256="b" * 64)])
+    with pytest.raises(UserError, match="sampled aaaaaaaaaaaa on 100"):
+        table([same[0], dict(same[1], n=100)])
+    assert body(table([same[0], dict(same[1], checkpoint_sha256="b" * 64, split="val")]))[0][3] == "90.0"  # val
+
+
 def test_table_keeps_only_its_split():
     records = [rec("cot", 1, "greedy", 0.9, 50.0, split="val"), rec("cot", 1, "greedy", 1.0, 54.8),
                rec("nocot", 0, "greedy", 0.2, 0.0, split="val")]
