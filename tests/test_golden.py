@@ -26,7 +26,7 @@ def checksum(modules):
     return [float(sum(t.sum() for t in ts)), float(sum(t.pow(2).sum() for t in ts))]
 
 
-def parity_reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64):
+def parity_reward(answer, reference, n_latents=0, length_penalty=0.0, max_latents=64, finished=True):
     """A stand-in reward with signal for an untrained model: 1 for an answer of even length."""
     return float(len(answer) % 2 == 0)
 
