@@ -1,6 +1,6 @@
 """
 Run folders and checkpoints, in one place: a new run never overwrites a folder that holds one, a resumed run must be
-of the same script and settings and continues exactly (optimizer, data position, every process's random state), one
+of the same script and settings and continues exactly (optimizer, data position, every process's generator), one
 live run per folder (a lock that a crashed run does not leave held), atomic step-stamped checkpoints with `latest`
 and `best` pointers, nothing saved that is not finite, and a one-line error for every way a save or a load can fail.
 Also the one starting point that is not a checkpoint: GPT-2's pretrained weights, shaped like one.
@@ -82,15 +82,16 @@ def _atomic_write(out_dir, name, write, what):
 
 
 def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
-    """Write out_dir/ckpt_{step:06d}.pt atomically (temp file, then rename) and point `latest` (and `best`) at it.
-    Older step checkpoints beyond `keep_last` are removed, never the one `best` points at, and so are the temp files
-    of a save that was killed half-way."""
+    """Write out_dir/ckpt_{step:06d}.pt atomically (temp file, then rename) and point `best` (when it is) and then
+    `latest` at it: a save stopped between the two leaves `latest` on the step before, so a resumed run never holds
+    a best score whose checkpoint `best` does not name. Older step checkpoints beyond `keep_last` are removed, never
+    the one `best` points at, and so are the temp files of a save that was killed half-way."""
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale(out_dir)
     name = f"ckpt_{step:06d}.pt"
     path = os.path.join(out_dir, name)
     _atomic_write(out_dir, name, lambda f: torch.save(state, f), f"checkpoint {path}")
-    for pointer in ("latest", "best") if best else ("latest",):
+    for pointer in ("best", "latest") if best else ("latest",):
         _atomic_write(out_dir, pointer, lambda f: f.write(f"{name}\n".encode()), os.path.join(out_dir, pointer))
     if keep_last > 0:
         keep = {name, read_pointer(out_dir, "best")}

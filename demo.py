@@ -161,9 +161,10 @@ def train_stage(name, script, run_flags):
 def check_same_run(name, ckpt, run_flags, finished):
     """The run a stage finds in its folder must be the one it would train: a run made with other settings (another
     seed, model size, data...) would otherwise be reported under this demo's settings. A finished run must match
-    every flag but the device; one to resume may differ in how far it goes (max_steps, stop_at)."""
+    every flag but the device; one to resume may differ in how far it goes (max_steps, stop_at, and eval_every,
+    which the demo derives from the steps)."""
     saved = ckpt.get("rl_config") or ckpt["config"]
-    loose = {"out_dir", "device"} | (set() if finished else {"max_steps", "stop_at"})
+    loose = {"out_dir", "device"} | (set() if finished else {"max_steps", "stop_at", "eval_every"})
     def same(k, v):
         if k in ("data_dir", "init_from"):  # folders: the same one however named
             return os.path.realpath(saved[k]) == os.path.realpath(v)
@@ -242,6 +243,11 @@ def data_done(data_dir):
     return all(os.path.isfile(os.path.join(data_dir, f"{split}.txt")) for split in SPLITS)
 
 
+def as_flags(made):
+    """A data generator's settings as the demo's flags: {"format": "product"} -> "--mult_format product"."""
+    return " ".join(f"--{'mult_format' if k == 'format' else k} {v}" for k, v in made.items())
+
+
 def check_inputs(cfg):
     """Everything the stages will need that can be checked now, so that a bad value stops the demo before its first
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
@@ -263,15 +269,17 @@ def check_inputs(cfg):
     read_records(cfg.results, "--results")
     check_folder(cfg.data_dir, "--data_dir")
     check_folder(cfg.out_dir, "--out_dir")
-    if data_done(cfg.data_dir):  # no data stage then
+    if data_done(cfg.data_dir):  # no data stage then: the data there must be what it would have made
         meta = os.path.join(cfg.data_dir, "meta.json")
-        if cfg.task.startswith("mult") and os.path.isfile(meta):
+        wanted = ({"format": cfg.mult_format} if cfg.task.startswith("mult") else
+                  {"steps_min": cfg.steps_min, "steps_max": cfg.steps_max} if cfg.task == "synth" else {})
+        if wanted and os.path.isfile(meta):
             made = read_json(meta, "--data_dir")
             made = made.get("config") if isinstance(made, dict) else None  # the generator's settings
-            fmt = made.get("format") if isinstance(made, dict) else None
-            if fmt != cfg.mult_format:
-                raise UserError(f"--data_dir {cfg.data_dir} holds the {fmt} chain, not --mult_format "
-                                f"{cfg.mult_format}; give another --data_dir (or --mult_format {fmt})")
+            other = {k: made.get(k) if isinstance(made, dict) else None for k in wanted}
+            if other != wanted:
+                raise UserError(f"--data_dir {cfg.data_dir} holds data made with {as_flags(other)}, not "
+                                f"{as_flags(wanted)}; give another --data_dir (or {as_flags(other)})")
     elif cfg.task == "gsm8k" and cfg.gsm8k_source and not os.path.isdir(cfg.gsm8k_source):
         raise UserError(f"--gsm8k_source {cfg.gsm8k_source} is not a folder (it should hold gsm8k/ and gsm8k_aug/)")
     elif cfg.task.startswith("mult") and cfg.mult_test_file and not os.path.isfile(cfg.mult_test_file):

@@ -69,7 +69,7 @@ class TrainConfig:
     n_layer: int = 4               # transformer blocks
     n_head: int = 4                # attention heads
     n_embd: int = 128              # model width
-    dropout: float = 0.0           # dropout rate (its masks: the same in every process; not restored on a GPU resume)
+    dropout: float = 0.0           # dropout rate (its masks: process 0's generator state resumed in every process)
     pos_emb: str = "rope"          # rope or learned
     block_size: int = 0            # context length; 0: room for the longest example and for the longest question
                                    # with max_latents latents and an answer (as RL samples them), plus 32

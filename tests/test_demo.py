@@ -182,6 +182,14 @@ def test_a_run_found_with_other_settings_is_refused(monkeypatch, tmp_path):
                     "--n_layer=4", "--device=auto", "--resume=true"]]
     with pytest.raises(UserError, match="seed=1337 \\(now 8\\)"):
         demo.train_stage("cot", "train_sft.py", {**same, "max_steps": 12, "seed": 8})
+    # a CoLaR stage asked to go further: its eval_every, derived from its steps, changes with them
+    ran.clear()
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name, mmap: {"step": 8, "config": dict(
+        saved, eval_every=2)})
+    demo.train_stage("colar", "train_sft.py", {**same, "max_steps": 12, "eval_every": 3})
+    assert ran[0][-1] == "--resume=true" and "--eval_every=3" in ran[0]
+    with pytest.raises(UserError, match="eval_every=2 \\(now 3\\)"):  # a finished run must match it
+        demo.train_stage("colar", "train_sft.py", {**same, "eval_every": 3})
     monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name, mmap: {"step": 8, "config": saved,
                                                                          "rl_config": dict(saved, c=2)})
     demo.train_stage("colar_rl", "train_rl.py", dict(same, c=2))

@@ -17,13 +17,16 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import ROOT, tiny_train_cfg
 
 import checkpoint
+import demo
 from common import UserError, parse_config, pick_device, run_cli
+from data import synthetic
 from data.format import DataError, check_split, read_split
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # each command starts, reads its inputs and stops: one thread is plenty
@@ -278,11 +281,22 @@ def test_demo_refuses_multiplication_data_of_another_chain(tmp_path, capsys):
     write(str(data / "meta.json"), json.dumps({"config": {"digits": 4, "format": "product"}}))
     line, stdout, _ = refused(capsys, "demo.py", "--task", "mult4", "--data_dir", data, "--out_dir", tmp_path / "out",
                               "--device", "cpu")
-    assert f"--data_dir {data} holds the product chain, not --mult_format interleaved" in line
+    assert f"--data_dir {data} holds data made with --mult_format product, not --mult_format interleaved" in line
     assert not os.path.exists(tmp_path / "out") and "$ python" not in stdout
     write(str(data / "meta.json"), "{not json")  # (was a traceback from json.load)
     line, _, _ = refused(capsys, "demo.py", "--task", "mult4", "--data_dir", data, "--out_dir", tmp_path / "out")
     assert f"--data_dir {data}/meta.json is not valid JSON" in line
+
+
+def test_demo_refuses_synthetic_data_of_other_lengths(tmp_path):
+    """Data made with other --steps_min / --steps_max is not trained on under these (it was reused silently)."""
+    data = str(tmp_path / "synth")
+    synthetic.main(synthetic.SynthConfig(out=data, n_train=4, n_val=2, n_test=2, steps_min=6, steps_max=8))
+    cfg = demo.resolve(demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), device="cpu"))
+    demo.check_inputs(cfg)  # the data it would make: used
+    with pytest.raises(UserError, match=f"--data_dir {data} holds data made with --steps_min 6 --steps_max 8, not "
+                                        f"--steps_min 3 --steps_max 4; give another --data_dir"):
+        demo.check_inputs(replace(cfg, steps_min=3, steps_max=4))
 
 
 def test_evaluate_checks_out_before_evaluating(tiny_runs, tmp_path):

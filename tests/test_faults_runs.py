@@ -282,6 +282,25 @@ def test_a_failed_save_is_one_line_and_leaves_no_partial_file(failure, tmp_path,
     assert sorted(os.listdir(out)) == ["ckpt_000001.pt", "latest"]
 
 
+def test_a_save_stopped_between_its_pointers_leaves_latest_behind(tmp_path, monkeypatch):
+    """`best` is written before `latest`: a save that fails (or is killed) between them leaves `latest` on the step
+    before, so the run resumes from a checkpoint whose best score `best` still names, and keep_last never removes
+    the best checkpoint (with `latest` first, latest held step 2's best score while best named step 1)."""
+    out = str(tmp_path / "run")
+    save_checkpoint(out, 1, {**SMALL, "best_val": 0.5}, best=True)
+    real = checkpoint._atomic_write
+
+    def fail_best(out_dir, name, write, what):
+        if name == "best":
+            raise UserError(f"cannot write {what}")
+        return real(out_dir, name, write, what)
+
+    monkeypatch.setattr(checkpoint, "_atomic_write", fail_best)
+    with pytest.raises(UserError, match="cannot write"):
+        save_checkpoint(out, 2, {**SMALL, "best_val": 0.9}, best=True)
+    assert (read_pointer(out, "latest"), read_pointer(out, "best")) == ("ckpt_000001.pt", "ckpt_000001.pt")
+
+
 def test_a_failed_save_stops_training_with_one_line(tiny_data, tmp_path, monkeypatch, capsys):
     def full_disk(obj, f):
         f.write(b"x" * 64)
