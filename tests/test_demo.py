@@ -57,9 +57,9 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     data = make_tiny_data(str(tmp_path / "data"), n_train=300, n_val=4, n_test=10)
     results = str(tmp_path / "out" / "results" / "demo.json")  # by default, under out_dir
     reference = tmp_path / "reference.json"  # none yet: the report has no reference column
-    cfg = demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), reference=str(reference), max_steps=2,
-                          max_latents=6, colar_steps=2, rl_steps=1, rl_eval_n=4, n_test=4, seeds="0,1", device="cpu",
-                          train_seed=7)
+    cfg = demo.DemoConfig(data_dir=data, steps_min=2, steps_max=3, out_dir=str(tmp_path / "out"),
+                          reference=str(reference), max_steps=2, max_latents=6, colar_steps=2, rl_steps=1,
+                          rl_eval_n=4, n_test=4, seeds="0,1", device="cpu", train_seed=7)
     text = demo.main(cfg)
     out = capfd.readouterr().out  # the demo's lines and its subprocesses' (written to the real stdout)
     assert commands(out) == ["train_sft.py"] * 3 + ["train_rl.py"] + ["evaluate.py"] * 4 + ["report.py"]
@@ -219,8 +219,8 @@ def test_stop_at_and_the_model_size_reach_the_models_trained_from_scratch_only(t
     monkeypatch.setattr(demo, "run", lambda args: None)  # the report: its table is written below instead
     (tmp_path / "out" / "results").mkdir(parents=True)
     (tmp_path / "out" / "results" / "demo.md").write_text("| table |\n")
-    demo.main(demo.DemoConfig(data_dir=data, out_dir=str(tmp_path / "out"), max_steps=8, stop_at=4, device="cpu",
-                              n_layer=2, n_head=2, n_embd=32))
+    demo.main(demo.DemoConfig(data_dir=data, steps_min=2, steps_max=3, out_dir=str(tmp_path / "out"), max_steps=8,
+                              stop_at=4, device="cpu", n_layer=2, n_head=2, n_embd=32))
     assert {name: flags.get("stop_at") for name, flags in trained.items()} == {
         "cot": 4, "nocot": 4, "colar": None, "colar_rl": None}
     shape = lambda flags: tuple(flags.get(k) for k in ("n_layer", "n_head", "n_embd"))  # noqa: E731
@@ -236,9 +236,10 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(demo, "subprocess", SimpleNamespace(run=in_process))
     data = make_tiny_data(str(tmp_path / "data"), n_train=100, n_val=4, n_test=4)
     out = tmp_path / "out"
-    cfg = demo.DemoConfig(data_dir=data, out_dir=str(out), reference="", max_steps=2, max_latents=6, colar_steps=2,
-                          colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_lr=5e-6, rl_sigma_min=0.03,
-                          rl_eval_n=4, n_test=4, seeds="0", device="cpu", n_layer=1, n_head=2, n_embd=16)
+    cfg = demo.DemoConfig(data_dir=data, steps_min=2, steps_max=3, out_dir=str(out), reference="", max_steps=2,
+                          max_latents=6, colar_steps=2, colar_stages="2:2 3:2 3:3", rl_c=3, rl_steps=1, rl_lr=5e-6,
+                          rl_sigma_min=0.03, rl_eval_n=4, n_test=4, seeds="0", device="cpu", n_layer=1, n_head=2,
+                          n_embd=16)
     demo.main(cfg)
     printed = capfd.readouterr().out
     trained = [dict(a[2:].split("=", 1) for a in s.split()[3:])  # each training command's flags, in order
