@@ -289,7 +289,7 @@ def setup_data(cfg, base):
     train, val = read_train_val(cfg.data_dir)
     tok = Tokenizer.from_spec(base["tokenizer"]) if base else build_tokenizer(cfg, train + val)
     encoded = colar.encode(tok, train, cfg.mode)
-    model_cfg = (GPTConfig(**base["model_config"]) if base
+    model_cfg = (GPTConfig(**{**base["model_config"], "dropout": cfg.dropout}) if base  # dropout: no weight, this run's
                  else new_model_config(cfg, tok, encoded + colar.encode(tok, val, cfg.mode)))
     return tok, train, encoded, val[:cfg.eval_n] if cfg.eval_n > 0 else val, model_cfg  # the tokenizer saw all val
 

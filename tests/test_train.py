@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_train_cfg as tiny_cfg
+from conftest import tiny_colar_cfg, tiny_train_cfg as tiny_cfg
 
 import colar
 import evaluate
@@ -203,3 +203,12 @@ def test_train_sft_refuses_number_tokens_it_cannot_build(tiny_data):
     with pytest.raises(UserError, match="--number_digits must be 2, 3 or 4 with --tokenizer number, got 5"):
         train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, tokenizer="number", number_digits=5))
     train_sft.check_config(train_sft.TrainConfig(data_dir=tiny_data, tokenizer="char", number_digits=5))  # unused
+
+
+def test_dropout_is_the_runs_own_also_from_a_starting_model(tiny_runs, tmp_path):
+    """--dropout with --init_from: the new run's rate (it was the starting model's, with the flag ignored)."""
+    out = str(tmp_path / "colar")
+    run = train_sft.main(tiny_colar_cfg(tiny_runs["data"], out, tiny_runs["cot"], dropout=0.25, max_steps=1))
+    assert run["model"].cfg.dropout == 0.25 and load_checkpoint(out, "latest")["model_config"]["dropout"] == 0.25
+    assert load_checkpoint(tiny_runs["cot"])["model_config"]["dropout"] == 0.0  # the control: the start had none
+
