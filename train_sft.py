@@ -396,7 +396,7 @@ def main(cfg):
     cleanup_distributed()
     print0(f"done: {step} steps in {minutes:.1f} min ({t_train / 60:.1f} min training, {tps:,.0f} tok/s"
            + (f"; {before / 60 + minutes:.1f} min with the processes it resumed" if before else "")
-           + f"), best val accuracy {100 * best_val:.1f}%")
+           + "), best val accuracy " + (f"{100 * best_val:.1f}%" if best_val >= 0 else "none (chains not all removed)"))
     return {"model": model, "head": aside, "tokenizer": tok, "best_val": best_val, "minutes": minutes, "step": step,
             "tokens_per_s": tps, "history": history}
 
