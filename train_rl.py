@@ -162,7 +162,8 @@ def rollout_seed(seed, step, rank):
 
 
 def check_config(cfg):
-    check_flags(cfg, dict(stop_actions=("final", "all")), nonnegative=("eval_n",),
+    check_flags(cfg, dict(stop_actions=("final", "all")),
+                nonnegative=("eval_n", "weight_decay", "grad_clip", "keep_last", "stop_at"),
                 positive=("c", "group", "questions", "minibatch", "epochs", "max_latents", "max_answer_tokens",
                           "max_steps", "eval_every", "log_every"))
     if cfg.group < 2:

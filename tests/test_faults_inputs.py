@@ -205,6 +205,14 @@ def test_train_rl_empty_validation(tiny_runs, tmp_path, capsys):
     assert f"no validation examples in {data}/val.txt: model selection needs some" in line
 
 
+@pytest.mark.parametrize("flag", ["weight_decay", "grad_clip", "keep_last", "stop_at"])
+def test_train_rl_refuses_a_negative_setting(flag, tiny_runs, tmp_path, capsys):
+    """As train_sft.py does (a negative weight decay went into AdamW's groups unchecked)."""
+    line, _, _ = refused(capsys, "train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", tiny_runs["data"],
+                         "--out_dir", tmp_path / "out", "--device", "cpu", f"--{flag}", -1)
+    assert f"--{flag} must be >= 0, got -1" in line and not os.path.exists(tmp_path / "out")
+
+
 def test_train_rl_question_longer_than_the_context(tiny_runs, tmp_path, capsys):
     """A prompt that alone fills the context: lowering --max_latents cannot help, and the message says so."""
     long_question = "+".join(["1"] * 80)
