@@ -158,6 +158,8 @@ def starting_point(cfg):
         if ckpt:
             if cfg.init_from and cfg.init_from == ckpt["config"]["init_from"]:
                 cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
+            derived = {k: ckpt["config"].get(k, 0) for k in ("stage_steps", "remove_every") if getattr(cfg, k) == 0}
+            cfg = replace(cfg, **derived)  # a baseline's schedule as the run derived it (from its first --max_steps)
             check_same(ckpt["config"], cfg, RESUME_KEYS)
             return cfg, ckpt, None
         if not cfg.init_from:
@@ -340,6 +342,8 @@ def main(cfg):
     opts = dict(pool=cfg.pool, kind=cfg.latent_loss, alpha=cfg.latent_alpha, chunk_labels=cfg.chunk_labels,
                 self_feed=cfg.self_feed) if head else {}
     plan = Curriculum(cfg, max(len(chain) for _, chain, _ in encoded)) if cfg.mode in BASELINES else None
+    if plan:  # the schedule as numbers in the saved config: a run resumed to go further keeps its stages
+        cfg = replace(cfg, stage_steps=plan.stage_steps, remove_every=plan.remove_every)
 
     last = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     probe = torch.tensor([colar.prompt(tok, encoded[0][0], c_values[0])], device=device)  # for finite_model

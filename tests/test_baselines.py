@@ -173,6 +173,19 @@ def test_coconut_and_pause_train_with_a_curriculum_and_evaluate(tiny_runs, tmp_p
             sample.main(sample.SampleConfig(ckpt=out, question=q, c=1, device="cpu"))
 
 
+def test_a_coconut_run_resumed_to_go_further_keeps_its_stages(tiny_runs, tmp_path):
+    """Stages derived from --max_steps (stage_steps 0) are the run's: resumed with a larger --max_steps it goes on
+    in its last phase, never back a stage (6 // 5 = 1 step per stage; 12 // 5 = 2 would put step 3 in stage 2)."""
+    import train_sft
+    from conftest import tiny_train_cfg
+    out = str(tmp_path / "coconut")
+    flags = dict(mode="coconut", init_from=tiny_runs["cot"], stages=3, c_thought=1, eval_every=3)
+    first = train_sft.main(tiny_train_cfg(tiny_runs["data"], out, max_steps=6, stop_at=3, **flags))
+    assert [c for _, c, _, _ in first["history"]] == [1, 2, 3]
+    further = train_sft.main(tiny_train_cfg(tiny_runs["data"], out, max_steps=12, resume=True, **flags))
+    assert [c for _, c, _, _ in further["history"]] == [4] * 9
+
+
 # --- iCoT ----------------------------------------------------------------------------------------------------------
 def test_icot_schedule_and_shortening_by_hand():
     from baselines import icot_removed, shorten_chains
