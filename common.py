@@ -291,7 +291,11 @@ def barrier():
 
 
 def cleanup_distributed():
+    """Leave the process group at the end of a run: every process waits for the others, then all destroy it (the
+    order torch's own distributed tests use; a process shutting gloo down while its peer still uses the group can
+    abort at exit)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
