@@ -95,7 +95,8 @@ def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
         _atomic_write(out_dir, pointer, lambda f: f.write(f"{name}\n".encode()), os.path.join(out_dir, pointer))
     if keep_last > 0:
         keep = {name, read_pointer(out_dir, "best")}
-        old = sorted(f for f in os.listdir(out_dir) if re.fullmatch(r"ckpt_\d+\.pt", f))
+        steps = {f: int(m[1]) for f in os.listdir(out_dir) if (m := re.fullmatch(r"ckpt_(\d+)\.pt", f))}
+        old = sorted(steps, key=steps.get)  # by step: past step 999,999 the names no longer sort as the steps do
         for f in old[:-keep_last]:
             if f not in keep:
                 os.remove(os.path.join(out_dir, f))

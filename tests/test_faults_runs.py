@@ -301,6 +301,15 @@ def test_a_save_stopped_between_its_pointers_leaves_latest_behind(tmp_path, monk
     assert (read_pointer(out, "latest"), read_pointer(out, "best")) == ("ckpt_000001.pt", "ckpt_000001.pt")
 
 
+def test_keep_last_keeps_the_latest_steps_past_step_999999(tmp_path):
+    """Checkpoint names carry six digits or more: ckpt_1000000.pt sorts before ckpt_999999.pt by name, and keep_last
+    (sorting by name) kept 999,998 and 999,999 and removed 1,000,000 when 1,000,001 was saved."""
+    out = str(tmp_path / "run")
+    for step in (999_998, 999_999, 1_000_000, 1_000_001):
+        save_checkpoint(out, step, SMALL, keep_last=2)
+    assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_")) == ["ckpt_1000000.pt", "ckpt_1000001.pt"]
+
+
 def test_a_failed_save_stops_training_with_one_line(tiny_data, tmp_path, monkeypatch, capsys):
     def full_disk(obj, f):
         f.write(b"x" * 64)
