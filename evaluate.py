@@ -33,7 +33,7 @@ from checkpoint import file_sha256
 from common import UserError, parse_config, read_records, pick_device, run_cli, trained_speeds
 from data.format import read_split
 from latent_head import LatentHead, log_sigma_floor
-from sample import load_model, score
+from sample import check_prompts, check_sampling, load_model, score
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -127,9 +127,18 @@ class EvalConfig:
 
 def parse_ints(text, flag):
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        return no_repeats([int(s) for s in text.split(",") if s.strip()], flag)
     except ValueError:
         raise UserError(f"--{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def no_repeats(values, flag):
+    """values, refused when one comes twice (a seed twice narrows the interval with a copy of a pass; a speed or a
+    decoding twice writes two records of one evaluation)."""
+    twice = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+    if twice:
+        raise UserError(f"--{flag} lists {', '.join(map(str, twice))} more than once")
+    return values
 
 
 def read_examples(data_dir, split, n):
@@ -155,6 +164,7 @@ def main(cfg):
     decodes = [d for d in cfg.decode.split(",") if d]
     if not decodes or set(decodes) - {"greedy", "sampled"}:
         raise UserError(f"--decode must be a comma-separated list of greedy, sampled; got {cfg.decode!r}")
+    no_repeats(decodes, "decode")
     seeds = parse_ints(cfg.seeds, "seeds")
     if "sampled" in decodes and not seeds:
         raise UserError("sampled decoding needs at least one seed")
@@ -164,9 +174,8 @@ def main(cfg):
     if cfg.n < 0 or cfg.max_latents < 0 or cfg.batch_size <= 0:
         raise UserError(f"need --n >= 0, --max_latents >= 0 and --batch_size > 0, got {cfg.n}, {cfg.max_latents} and "
                         f"{cfg.batch_size}")
-    if "sampled" in decodes and not (cfg.temperature > 0 and 0 < cfg.top_p <= 1 and cfg.latent_temperature >= 0):
-        raise UserError(f"sampled decoding needs --temperature > 0, 0 < --top_p <= 1 and --latent_temperature >= 0, "
-                        f"got {cfg.temperature}, {cfg.top_p} and {cfg.latent_temperature}")
+    if "sampled" in decodes:
+        check_sampling(cfg.temperature, cfg.top_p, cfg.latent_temperature)
     if cfg.skip_done and not cfg.out:
         raise UserError("--skip_done true needs --out, the records file to look in")
     old = read_records(cfg.out, "--out") if cfg.out else []  # a file that could not take the records: refused now
@@ -197,6 +206,8 @@ def main(cfg):
     runs = [(cfg.method or mode, c, d, head) for c in cs for d in decodes]
     if head is not None and cfg.text_cot and not thoughts:  # the same model, thinking in text tokens instead of latents
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
+    for c in cs:  # every question fits the model's context at every speed, before the first evaluation
+        check_prompts(model, tok, [q for q, _, _ in examples], c, thoughts)
     records, sha = [], file_sha256(ckpt["path"])
     qa = hashlib.sha256(json.dumps([[q, a] for q, _, a in examples]).encode()).hexdigest()
     wanted = {d: settings(cfg, d, qa) for d in decodes}
@@ -216,12 +227,13 @@ def main(cfg):
                      latent_temperature=cfg.latent_temperature, thoughts=thoughts)
         tqdm.write(format_record(r))
         records.append({**r, "checkpoint_sha256": sha, "settings": wanted[d]})
+        if cfg.out:  # each record as soon as it is measured: an evaluation stopped later keeps it (see --skip_done)
+            for old_r in merge_records(cfg.out, records[-1:]):
+                if old_r.get("checkpoint_sha256") != sha:  # a method name reused for another model: say so
+                    tqdm.write(f"replaced a record of {old_r['checkpoint']}: {format_record(old_r)}")
+                elif old_r.get("settings") != wanted[old_r["decode"]]:  # e.g. another --data_dir or --n
+                    tqdm.write(f"replaced a record of other questions or settings: {format_record(old_r)}")
     if cfg.out and runs:
-        for r in merge_records(cfg.out, records):
-            if r.get("checkpoint_sha256") != sha:  # a method name reused for another model: say what it replaced
-                print(f"replaced a record of {r['checkpoint']}: {format_record(r)}")
-            elif r.get("settings") != wanted[r["decode"]]:  # e.g. another --data_dir or --n under the same name
-                print(f"replaced a record of other questions or settings: {format_record(r)}")
         print(f"records merged into {cfg.out}")
     return records
 

@@ -68,9 +68,10 @@ def pick_tokens(logits, temperature=0.0, top_p=1.0, generator=None):
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, stop_id, pad_id, temperature=0.0, top_p=1.0, generator=None):
     """Decode every prompt (a list of id lists) until it emits `stop_id` or has `max_new_tokens` new tokens.
-    Finished rows leave the batch (and its cache), so they cost nothing more. Returns the new ids of each prompt,
-    the stop token included when it was reached."""
-    max_new_tokens = min(max_new_tokens, model.cfg.block_size - max(len(p) for p in prompts))
+    Finished rows leave the batch (and its cache), so they cost nothing more; the last new token is never fed, so
+    a prompt of n tokens leaves room for block_size - n + 1 (as a training row of block_size + 1 tokens is read).
+    Returns the new ids of each prompt, the stop token included when it was reached."""
+    max_new_tokens = min(max_new_tokens, model.cfg.block_size - max(len(p) for p in prompts) + 1)
     if max_new_tokens <= 0:
         return [[] for _ in prompts]
     cache, logits, _, next_pos = prefill(model, prompts, pad_id)
@@ -147,6 +148,21 @@ def split_output(tok, ids, chain_given=False):
     return ids[:k], tok.decode(ids[k + 1:]).strip(), finished
 
 
+def check_prompts(model, tok, questions, c, thoughts=0):
+    """The prompt of every question at speed c (No-CoT, c = 0: with its <|eot|>), refused in one line when one leaves
+    the model's context no room to answer (a baseline's thoughts and <|eot|> come first: its prompt is without it)."""
+    prompts = []
+    for q in questions:
+        p = prompt(tok, q, c) + ([tok.eot] if c == 0 and not thoughts else [])
+        need = len(p) + (thoughts + 1 if thoughts > 0 else 0)
+        if need >= model.cfg.block_size:
+            what = f" (with its {thoughts} thoughts and <|eot|>: {need})" if thoughts > 0 else ""
+            raise UserError(f"the prompt is {len(p)} tokens{what} but the model's context is "
+                            f"{model.cfg.block_size}: {q[:60]!r}")
+        prompts.append(p)
+    return prompts
+
+
 @torch.no_grad()
 def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, seed=0, max_new_tokens=0, batch_size=256,
                      head=None, latent_temperature=0.0, max_latents=64, stop="greedy", keep_latents=False, thoughts=0,
@@ -160,17 +176,10 @@ def answer_questions(model, tok, questions, c=1, temperature=0.0, top_p=1.0, see
     (latents only: stopped by max_latents), latents."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     max_new = max_new_tokens or model.cfg.block_size
+    every = check_prompts(model, tok, questions, c, thoughts)  # all of them, before the first batch is decoded
     results = []
     for i in range(0, len(questions), batch_size):
-        prompts = []
-        for q in questions[i:i + batch_size]:
-            p = prompt(tok, q, c) + ([tok.eot] if c == 0 else [])
-            need = len(p) + (thoughts + 1 if thoughts > 0 else 0)  # a baseline's thoughts and <|eot|> come first
-            if need >= model.cfg.block_size:
-                what = f" (with its {thoughts} thoughts and <|eot|>: {need})" if thoughts > 0 else ""
-                raise UserError(f"the prompt is {len(p)} tokens{what} but the model's context is "
-                                f"{model.cfg.block_size}: {q[:60]!r}")
-            prompts.append(p)
+        prompts = every[i:i + batch_size]
         if thoughts > 0:
             results += answer_with_thoughts(model, tok, questions[i:i + batch_size], thoughts, think or (lambda h: h),
                                             temperature, top_p, generator, max_new)
@@ -202,7 +211,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
     Returns one dict per prompt: n_latents, answer (ids, without <|eos|>), finished, hit_cap, and with keep_latents
     latents (the fed vectors) and lm_top (the LM head's 3 likeliest tokens where each latent was produced)."""
     device = next(model.parameters()).device
-    max_steps = min(max_latents + 1 + max_answer_tokens, model.cfg.block_size - max(len(p) for p in prompts))
+    # one decision per step, each step's input fed but the last's: block_size - n + 1 decisions after n prompt tokens
+    max_steps = min(max_latents + 1 + max_answer_tokens, model.cfg.block_size - max(len(p) for p in prompts) + 1)
     B = len(prompts)
     out = [{"n_latents": 0, "answer": [], "finished": False, "hit_cap": False, "latents": [], "lm_top": []}
            for _ in range(B)]
@@ -212,7 +222,7 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
     thinking = torch.ones(B, dtype=torch.bool, device=device)
     n_lat = torch.zeros(B, dtype=torch.long, device=device)  # (b,) latents fed so far by each row
     eot_emb = model.wte.weight[tok.eot]
-    for _ in range(max_steps):
+    for step in range(max_steps):
         # thinking rows: stop now, or feed the next latent
         stop_tok = pick_tokens(logits, temperature if stop == "sampled" else 0.0, top_p, generator)
         cap = n_lat >= max_latents
@@ -245,6 +255,8 @@ def generate_latent(model, head, tok, prompts, max_latents=64, max_answer_tokens
                 break
             cache.keep(keep)
             rows, x, next_pos, thinking, n_lat = rows[keep], x[keep], next_pos[keep], thinking[keep], n_lat[keep]
+        if step == max_steps - 1:  # the last decision: nothing more to feed
+            break
         with autocast(device):
             logits, _, h = model(embeds=x[:, None], pos=next_pos[:, None], cache=cache)
         logits, h = logits[:, -1], h[:, -1]
@@ -281,6 +293,14 @@ def show_tokens(tok, ids):
     return " ".join(repr(tok.decode([i]))[1:-1].replace(" ", "␣") or "''" for i in ids)
 
 
+def check_sampling(temperature, top_p, latent_temperature):
+    """Sampled decoding's settings, refused in one line where they would not sample (a temperature of 0 decodes
+    greedily under a `sampled` label, NaN or a top-p outside (0, 1] keeps no token)."""
+    if not (temperature > 0 and 0 < top_p <= 1 and latent_temperature >= 0):
+        raise UserError(f"sampled decoding needs --temperature > 0, 0 < --top_p <= 1 and --latent_temperature >= 0, "
+                        f"got {temperature}, {top_p} and {latent_temperature}")
+
+
 @dataclass
 class SampleConfig:
     ckpt: str = "out/cot"          # checkpoint file or run folder (its best checkpoint by validation)
@@ -297,7 +317,9 @@ class SampleConfig:
 
 
 def main(cfg):
-    check_flags(cfg, dict(decode=("greedy", "sampled")))
+    check_flags(cfg, dict(decode=("greedy", "sampled")), nonnegative=("max_latents",))
+    if cfg.decode == "sampled":
+        check_sampling(cfg.temperature, cfg.top_p, cfg.latent_temperature)
     questions = [cfg.question] if cfg.question else []
     if cfg.questions_file:
         try:

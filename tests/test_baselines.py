@@ -129,8 +129,10 @@ def test_answer_with_thoughts_uses_the_whole_context():
     want = naive_answer(model, TOK, q, n_thoughts, 4)
     assert answer_with_thoughts(model, TOK, [q], n_thoughts, max_answer_tokens=32)[0]["answer"] == want
     assert len(want) == 4  # (this model never closes its answer: it fills the room)
-    with pytest.raises(UserError, match=re.escape("with its 24 thoughts and <|eot|>: 33")):
-        answer_questions(model, TOK, [q], thoughts=n_thoughts + 4)
+    for c in (1, 0):  # evaluate.py asks at c = 0 (a baseline has no speed): its <|eot|> was counted twice there
+        with pytest.raises(UserError, match=re.escape("with its 24 thoughts and <|eot|>: 33")):
+            answer_questions(model, TOK, [q], c=c, thoughts=n_thoughts + 4)
+        assert len(answer_questions(model, TOK, [q], c=c, thoughts=n_thoughts + 2)[0]["answer"]) == 2
 
 
 # --- training and evaluation through the CLIs' main functions -----------------------------------------------------

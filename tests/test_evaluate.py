@@ -88,6 +88,53 @@ def test_evaluate_says_which_record_it_replaced(tiny_runs, tmp_path, capsys):
     assert replaced == ["replaced a record of other questions or settings: " + evaluate.format_record(record)]
 
 
+def test_each_record_is_written_as_soon_as_it_is_measured(tiny_runs, tmp_path):
+    """An evaluation stopped at its second record (Ctrl-C, out of memory) keeps the first in --out, for --skip_done
+    to leave out when it is run again (the records were written only once every evaluation had finished)."""
+    out_json, real, calls = str(tmp_path / "r.json"), evaluate.evaluate, []
+
+    def second_one_stops(*a, **kw):
+        calls.append(a[4:6])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    args = dict(ckpt=tiny_runs["colar"], split="test", n=2, c="1,2", decode="greedy", out=out_json, device="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate, "evaluate", second_one_stops)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.main(evaluate.EvalConfig(**args))
+    assert [(r["c"], r["decode"]) for r in evaluate.read_records(out_json, "--out")] == [(1, "greedy")]
+    calls.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate, "evaluate", lambda *a, **kw: calls.append(a[4:6]) or real(*a, **kw))
+        evaluate.main(evaluate.EvalConfig(**args, skip_done=True))
+    assert calls == [(2, "greedy")]
+
+
+@pytest.mark.parametrize("flags, repeated", [(dict(seeds="0,1,0"), "--seeds lists 0"), (dict(c="2,1,2"), "--c lists 2"),
+                                             (dict(decode="sampled,greedy,sampled"), "--decode lists sampled")])
+def test_a_seed_speed_or_decoding_given_twice_is_refused(tiny_runs, flags, repeated):
+    """Five sampled passes with seeds 0,0,0,0,0 are one pass five times: an interval of 0 that means nothing."""
+    with pytest.raises(UserError, match=f"^{repeated} more than once$"):
+        evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=2, device="cpu", **flags))
+
+
+def test_a_question_longer_than_the_context_is_refused_before_any_decoding(tiny_runs, tmp_path, monkeypatch):
+    """The context check covered one batch at a time, inside decoding: a long question in a later batch was refused
+    only after the batches before it were decoded. Now every question, at every speed, before the first."""
+    with open(f"{tiny_runs['data']}/test.txt") as f:
+        lines = f.read().splitlines()[:3]
+    long_q = "+".join(["1"] * 200)
+    (tmp_path / "test.txt").write_text("\n".join(lines + [f"{long_q}||<<1+1=2>> #### 2"]) + "\n")
+    decoded = []
+    monkeypatch.setattr(evaluate, "score", lambda *a, **kw: decoded.append(a[3]))
+    with pytest.raises(UserError, match="^the prompt is 4.. tokens but the model's context is "):
+        evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], data_dir=str(tmp_path), split="test", c="1,2",
+                                          decode="greedy", batch_size=2, device="cpu"))
+    assert decoded == []
+
+
 @pytest.mark.parametrize("flag", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5),
                                   dict(latent_temperature=-1.0)])
 def test_sampled_decoding_refuses_settings_that_would_not_sample(tiny_runs, flag):

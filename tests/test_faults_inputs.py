@@ -242,6 +242,20 @@ def test_sample_speed_for_a_nocot_model(nocot, capsys):
     assert "No-CoT" in line and "--c" in line
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (("--top_p", -0.5), "sampled decoding needs --temperature > 0, 0 < --top_p <= 1 and --latent_temperature >= 0, "
+                        "got 1.0, -0.5 and 1.0"),
+    (("--temperature", "nan"), "sampled decoding needs --temperature > 0, 0 < --top_p <= 1 and --latent_temperature "
+                               ">= 0, got nan, 0.9 and 1.0"),
+    (("--max_latents", -1), "--max_latents must be >= 0, got -1")])
+def test_sample_refuses_sampling_settings_before_loading_the_model(flags, expected, tmp_path, capsys):
+    """A top-p that keeps no token or a NaN temperature was a RuntimeError from inside torch.multinomial, a negative
+    latent cap silently no latents; refused before the checkpoint (here one that does not exist) is read."""
+    line, _, _ = refused(capsys, "sample.py", "--ckpt", tmp_path / "missing", "--question", "1+2", "--decode",
+                         "sampled", *flags)
+    assert line == f"error: {expected}"
+
+
 def test_report_output_that_is_a_folder(tmp_path, capsys):
     folder = tmp_path / "taken"
     folder.mkdir()

@@ -73,11 +73,14 @@ def test_generate_without_any_stop_and_single_row():
 
 
 def test_generate_stops_at_block_size():
+    """The last new token is never fed: a prompt of 7 in a context of 10 leaves room for 4 new tokens, as a training
+    row of 11 tokens (10 inputs, 10 targets) is read; one of 10 for 1 (it stopped one short, at 3 and 0)."""
     m = tiny(block_size=10)
-    out = generate(m, PROMPTS, 50, stop_id=-1, pad_id=0)  # longest prompt 7: room for 3 new tokens
-    assert [len(o) for o in out] == [3] * len(PROMPTS)
-    assert out == [naive_greedy(m, p, 3, stop_id=-1) for p in PROMPTS]
-    assert generate(m, [[1] * 10], 5, stop_id=-1, pad_id=0) == [[]]
+    out = generate(m, PROMPTS, 50, stop_id=-1, pad_id=0)  # longest prompt 7
+    assert [len(o) for o in out] == [4] * len(PROMPTS)
+    assert out == [naive_greedy(m, p, 4, stop_id=-1) for p in PROMPTS]
+    assert generate(m, [[1] * 10], 5, stop_id=-1, pad_id=0) == [naive_greedy(m, [1] * 10, 1, stop_id=-1)]
+    assert generate(m, [[1] * 11], 5, stop_id=-1, pad_id=0) == [[]]
 
 
 # --- pick_tokens -----------------------------------------------------------------------------------------------
@@ -153,11 +156,11 @@ def test_answer_questions_rejects_prompt_longer_than_context(tok):
     # No-CoT prompts carry one more token (<|eot|>)
     with pytest.raises(UserError, match="prompt is 16 tokens"):
         answer_questions(m, tok, ["1+2+3+4+5+67"], c=0)
-    # a prompt of block_size - 1 tokens (question 12 + speed + "1" + bot = 15) is accepted: room for 1 token
+    # a prompt of block_size - 1 tokens (question 12 + speed + "1" + bot = 15) is accepted: room for 2 tokens
     res = answer_questions(m, tok, ["1+2+3+4+5+67"], c=1)
     assert len(res) == 1 and set(res[0]) == {"chain", "length", "answer", "finished", "hit_cap", "latents", "lm_top"}
     assert res[0]["length"] == len(res[0]["chain"]) and res[0]["hit_cap"] is False
-    assert len(res[0]["chain"]) <= 1
+    assert len(res[0]["chain"]) <= 2
 
 
 def test_answer_questions_matches_generate(tok):
@@ -221,10 +224,12 @@ def slow_latent_decode(model, head, prompt, eot, eos, max_latents, max_steps, fe
 
 
 def test_generate_latent_a_row_the_context_cuts_off_hits_the_cap():
-    """A cap beyond the context: the rows still thinking when it ends are cut off, flagged as by the cap."""
+    """A cap beyond the context: the rows still thinking when it ends are cut off, flagged as by the cap. The last
+    decision's input is never fed: the longest prompt of n tokens gets block_size - n + 1 decisions (one fewer before,
+    so a row at the context's edge could not close its answer)."""
     model, head = tiny_latent_model(seed=3)
     out = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, 1000, 6)
-    steps = model.cfg.block_size - max(map(len, LATENT_PROMPTS))
+    steps = model.cfg.block_size - max(map(len, LATENT_PROMPTS)) + 1
     ref = [slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, 1000, steps) for p in LATENT_PROMPTS]
     assert [{k: o[k] for k in r} for o, r in zip(out, ref)] == ref
     assert any(o["hit_cap"] and o["n_latents"] == steps for o in out) and not all(o["hit_cap"] for o in out)
@@ -235,7 +240,7 @@ def test_generate_latent_greedy_matches_slow_reference():
     max_latents, max_answer = 4, 6
     out = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, max_latents, max_answer)
     # every row gets the same step budget, set by the longest (padded) prompt
-    steps = min(max_latents + 1 + max_answer, model.cfg.block_size - max(map(len, LATENT_PROMPTS)))
+    steps = min(max_latents + 1 + max_answer, model.cfg.block_size - max(map(len, LATENT_PROMPTS)) + 1)
     ref = [slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, max_latents, steps) for p in LATENT_PROMPTS]
     # the case is a useful one: rows stop at different times, by <|eot|> and by the cap, some answers close
     assert len({r["n_latents"] for r in ref}) >= 3
@@ -258,7 +263,7 @@ def test_generate_latent_greedy_matches_slow_reference():
     coincide = 0
     for cap in (0, 1, 2):
         capped = generate_latent(model, head, FAKE_TOK, LATENT_PROMPTS, cap, max_answer)
-        steps = min(cap + 1 + max_answer, model.cfg.block_size - 5)
+        steps = min(cap + 1 + max_answer, model.cfg.block_size - 5 + 1)
         ref = [slow_latent_decode(model, head, p, FAKE_TOK.eot, FAKE_TOK.eos, cap, steps) for p in LATENT_PROMPTS]
         assert [{k: o[k] for k in r} for o, r in zip(capped, ref)] == ref
         assert all(o["n_latents"] <= cap for o in capped)
