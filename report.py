@@ -25,7 +25,7 @@ LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_ladder": "Co
 ABLATIONS = {"colar_dl": "DL = deterministic latents", "colar_mp": "MP = mean pooling",
              "colar_nll": "NLL = NLL latent loss",
              "colar_oc": "OC = no CE labels at the compressed positions (--chunk_labels false)"}
-FIELDS = ("method", "c", "decode", "split", "accuracy", "mean_len")
+FIELDS = ("method", "c", "decode", "split", "n", "accuracy", "mean_len")
 DASH = "–"
 
 
@@ -48,13 +48,15 @@ def load_records(paths):
 def rows(records, split="test"):
     """{(method, c): {decode: record}} for the records of `split`, in the table's order: the methods of LABELS, then
     the others in order of appearance; speeds ascending. A later record replaces an earlier one with the same key.
-    A row's greedy and sampled records must measure one checkpoint on the same questions (a row is never two runs)."""
+    A row's greedy and sampled records must measure one checkpoint on the same questions (a row is never two runs):
+    the same checkpoint bytes, number of questions and, where both records hold it, hash of the questions."""
     found = {}
     for r in records:
         if r["split"] == split:
             found.setdefault((r["method"], r["c"]), {})[r["decode"]] = r
     for (method, c), by_decode in found.items():
-        if len({(r.get("checkpoint_sha256"), r["n"]) for r in by_decode.values()}) > 1:
+        questions = {(r.get("settings") or {}).get("questions_sha256") for r in by_decode.values()} - {None}
+        if len({(r.get("checkpoint_sha256"), r["n"]) for r in by_decode.values()}) > 1 or len(questions) > 1:
             what = ", ".join(f"{d} {str(r.get('checkpoint_sha256'))[:12]} on {r['n']}" for d, r in by_decode.items())
             raise UserError(f"the {split} records of {method} at c = {c} measure different checkpoints or questions "
                             f"({what}): evaluate that checkpoint again with both decodings")
@@ -216,10 +218,18 @@ def main(cfg):
     paths = [p.strip() for p in cfg.results.split(",") if p.strip()]
     if not paths:
         raise UserError("--results names no file")
+    others = [p.strip() for p in cfg.training_runs.split(",") if p.strip()]
+    if others and (cfg.png or cfg.reference):
+        raise UserError("--training_runs makes the table of the spread over training runs alone: it has no plot or "
+                        "reference column; leave out --png and --reference")
+    inputs = {os.path.realpath(p): p for p in paths + others + [cfg.reference] if p}
     for flag, path in (("--md", cfg.md), ("--png", cfg.png)):
         if path:
             check_writable(path, flag)
-    others = [p.strip() for p in cfg.training_runs.split(",") if p.strip()]
+            if os.path.realpath(path) in inputs:
+                raise UserError(f"{flag} {path} is one of the records files read: writing it would destroy them")
+    if cfg.md and cfg.png and os.path.realpath(cfg.md) == os.path.realpath(cfg.png):
+        raise UserError(f"--md and --png name the same file, {cfg.md}")
     records = load_records(paths)
     reference = load_records([cfg.reference]) if cfg.reference else None
     for path, recs in [(", ".join(paths), records)] + [(p, load_records([p])) for p in others]:
@@ -239,6 +249,8 @@ def main(cfg):
             + "".join(f"; {n}" for n in notes) + f". From {', '.join(paths)}."
             + (f" The reference column is from {cfg.reference}, another training run: its ± is over the sampling "
                f"seeds of that run only, not over training runs." if cfg.reference else ""))
+    if cfg.png and not any(cfg.decode in r for r in rows(records, cfg.split).values()):  # before the table is written
+        raise UserError(f"no {cfg.decode} records of the {cfg.split} split to plot (try --decode greedy)")
     versus = versus_table(records, cfg.split)
     if versus:
         text += ("\n\nEach latent baseline beside CoLaR at the speed whose #L is nearest its own (the paper's "
@@ -253,12 +265,14 @@ def main(cfg):
 
 
 def write_table(cfg, text):
-    """Print the table with its notes, and write it to --md when given."""
+    """Print the table with its notes, and write it to --md when given (whole or not at all: a temporary file, then
+    renamed over it)."""
     print(text)
     if cfg.md:
         os.makedirs(os.path.dirname(cfg.md) or ".", exist_ok=True)
-        with open(cfg.md, "w") as f:
+        with open(cfg.md + ".tmp", "w") as f:
             f.write(text + "\n")
+        os.replace(cfg.md + ".tmp", cfg.md)
         print(f"table written to {cfg.md}")
     return text
 

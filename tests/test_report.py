@@ -153,6 +153,11 @@ def test_a_row_never_joins_two_checkpoints():
     with pytest.raises(UserError, match="sampled aaaaaaaaaaaa on 100"):
         table([same[0], dict(same[1], n=100)])
     assert body(table([same[0], dict(same[1], checkpoint_sha256="b" * 64, split="val")]))[0][3] == "90.0"  # val
+    # one checkpoint, as many questions, but other questions (another data folder): refused where both say which
+    with_q = [dict(r, settings={"questions_sha256": q}) for r, q in zip(same, "cd")]
+    with pytest.raises(UserError, match="measure different checkpoints or questions"):
+        table(with_q)
+    assert body(table([with_q[0], same[1]]))[0][2:4] == ["50.0 ± 1.0", "90.0"]  # a record without the hash: as before
 
 
 def test_table_keeps_only_its_split():
@@ -207,6 +212,37 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(main, ReportConfig(results=str(path), split="val"))
     assert "no records of the val split" in capsys.readouterr().err
+
+
+def test_cli_never_writes_over_what_it_reads(tmp_path, capsys):
+    """--md or --png naming a records file read (--results, --reference, --training_runs) replaced the records with
+    the table; refused in one line, the file untouched. --training_runs has no plot or reference: refused, not
+    silently dropped. A plot with no records to draw is refused before the table is written."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(RECORDS))
+    b.write_text(json.dumps(RECORDS))
+    for cfg, words in [(dict(md=str(a)), f"--md {a} is one of the records files read"),
+                       (dict(png=str(tmp_path / "." / "a.json")), "--png"),
+                       (dict(md=str(b), reference=str(b)), f"--md {b} is one of the records files read"),
+                       (dict(md=str(b), training_runs=str(b)), f"--md {b} is one of the records files read"),
+                       (dict(md=str(tmp_path / "t.md"), png=str(tmp_path / "t.md")), "name the same file"),
+                       (dict(training_runs=str(b), png=str(tmp_path / "s.png")), "has no plot or reference column"),
+                       (dict(training_runs=str(b), reference=str(b)), "has no plot or reference column"),
+                       (dict(md=str(tmp_path / "t.md"), png=str(tmp_path / "s.png"), decode="sampled", split="val"),
+                        "no records of the val split")]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, ReportConfig(results=str(a), **cfg))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, (cfg, err)
+    assert json.loads(a.read_text()) == RECORDS and json.loads(b.read_text()) == RECORDS
+    assert not (tmp_path / "t.md").exists()
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps([rec("cot", 1, "greedy", 1.0, 54.8, split="val")]))
+    with pytest.raises(SystemExit):  # greedy records only: nothing to plot sampled, and no table written either
+        run_cli(main, ReportConfig(results=str(val), split="val", md=str(tmp_path / "t.md"),
+                                   png=str(tmp_path / "s.png")))
+    assert "no sampled records of the val split to plot" in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists()
 
 
 def test_plot_writes_a_png(tmp_path):
