@@ -247,6 +247,10 @@ def main(cfg):
     if cfg.probe > 0:
         return main_probe(cfg, speeds)
     check_writable(cfg.out, "--out")  # before the model answers, not when the picture is drawn
+    try:
+        import matplotlib  # noqa: F401  (drawn at the end: found missing before the model answers)
+    except ImportError:
+        raise UserError("the picture needs matplotlib: pip install matplotlib (or pip install .[plot])") from None
     if cfg.question:
         question, steps, answer = parse_line(cfg.question, "--question")
     else:
@@ -310,9 +314,17 @@ def main_probe(cfg, speeds):
     if head is None:
         raise UserError(f"{ckpt['path']} has no latent head: --probe needs a CoLaR checkpoint (mode colar)")
     pool, labelled = ckpt["config"].get("pool", "sqrt"), ckpt["config"].get("chunk_labels", True)
+    speeds = speeds or trained_speeds(ckpt["config"])
+    encoded = colar.encode(tok, examples, "colar")
+    for c in speeds:  # each example with its true chain at each speed fits the context, before any is run
+        length = colar.layout(tok, encoded, c, latent=True).idx.size(1)
+        if length > model.cfg.block_size:
+            raise UserError(f"at c = {c} the longest of these examples with its true chain takes {length} positions, "
+                            f"but the model's context is {model.cfg.block_size}: probe data of the task it was "
+                            f"trained on (--data_dir)")
     out = {}
     print(f"{ckpt['path']}, {len(examples)} examples of {cfg.data_dir}/{cfg.split}.txt, greedy")
-    for c in speeds or trained_speeds(ckpt["config"]):
+    for c in speeds:
         r = out[c] = probe(model, head, tok, examples, c, cfg.max_latents, pool)
         print(f"c={c}: read (true chain) {100 * r['read']:.1f}% | generated {100 * r['generated']:.1f}% | latents "
               f"{r['latents']:.1f} for {r['chunks']:.1f} chunks\n  generated latent nearest its own chunk "

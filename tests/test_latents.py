@@ -190,6 +190,25 @@ def test_probe_cli_prints_a_line_per_speed(tiny_runs, capsys):
     assert text.count("the first example's chunks: ") == 2
 
 
+def test_probe_refuses_examples_longer_than_the_context(tiny_runs, tmp_path, monkeypatch):
+    """Another task's data (longer chains) was a ValueError from inside the model's forward; now one line, before
+    the model is run. A missing matplotlib is found before the picture's model answers, not after."""
+    long_q = "+".join(["1"] * 100)
+    (tmp_path / "val.txt").write_text(f"{long_q}||<<1+1=2>> #### 2\n")
+    ran = []
+    monkeypatch.setattr(latents, "probe", lambda *a, **kw: ran.append(a))
+    with pytest.raises(UserError, match=r"^at c = 1 the longest of these examples with its true chain takes 2.. "
+                                        r"positions, but the model's context is "):
+        latents.main(latents.LatentsConfig(ckpt=tiny_runs["colar"], data_dir=str(tmp_path), probe=3, device="cpu"))
+    assert ran == []
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(latents, "answer_questions", lambda *a, **kw: ran.append(a))
+    with pytest.raises(UserError, match=r"^the picture needs matplotlib"):
+        latents.main(latents.LatentsConfig(ckpt=tiny_runs["colar"], data_dir=tiny_runs["data"], split="test",
+                                           out=str(tmp_path / "l.png"), device="cpu"))
+    assert ran == []
+
+
 def test_chunk_texts_one_per_latent():
     from tokenizer import Tokenizer
     tok = Tokenizer("place")  # '<<' and '>>' are one token each; a digit's token also says its place
