@@ -25,9 +25,9 @@ from tokenizer import Tokenizer
 def load_model(path, device="cpu", which="best"):
     """Rebuild (model, latent head or None, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
     ckpt = load_checkpoint(path, which)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
     head = None
     try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         if ckpt.get("latent_head") is not None:  # CoLaR's latent head, or a baseline's thought module
             mode = ckpt["config"].get("mode")
@@ -35,9 +35,10 @@ def load_model(path, device="cpu", which="best"):
                                                                                            **ckpt["latent_config"])
             head.load_state_dict(ckpt["latent_head"])
             head = head.to(device).eval()
+        tok = Tokenizer.from_spec(ckpt["tokenizer"])
     except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"checkpoint {ckpt['path']} does not match its own model config: {str(e)[:200]}") from None
-    return model.to(device).eval(), head, Tokenizer.from_spec(ckpt["tokenizer"]), ckpt
+    return model.to(device).eval(), head, tok, ckpt
 
 
 def left_pad(seqs, pad_id, device="cpu"):

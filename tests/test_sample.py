@@ -314,3 +314,16 @@ def test_an_answer_cut_short_is_wrong(monkeypatch):
     monkeypatch.setattr(sample, "answer_questions", fake)
     acc, length, _ = sample.score(None, None, [("q", [], "12"), ("q", [], "12"), ("q", [], "13")])
     assert (acc, length) == (pytest.approx(1 / 3), 3.0)
+
+
+@pytest.mark.parametrize("change", ["model_config", "tokenizer"])
+def test_load_model_refuses_a_checkpoint_whose_configs_do_not_fit_in_one_line(tiny_runs, tmp_path, change):
+    """A model config with a key this GPTConfig lacks, or no tokenizer spec, was a TypeError / KeyError traceback."""
+    ckpt = torch.load(sample.load_checkpoint(tiny_runs["cot"])["path"], weights_only=True)
+    if change == "model_config":
+        ckpt["model_config"]["n_experts"] = 8
+    else:
+        del ckpt["tokenizer"]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match=f"^checkpoint {tmp_path}/ckpt.pt does not match its own model config: "):
+        sample.load_model(str(tmp_path / "ckpt.pt"))
