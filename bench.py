@@ -142,7 +142,7 @@ def generate_nocache(model, prompts, max_new_tokens, stop_id, pad_id):
     left-padded prefix again and keeps the last position's logits. Finished rows leave the batch. The same tokens."""
     device = next(model.parameters()).device
     idx, mask, pos = left_pad(prompts, pad_id, device)
-    max_new_tokens = min(max_new_tokens, model.cfg.block_size - idx.size(1))
+    max_new_tokens = min(max_new_tokens, model.cfg.block_size - idx.size(1) + 1)  # the last token is never fed
     out = [[] for _ in prompts]
     rows = torch.arange(len(prompts), device=device)  # which prompt each batch row answers
     for _ in range(max_new_tokens):

@@ -192,8 +192,8 @@ def parse_seeds(text):
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         seeds = []
-    if not seeds:
-        raise UserError(f"--seeds must be comma-separated integers (at least one), got {text!r}")
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds must be comma-separated integers, at least one and each once, got {text!r}")
     return seeds
 
 

@@ -1,6 +1,7 @@
 """
 Evaluate a checkpoint on a data split: accuracy and mean reasoning length, greedy and/or sampled over seeds.
-Writes JSON records (merged into --out when it exists), one per (method, c, decode):
+Writes JSON records (merged into --out when it exists, each row (method, c) as soon as its decodings are measured),
+one per (method, c, decode):
 
     {"method", "c", "decode", "split", "n", "accuracy", "mean_len", "ci95", "len_ci95", "seeds", "checkpoint",
      "checkpoint_sha256", "settings", "seconds"}
@@ -125,9 +126,10 @@ class EvalConfig:
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
-def parse_ints(text, flag):
+def parse_ints(text, flag, repeats=False):
     try:
-        return no_repeats([int(s) for s in text.split(",") if s.strip()], flag)
+        values = [int(s) for s in text.split(",") if s.strip()]
+        return values if repeats else no_repeats(values, flag)
     except ValueError:
         raise UserError(f"--{flag} must be comma-separated integers, got {text!r}") from None
 
@@ -165,8 +167,8 @@ def main(cfg):
     if not decodes or set(decodes) - {"greedy", "sampled"}:
         raise UserError(f"--decode must be a comma-separated list of greedy, sampled; got {cfg.decode!r}")
     no_repeats(decodes, "decode")
-    seeds = parse_ints(cfg.seeds, "seeds")
-    if "sampled" in decodes and not seeds:
+    seeds = parse_ints(cfg.seeds, "seeds", repeats=True)
+    if "sampled" in decodes and not no_repeats(seeds, "seeds"):
         raise UserError("sampled decoding needs at least one seed")
     asked = parse_ints(cfg.c, "c")
     if cfg.c and (not asked or min(asked) < 1):
@@ -220,15 +222,18 @@ def main(cfg):
             print(f"already in {cfg.out}, skipped: {format_record(r)}")
         runs = [r for r in runs if r[:3] not in done]
     bar = tqdm(runs, desc="evaluating", unit="run", disable=not sys.stderr.isatty())
-    for method, c, d, with_head in bar:
+    for i, (method, c, d, with_head) in enumerate(bar):
         bar.set_postfix_str(f"{method} c={c} {d}")
         r = evaluate(model, tok, examples, method, c, d, seeds, cfg.split, ckpt["path"], cfg.temperature, cfg.top_p,
                      cfg.batch_size, head=with_head, max_latents=cfg.max_latents,
                      latent_temperature=cfg.latent_temperature, thoughts=thoughts)
         tqdm.write(format_record(r))
         records.append({**r, "checkpoint_sha256": sha, "settings": wanted[d]})
-        if cfg.out:  # each record as soon as it is measured: an evaluation stopped later keeps it (see --skip_done)
-            for old_r in merge_records(cfg.out, records[-1:]):
+        row = [x for x in records if (x["method"], x["c"]) == (method, c)]
+        if cfg.out and not any(m == method and k == c for m, k, _, _ in runs[i + 1:]):
+            # each row (method, c) as soon as its decodings are measured: an evaluation stopped later keeps it (see
+            # --skip_done), and a row's greedy and sampled records are never from two runs
+            for old_r in merge_records(cfg.out, row):
                 if old_r.get("checkpoint_sha256") != sha:  # a method name reused for another model: say so
                     tqdm.write(f"replaced a record of {old_r['checkpoint']}: {format_record(old_r)}")
                 elif old_r.get("settings") != wanted[old_r["decode"]]:  # e.g. another --data_dir or --n

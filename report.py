@@ -57,7 +57,9 @@ def rows(records, split="test"):
     for (method, c), by_decode in found.items():
         questions = {(r.get("settings") or {}).get("questions_sha256") for r in by_decode.values()} - {None}
         if len({(r.get("checkpoint_sha256"), r["n"]) for r in by_decode.values()}) > 1 or len(questions) > 1:
-            what = ", ".join(f"{d} {str(r.get('checkpoint_sha256'))[:12]} on {r['n']}" for d, r in by_decode.items())
+            what = ", ".join(f"{d} {str(r.get('checkpoint_sha256'))[:12]} on {r['n']}"
+                             + (f" ({q[:12]})" if (q := (r.get("settings") or {}).get("questions_sha256")) else "")
+                             for d, r in by_decode.items())
             raise UserError(f"the {split} records of {method} at c = {c} measure different checkpoints or questions "
                             f"({what}): evaluate that checkpoint again with both decodings")
     others = list(dict.fromkeys(m for m, _ in found if m not in LABELS))
@@ -222,11 +224,11 @@ def main(cfg):
     if others and (cfg.png or cfg.reference):
         raise UserError("--training_runs makes the table of the spread over training runs alone: it has no plot or "
                         "reference column; leave out --png and --reference")
-    inputs = {os.path.realpath(p): p for p in paths + others + [cfg.reference] if p}
+    inputs = [p for p in paths + others + [cfg.reference] if p and os.path.exists(p)]
     for flag, path in (("--md", cfg.md), ("--png", cfg.png)):
         if path:
             check_writable(path, flag)
-            if os.path.realpath(path) in inputs:
+            if os.path.exists(path) and any(os.path.samefile(path, p) for p in inputs):
                 raise UserError(f"{flag} {path} is one of the records files read: writing it would destroy them")
     if cfg.md and cfg.png and os.path.realpath(cfg.md) == os.path.realpath(cfg.png):
         raise UserError(f"--md and --png name the same file, {cfg.md}")

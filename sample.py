@@ -37,7 +37,8 @@ def load_model(path, device="cpu", which="best"):
             head = head.to(device).eval()
         tok = Tokenizer.from_spec(ckpt["tokenizer"])
     except (RuntimeError, TypeError, KeyError) as e:
-        raise UserError(f"checkpoint {ckpt['path']} does not match its own model config: {str(e)[:200]}") from None
+        raise UserError(f"checkpoint {ckpt['path']} cannot be rebuilt from its own model config and tokenizer spec: "
+                        f"{str(e)[:200]}") from None
     return model.to(device).eval(), head, tok, ckpt
 
 

@@ -112,12 +112,38 @@ def test_each_record_is_written_as_soon_as_it_is_measured(tiny_runs, tmp_path):
     assert calls == [(2, "greedy")]
 
 
+def test_a_row_is_written_with_both_its_decodings(tiny_runs, tmp_path, monkeypatch):
+    """Stopped between a row's greedy and sampled evaluations, the file keeps neither new record of that row: its old
+    sampled record from another checkpoint would otherwise sit beside a new greedy one (report.py refuses the row)."""
+    out_json, real, calls = str(tmp_path / "r.json"), evaluate.evaluate, []
+
+    def stops_at(n):
+        def evaluate_until(*a, **kw):
+            calls.append(a[4:6])
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+        return evaluate_until
+
+    args = dict(ckpt=tiny_runs["colar"], split="test", n=2, c="1,2", seeds="0", out=out_json, device="cpu")
+    for n, kept in ((2, []), (3, [(1, "greedy"), (1, "sampled")])):
+        calls.clear()
+        monkeypatch.setattr(evaluate, "evaluate", stops_at(n))
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.main(evaluate.EvalConfig(**args))
+        assert calls == [(1, "greedy"), (1, "sampled"), (2, "greedy")][:n]
+        assert [(r["c"], r["decode"]) for r in evaluate.read_records(out_json, "--out")] == kept
+
+
 @pytest.mark.parametrize("flags, repeated", [(dict(seeds="0,1,0"), "--seeds lists 0"), (dict(c="2,1,2"), "--c lists 2"),
                                              (dict(decode="sampled,greedy,sampled"), "--decode lists sampled")])
 def test_a_seed_speed_or_decoding_given_twice_is_refused(tiny_runs, flags, repeated):
     """Five sampled passes with seeds 0,0,0,0,0 are one pass five times: an interval of 0 that means nothing."""
     with pytest.raises(UserError, match=f"^{repeated} more than once$"):
         evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=2, device="cpu", **flags))
+    if "seeds" in flags:  # greedy decoding does not use the seeds
+        evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=2, device="cpu", decode="greedy",
+                                          **flags))
 
 
 def test_a_question_longer_than_the_context_is_refused_before_any_decoding(tiny_runs, tmp_path, monkeypatch):
@@ -127,12 +153,13 @@ def test_a_question_longer_than_the_context_is_refused_before_any_decoding(tiny_
         lines = f.read().splitlines()[:3]
     long_q = "+".join(["1"] * 200)
     (tmp_path / "test.txt").write_text("\n".join(lines + [f"{long_q}||<<1+1=2>> #### 2"]) + "\n")
-    decoded = []
-    monkeypatch.setattr(evaluate, "score", lambda *a, **kw: decoded.append(a[3]))
+    import sample
+    decoded, real = [], sample.generate_latent
+    monkeypatch.setattr(sample, "generate_latent", lambda *a, **kw: decoded.append(len(a[3])) or real(*a, **kw))
     with pytest.raises(UserError, match="^the prompt is 4.. tokens but the model's context is "):
         evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], data_dir=str(tmp_path), split="test", c="1,2",
                                           decode="greedy", batch_size=2, device="cpu"))
-    assert decoded == []
+    assert decoded == []  # (the first batch of 2 questions was decoded before)
 
 
 @pytest.mark.parametrize("flag", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5),

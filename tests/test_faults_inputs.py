@@ -266,9 +266,10 @@ def test_report_output_that_is_a_folder(tmp_path, capsys):
 
 
 # --- late validation: checked before the expensive work -------------------------------------------------------------
-@pytest.mark.parametrize("case", ["seeds", "malformed results", "gsm8k source", "mult test file", "model shape"])
+@pytest.mark.parametrize("case", ["seeds", "repeated seeds", "malformed results", "gsm8k source", "mult test file",
+                                  "model shape"])
 def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
-    """Bad --seeds, a malformed --results file, a missing --gsm8k_source or --mult_test_file, a width that the heads
+    """Bad --seeds (a seed twice: evaluate.py refuses it, after every training stage), a malformed --results file, a missing --gsm8k_source or --mult_test_file, a width that the heads
     do not divide are refused before the data stage. (The "seeds" case runs the real command line, in a new
     process; the others run it in this process.)"""
     results = tmp_path / "results" / "demo.json"
@@ -276,6 +277,8 @@ def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
             "--max_steps", 2, "--colar_steps", 2, "--rl_steps", 1, "--rl_eval_n", 2, "--n_test", 2]
     if case == "seeds":
         args += ["--seeds", "1,x"]
+    elif case == "repeated seeds":
+        args += ["--seeds", "0,1,0"]
     elif case == "malformed results":
         write(str(results), '[{"method": "cot",')
     elif case == "gsm8k source":
@@ -288,7 +291,7 @@ def test_demo_checks_its_inputs_before_any_stage(case, tmp_path, capsys):
         line, stdout, _ = refused_command("demo.py", *args)
     else:
         line, stdout, _ = refused(capsys, "demo.py", *args)
-    assert {"seeds": "--seeds", "gsm8k source": "--gsm8k_source", "mult test file": "--mult_test_file",
+    assert {"seeds": "--seeds", "repeated seeds": "each once, got '0,1,0'", "gsm8k source": "--gsm8k_source", "mult test file": "--mult_test_file",
             "model shape": "--n_embd (100) must be a multiple of --n_head (8)"}.get(case, "--results") in line
     assert not os.path.exists(tmp_path / "data") and not os.path.exists(tmp_path / "out")  # no stage ran
     assert "$ python" not in stdout
