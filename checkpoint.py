@@ -127,6 +127,12 @@ def resolve_checkpoint(path, which="best"):
     return path
 
 
+def started_from(ckpt):
+    """What a run starting from the checkpoint `ckpt` records of it (its path, step and bytes' SHA-256), so that a
+    pipeline can tell when the run it started from has changed since (trained further, retrained)."""
+    return {"path": ckpt["path"], "step": ckpt.get("step"), "sha256": file_sha256(ckpt["path"])}
+
+
 def file_sha256(path):
     """The SHA-256 of a file's bytes, in hex: what ties an evaluation record to the very weights it measured."""
     h = hashlib.sha256()

@@ -33,10 +33,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from itertools import takewhile
 
-from checkpoint import load_checkpoint, read_pointer
+from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
 from common import (UserError, check_flags, check_folder, given_fields, parse_config, pick_device, print_config,
                     read_json, read_records, run_cli)
 from data.multiplication import FORMATS, MultConfig, default_out
+from data.synthetic import SynthConfig
 from tokenizer import KINDS
 
 
@@ -140,21 +141,31 @@ def flags(d):
     return [f"--{k}={v}" for k, v in d.items()]
 
 
-def train_stage(name, script, run_flags):
-    """Train run_flags["out_dir"] with script (train_sft.py or train_rl.py) unless it is finished (at max_steps, or at
-    stop_at where that is set); resume it when interrupted or when asked to go further."""
+def existing_run(name, run_flags):
+    """Whether the stage's folder holds a run (None: none yet) and that run is finished (at max_steps, or at stop_at
+    where that is set); a run there must be the one the stage would train, from its start's model as it is now."""
     out_dir, last = run_flags["out_dir"], run_flags["max_steps"]
     if run_flags.get("stop_at", 0) > 0:
         last = min(last, run_flags["stop_at"])
-    if read_pointer(out_dir, "latest"):
-        ckpt = load_checkpoint(out_dir, "latest", mmap=True)
-        finished = ckpt["step"] >= last
-        check_same_run(name, ckpt, run_flags, finished)
-        if finished:
-            print(f"== {name}: already trained ({out_dir}), skipped")
-            return
+    if not read_pointer(out_dir, "latest"):
+        return None
+    ckpt = load_checkpoint(out_dir, "latest", mmap=True)
+    finished = ckpt["step"] >= last
+    check_same_run(name, ckpt, run_flags, finished)
+    check_same_start(ckpt, run_flags)
+    return finished
+
+
+def train_stage(name, script, run_flags):
+    """Train run_flags["out_dir"] with script (train_sft.py or train_rl.py) unless it is finished; resume it when
+    interrupted or when asked to go further."""
+    finished = existing_run(name, run_flags)
+    if finished:
+        print(f"== {name}: already trained ({run_flags['out_dir']}), skipped")
+        return
+    if finished is not None:
         run_flags = {**run_flags, "resume": "true"}
-    print(f"== {name}: training ({out_dir})")
+    print(f"== {name}: training ({run_flags['out_dir']})")
     run([script] + flags(run_flags))
 
 
@@ -174,6 +185,21 @@ def check_same_run(name, ckpt, run_flags, finished):
     if diff:
         raise UserError(f"{run_flags['out_dir']} holds a {name} run trained with other settings: {', '.join(diff)}; "
                         f"run the demo with those, or give another --out_dir")
+
+
+def check_same_start(ckpt, run_flags):
+    """A run trained from another stage's model must have started from that stage's best checkpoint as it is now: a
+    stage trained further (a larger --stop_at, more steps) leaves the runs built on its old model stale, and the
+    table would put them beside the new one. (Runs saved without the record of their start are taken as they are.)"""
+    start, init = ckpt.get("started_from"), run_flags.get("init_from")
+    if not start or not init or not read_pointer(init, "latest"):
+        return
+    now = resolve_checkpoint(init, "best")
+    if file_sha256(now) != start["sha256"]:
+        raise UserError(f"{run_flags['out_dir']} was trained from {start['path']} (step {start['step']}), but "
+                        f"{init}'s model has changed since (its best is now {os.path.basename(now)}): move "
+                        f"{run_flags['out_dir']} and the stages trained from it aside to train them again from it, "
+                        f"or give another --out_dir")
 
 
 def eval_stage(cfg, name, run_dir, cs=None, text_cot=False):
@@ -248,6 +274,19 @@ def as_flags(made):
     return " ".join(f"--{'mult_format' if k == 'format' else k} {v}" for k, v in made.items())
 
 
+def data_settings(cfg):
+    """The settings that define the task of the data the data stage would make (the generator's, but for where it
+    writes, its seed and its sizes), so that another task's data (another size of multiplication, chain, range of
+    operations) is never trained on under this task's name."""
+    if cfg.task.startswith("mult"):
+        made = asdict(MultConfig(digits=int(cfg.task[4:]), format=cfg.mult_format))
+    elif cfg.task == "synth":
+        made = asdict(SynthConfig(steps_min=cfg.steps_min, steps_max=cfg.steps_max))
+    else:
+        return {}
+    return {k: v for k, v in made.items() if k not in ("out", "test_file", "seed", "n_train", "n_val", "n_test")}
+
+
 def check_inputs(cfg):
     """Everything the stages will need that can be checked now, so that a bad value stops the demo before its first
     stage rather than after half an hour of training: the seeds, the numbers, the device, the results file, the
@@ -271,15 +310,17 @@ def check_inputs(cfg):
     check_folder(cfg.out_dir, "--out_dir")
     if data_done(cfg.data_dir):  # no data stage then: the data there must be what it would have made
         meta = os.path.join(cfg.data_dir, "meta.json")
-        wanted = ({"format": cfg.mult_format} if cfg.task.startswith("mult") else
-                  {"steps_min": cfg.steps_min, "steps_max": cfg.steps_max} if cfg.task == "synth" else {})
+        wanted = data_settings(cfg)
         if wanted and os.path.isfile(meta):
             made = read_json(meta, "--data_dir")
             made = made.get("config") if isinstance(made, dict) else None  # the generator's settings
-            other = {k: made.get(k) if isinstance(made, dict) else None for k in wanted}
-            if other != wanted:
+            made = made if isinstance(made, dict) else {}
+            diff = [k for k, v in wanted.items() if made.get(k, v) != v]  # (a setting it lacks: made at the default)
+            if diff:
+                other, hint = {k: made[k] for k in diff}, {"format", "steps_min", "steps_max"}.issuperset(diff)
                 raise UserError(f"--data_dir {cfg.data_dir} holds data made with {as_flags(other)}, not "
-                                f"{as_flags(wanted)}; give another --data_dir (or {as_flags(other)})")
+                                f"{as_flags({k: wanted[k] for k in diff})}; give another --data_dir"
+                                + (f" (or {as_flags(other)})" if hint else ""))
     elif cfg.task == "gsm8k" and cfg.gsm8k_source and not os.path.isdir(cfg.gsm8k_source):
         raise UserError(f"--gsm8k_source {cfg.gsm8k_source} is not a folder (it should hold gsm8k/ and gsm8k_aug/)")
     elif cfg.task.startswith("mult") and cfg.mult_test_file and not os.path.isfile(cfg.mult_test_file):
@@ -396,6 +437,8 @@ def main(cfg, given=None):
                                                   "max_steps": cfg.baseline_steps, "lr": cfg.colar_lr, "eval_n": 200,
                                                   "eval_every": max(1, cfg.baseline_steps // 6)}))
             evals.append((name, out(name), None))
+    for name, _, run_flags in stages:  # every run already there must be this demo's, before any stage trains
+        existing_run(name, run_flags)
     for name, script, run_flags in stages:
         t = time.time()
         train_stage(name, script, run_flags)

@@ -38,7 +38,7 @@ def load_model(path, device="cpu", which="best"):
         tok = Tokenizer.from_spec(ckpt["tokenizer"])
     except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"checkpoint {ckpt['path']} cannot be rebuilt from its own model config and tokenizer spec: "
-                        f"{str(e)[:200]}") from None
+                        f"{' '.join(str(e).split())[:200]}") from None
     return model.to(device).eval(), head, tok, ckpt
 
 

@@ -67,7 +67,8 @@ import torch.distributed as dist
 
 import colar
 from checkpoint import (check_same, finite_model, generator_states, kept_checkpoint, load_checkpoint, open_run,
-                        read_pointer, release_run, restore_training_state, save_checkpoint, training_state)
+                        read_pointer, release_run, restore_training_state, save_checkpoint, started_from,
+                        training_state)
 from common import (EpochSampler, Trainee, UserError, all_mean, barrier, check_flags, cleanup_distributed,
                     make_optimizer, parse_config, print0, print_config, run_cli, setup_distributed, trained_speeds,
                     wrap_ddp)
@@ -246,6 +247,7 @@ def main(cfg):
     check_config(cfg)
     rank, world, _, device = setup_distributed(cfg.device)  # one process, unless started by torchrun
     ckpt, base = starting_point(cfg)
+    start = ckpt.get("started_from") if ckpt else started_from(base)
     print_config(cfg)
     train, val, tok, model_cfg = setup_data(cfg, base)
     latent_config = {**base["latent_config"], "sigma_min": cfg.sigma_min}  # the floor is saved with the head
@@ -290,6 +292,7 @@ def main(cfg):
                 "latent_head": head.state_dict(), "latent_config": latent_config, "config": base["config"],
                 "rl_config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
                 "best_greedy": best_greedy, "val_acc": acc, "seconds": before + time.time() - t_begin,
+                "started_from": start,
                 **training_state(optimizer, sampler, gen_states)},
                 cfg.keep_last, is_best)
             print(f"{line} | best sampled {100 * best_val:.1f}% | saved {path}", flush=True)

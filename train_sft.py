@@ -46,7 +46,7 @@ import colar
 from baselines import BASELINES, Curriculum, distill_loss, thinker, thought_loss
 from checkpoint import (check_same, finite_model, generator_states, is_pretrained, kept_checkpoint, load_checkpoint,
                         open_run, pretrained_start, read_pointer, release_run, restore_training_state, save_checkpoint,
-                        training_state)
+                        started_from, training_state)
 from common import (EpochSampler, Trainee, UserError, all_mean, autocast, barrier, check_flags, cleanup_distributed,
                     get_lr, grad_accum_steps, make_optimizer,
                     parse_config, print0, print_config, run_cli, setup_distributed, wrap_ddp)
@@ -316,6 +316,7 @@ def main(cfg):
     accum = grad_accum_steps(cfg.total_batch_size, cfg.batch_size, world)
     cfg = replace(cfg, total_batch_size=accum * world * cfg.batch_size)  # the effective batch, saved and checked
     cfg, ckpt, init = starting_point(cfg)
+    start = ckpt.get("started_from") if ckpt else started_from(init) if init and "step" in init else None
     print_config(cfg)
     tok, train, encoded, val, model_cfg = setup_data(cfg, ckpt or init)
     check_context(cfg, tok, encoded, c_values, model_cfg.block_size)
@@ -386,7 +387,7 @@ def main(cfg):
                     "script": "train_sft", "model": model.state_dict(), "model_config": asdict(model_cfg),
                     "latent_head": aside.state_dict() if aside is not None else None, "latent_config": latent_config,
                     "config": asdict(cfg), "tokenizer": tok.spec(), "step": step, "best_val": best_val,
-                    "val_acc": acc, "seconds": before + time.time() - t_start,
+                    "val_acc": acc, "seconds": before + time.time() - t_start, "started_from": start,
                     **training_state(optimizer, sampler, gen_states)}, cfg.keep_last, is_best)
                 best = f"{100 * best_val:.1f}%" if best_val >= 0 else "none yet (chains not all removed)"
                 print(f"eval step {step}: val accuracy {100 * acc:.1f}% ({per_c}) | best {best} | saved {path}",

@@ -5,6 +5,7 @@ process); and the presets.
 
 Run: .venv/bin/python -m pytest tests/test_demo.py
 """
+import hashlib
 import importlib
 import json
 import os
@@ -197,6 +198,57 @@ def test_a_run_found_with_other_settings_is_refused(monkeypatch, tmp_path):
         demo.train_stage("colar_rl", "train_rl.py", dict(same, c=5))
 
 
+def test_a_run_whose_starting_model_has_changed_is_refused(monkeypatch, tmp_path):
+    """CoT trained further (a larger --stop_at) after CoLaR was trained from it: the finished CoLaR run was skipped
+    and reported beside the new CoT. Now refused, naming both; a run saved without the record of its start (an older
+    run) is taken as it is."""
+    cot = tmp_path / "cot"
+    cot.mkdir()
+
+    def cot_best(step, data):
+        (cot / f"ckpt_{step:06d}.pt").write_bytes(data)
+        for pointer in ("best", "latest"):
+            (cot / pointer).write_text(f"ckpt_{step:06d}.pt\n")
+
+    cot_best(4, b"the CoT model at step 4")
+    start = {"path": str(cot / "ckpt_000004.pt"), "step": 4,
+             "sha256": hashlib.sha256(b"the CoT model at step 4").hexdigest()}
+    run_flags = dict(out_dir="o", init_from=str(cot), max_steps=8)
+    saved = {"step": 8, "config": run_flags, "started_from": start}
+    ran, real = [], demo.read_pointer
+    monkeypatch.setattr(demo, "run", ran.append)
+    monkeypatch.setattr(demo, "read_pointer", lambda d, name: "ckpt_000008.pt" if d == "o" else real(d, name))
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name, mmap: saved)
+    demo.train_stage("colar", "train_sft.py", run_flags)  # its start is CoT's best: skipped
+    cot_best(6, b"the CoT model at step 6")
+    with pytest.raises(UserError, match=re.escape(f"o was trained from {cot}/ckpt_000004.pt (step 4), but {cot}'s "
+                                                  f"model has changed since (its best is now ckpt_000006.pt)")):
+        demo.train_stage("colar", "train_sft.py", run_flags)
+    with pytest.raises(UserError, match="has changed since"):  # one to resume, too
+        demo.train_stage("colar", "train_sft.py", {**run_flags, "max_steps": 12})
+    saved.pop("started_from")
+    demo.train_stage("colar", "train_sft.py", run_flags)
+    assert ran == []
+
+
+def test_every_run_already_there_is_checked_before_the_first_stage_trains(tmp_path, monkeypatch):
+    """A later stage's folder holding a run of other settings was refused only when its turn came, after the stages
+    before it had trained (hours, with the ladder)."""
+    data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=4, n_test=4)
+    out = tmp_path / "out"
+    cfg = demo.DemoConfig(data_dir=data, steps_min=2, steps_max=3, out_dir=str(out), reference="", max_steps=2,
+                          colar_steps=2, rl_steps=1, device="cpu")
+    ran, real = [], demo.read_pointer
+    monkeypatch.setattr(demo, "run", ran.append)
+    rl = str(out / "colar_rl")
+    monkeypatch.setattr(demo, "read_pointer", lambda d, name: "ckpt_000001.pt" if d == rl else real(d, name))
+    monkeypatch.setattr(demo, "load_checkpoint", lambda d, name, mmap: {"step": 1, "config": {}, "rl_config": dict(
+        init_from=str(out / "colar"), c=2, max_steps=1)})
+    with pytest.raises(UserError, match=f"{rl} holds a colar_rl run trained with other settings: .*c=2 \\(now 5\\)"):
+        demo.main(cfg)
+    assert ran == []  # no stage trained
+
+
 def test_data_cut_short_is_made_again(tmp_path, monkeypatch):
     """A data folder with a split missing (the data stage was interrupted) is not taken for finished data."""
     data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=2, n_test=2)
@@ -256,6 +308,11 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     evaluated = {(r["method"], r["c"], os.path.basename(os.path.dirname(r["checkpoint"]))) for r in records}
     assert {(m, c, d) for m, c, d in evaluated if m in ("colar_ladder", "colar_rl")} == {
         ("colar_ladder", 2, "colar_c2_2"), ("colar_ladder", 3, "colar_c3_3"), ("colar_rl", 3, "colar_rl")}
+    for run, start in (("colar_c2_2", "cot"), ("colar_c3_3", "colar_c3_2"), ("colar_rl", "colar_c3_3")):
+        began = checkpoint.load_checkpoint(str(out / run), "latest")["started_from"]  # what each run started from
+        best = checkpoint.resolve_checkpoint(str(out / start))
+        assert (began["path"], began["sha256"]) == (best, checkpoint.file_sha256(best))
+    assert checkpoint.load_checkpoint(str(out / "cot"), "latest")["started_from"] is None  # from scratch
     times = next(s for s in printed.splitlines() if s.startswith("the run's time over every resume"))
     names = ["cot", "nocot", "colar", "colar_c2_2", "colar_c3_2", "colar_c3_3", "colar_rl"]
     assert all(re.search(rf"\b{n} \d+\.\d\b", times) for n in names) and "?" not in times

@@ -308,6 +308,10 @@ def test_demo_refuses_multiplication_data_of_another_chain(tmp_path, capsys):
                               "--device", "cpu")
     assert f"--data_dir {data} holds data made with --mult_format product, not --mult_format interleaved" in line
     assert not os.path.exists(tmp_path / "out") and "$ python" not in stdout
+    # 4x4 data under the mult5 name: refused too (only the chain was compared)
+    write(str(data / "meta.json"), json.dumps({"config": {"digits": 4, "format": "interleaved", "lag": 0}}))
+    line, _, _ = refused(capsys, "demo.py", "--task", "mult5", "--data_dir", data, "--out_dir", tmp_path / "out")
+    assert line.endswith(f"--data_dir {data} holds data made with --digits 4, not --digits 5; give another --data_dir")
     write(str(data / "meta.json"), "{not json")  # (was a traceback from json.load)
     line, _, _ = refused(capsys, "demo.py", "--task", "mult4", "--data_dir", data, "--out_dir", tmp_path / "out")
     assert f"--data_dir {data}/meta.json is not valid JSON" in line
@@ -322,6 +326,11 @@ def test_demo_refuses_synthetic_data_of_other_lengths(tmp_path):
     with pytest.raises(UserError, match=f"--data_dir {data} holds data made with --steps_min 6 --steps_max 8, not "
                                         f"--steps_min 3 --steps_max 4; give another --data_dir"):
         demo.check_inputs(replace(cfg, steps_min=3, steps_max=4))
+    redundant = str(tmp_path / "synth_check")  # the RL check task's data: a redundant closing step
+    synthetic.main(synthetic.SynthConfig(out=redundant, n_train=4, n_val=2, n_test=2, check_p=0.5))
+    with pytest.raises(UserError, match=f"--data_dir {redundant} holds data made with --check_p 0.5, not --check_p "
+                                        f"0.0; give another --data_dir$"):
+        demo.check_inputs(replace(cfg, data_dir=redundant))
 
 
 def test_evaluate_checks_out_before_evaluating(tiny_runs, tmp_path):
