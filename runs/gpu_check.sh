@@ -33,6 +33,7 @@ timeout "$T_BENCH" $PY bench.py --device cuda --batch_size 256 --questions 1024 
 timeout "$T_QUICK" $PY demo.py --quick true --out_dir "$OUT/runs" --results "$OUT/demo.json" \
     > "$OUT/demo_quick.log" 2>&1; note quick_demo $?          # records: $OUT/demo_quick.json, .md, .png
 [ -f data/synth_quick/train.txt ] || $PY -m data.synthetic --steps_min 3 --steps_max 4 --out data/synth_quick > /dev/null
+rm -rf "$OUT/nccl_cot"  # this check's own run, made again each time (a run folder is never trained into twice)
 timeout "$T_DDP" $PY -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train_sft.py \
     --data_dir data/synth_quick --mode cot --max_steps 60 --eval_every 30 --out_dir "$OUT/nccl_cot" \
     > "$OUT/torchrun.log" 2>&1; note "torchrun_nccl x$NGPU" $?

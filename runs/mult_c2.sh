@@ -71,7 +71,10 @@ $PY evaluate.py --skip_done true --ckpt $COLAR --data_dir $DATA --split test --m
 
 # longer: a copy of the run folder resumed (each run folder is one run; the first stays as it was)
 if [ "$LONG" -gt 0 ]; then
-    [ -d ${COLAR}_$LONG ] || cp -r $COLAR ${COLAR}_$LONG
+    # copied whole or not at all (an interrupted copy is made again, never resumed half-copied)
+    if [ ! -d ${COLAR}_$LONG ]; then
+        rm -rf ${COLAR}_$LONG.tmp && cp -r $COLAR ${COLAR}_$LONG.tmp && mv ${COLAR}_$LONG.tmp ${COLAR}_$LONG
+    fi
     colar ${COLAR}_$LONG $LONG
     $PY evaluate.py --skip_done true --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 \
         --method colar${TAG:+_$TAG}_$LONG --out $OUT/results.json

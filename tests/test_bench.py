@@ -73,3 +73,16 @@ def test_bench_refuses_an_output_it_could_not_write_before_running(tmp_path, mon
         (tmp_path / "f.json").write_text("{}")
         with pytest.raises(UserError, match=message):
             main(BenchConfig(n_layer=1, n_head=2, n_embd=16, device="cpu", out=str(out)))
+
+
+@pytest.mark.parametrize("flag, value, words", [("lr", -1.0, "--lr must be positive"),
+                                                ("weight_decay", -0.1, "--weight_decay must be >= 0"),
+                                                ("grad_clip", -1.0, "--grad_clip must be >= 0")])
+def test_bench_refuses_training_settings_before_running(flag, value, words, monkeypatch):
+    """A negative lr or weight decay was a ValueError from AdamW after the model was built; a negative clip flipped
+    the gradients' sign in silence."""
+    import bench
+    monkeypatch.setattr(bench, "load_examples", lambda *a: pytest.fail("the benchmark began"))
+    with pytest.raises(UserError, match=f"^{words}, got {value}$"):
+        main(BenchConfig(n_layer=1, n_head=2, n_embd=16, device="cpu", **{flag: value}))
+

