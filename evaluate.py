@@ -92,6 +92,8 @@ def merge_records(path, records):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(merged, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the old file, as the checkpoints are
     os.replace(path + ".tmp", path)
     return [r for r in old if key(r) in new_keys]
 

@@ -29,7 +29,8 @@ from common import UserError
 
 SPECIALS = ["<|bot|>", "<|eot|>", "<|eos|>", "<|pad|>", "<|speed|>", "<|unk|>"]
 KINDS = ("char", "number", "place", "gpt2")
-PLACES = 32  # places a "place" token tells apart: 11x11 products have 22 digits; interleaved runs 4N (5x5: 20)
+PLACES = 32  # places a "place" token tells apart: 11x11 products have 22 digits, interleaved runs 4N (5x5: 20;
+#             from 9x9 on, places 32 and up share the tokens of place 31: a chunk there loses those digits' order)
 
 
 def _compact_encoding(number_digits):
