@@ -126,7 +126,8 @@ def bench_train(model, head, tok, groups, cs, cfg, device):
                 loss = ce + cfg.latent_weight * lat
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if cfg.grad_clip > 0:  # 0: no clipping, as in train_sft.py
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
 
     m = measure(run, cfg, device)

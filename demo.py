@@ -156,6 +156,23 @@ def existing_run(name, run_flags):
     return finished
 
 
+def check_plan(stages):
+    """Before any stage trains: every run already there must be the one its stage would train, and none may have
+    been trained from a stage that this demo will train (further): that run would be reported beside a model it was
+    not trained from. One line naming every such run."""
+    training, stale = set(), []
+    for name, _, run_flags in stages:  # (each stage's start comes before it in the list)
+        finished = existing_run(name, run_flags)
+        init = run_flags.get("init_from")
+        if finished is not None and init and os.path.realpath(init) in training:
+            stale.append(run_flags["out_dir"])
+        if not finished:
+            training.add(os.path.realpath(run_flags["out_dir"]))
+    if stale:
+        raise UserError(f"{', '.join(stale)} were trained from runs this demo trains (further) now: move them aside "
+                        f"to train them again from the new models, or give another --out_dir")
+
+
 def train_stage(name, script, run_flags):
     """Train run_flags["out_dir"] with script (train_sft.py or train_rl.py) unless it is finished; resume it when
     interrupted or when asked to go further."""
@@ -437,8 +454,7 @@ def main(cfg, given=None):
                                                   "max_steps": cfg.baseline_steps, "lr": cfg.colar_lr, "eval_n": 200,
                                                   "eval_every": max(1, cfg.baseline_steps // 6)}))
             evals.append((name, out(name), None))
-    for name, _, run_flags in stages:  # every run already there must be this demo's, before any stage trains
-        existing_run(name, run_flags)
+    check_plan(stages)
     for name, script, run_flags in stages:
         t = time.time()
         train_stage(name, script, run_flags)

@@ -73,7 +73,7 @@ $PY evaluate.py --skip_done true --ckpt $COLAR --data_dir $DATA --split test --m
 if [ "$LONG" -gt 0 ]; then
     # copied whole or not at all (an interrupted copy is made again, never resumed half-copied)
     if [ ! -d ${COLAR}_$LONG ]; then
-        rm -rf ${COLAR}_$LONG.tmp && cp -r $COLAR ${COLAR}_$LONG.tmp && mv ${COLAR}_$LONG.tmp ${COLAR}_$LONG
+        rm -rf ${COLAR}_$LONG.tmp && cp -r $COLAR ${COLAR}_$LONG.tmp && mv ${COLAR}_$LONG.tmp ${COLAR}_$LONG || exit 1
     fi
     colar ${COLAR}_$LONG $LONG
     $PY evaluate.py --skip_done true --ckpt ${COLAR}_$LONG --data_dir $DATA --split test --max_latents 96 \

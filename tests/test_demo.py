@@ -249,6 +249,25 @@ def test_every_run_already_there_is_checked_before_the_first_stage_trains(tmp_pa
     assert ran == []  # no stage trained
 
 
+def test_runs_built_on_a_stage_that_trains_further_are_refused_before_it_trains(monkeypatch):
+    """A finished demo run again with a larger --stop_at: CoT trains on, and CoLaR and RL, trained from the CoT and
+    CoLaR of before, were found stale only when their turn came, one at a time (here none had started_from, as an
+    older run: refused all the same, named together, before anything trains)."""
+    steps = {"cot": 4, "colar": 8, "rl": 2}
+    monkeypatch.setattr(demo, "read_pointer", lambda d, name: "ckpt.pt")
+    saved = {"cot": dict(out_dir="cot", max_steps=8, stop_at=4), "colar": dict(out_dir="colar", max_steps=8,
+             init_from="cot"), "rl": dict(out_dir="rl", max_steps=2, init_from="colar")}
+    monkeypatch.setattr(demo, "load_checkpoint", lambda d, name, mmap: {"step": steps[d], "config": saved[d]})
+    plan = [(d, "train_sft.py", dict(saved[d])) for d in ("cot", "colar", "rl")]
+    demo.check_plan(plan)  # CoT finished at its stop_at: nothing trains, nothing stale
+    plan[0] = ("cot", "train_sft.py", dict(out_dir="cot", max_steps=8, stop_at=6))
+    with pytest.raises(UserError, match="^colar were trained from runs this demo trains"):
+        demo.check_plan(plan)  # (RL's start, colar, is finished: only colar is stale)
+    steps["colar"] = 6  # colar unfinished too: RL is stale as well
+    with pytest.raises(UserError, match="^colar, rl were trained from runs this demo trains \\(further\\) now"):
+        demo.check_plan(plan)
+
+
 def test_data_cut_short_is_made_again(tmp_path, monkeypatch):
     """A data folder with a split missing (the data stage was interrupted) is not taken for finished data."""
     data = make_tiny_data(str(tmp_path / "data"), n_train=20, n_val=2, n_test=2)

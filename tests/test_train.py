@@ -213,3 +213,22 @@ def test_dropout_is_the_runs_own_also_from_a_starting_model(tiny_runs, tmp_path)
     assert run["model"].cfg.dropout == 0.25 and load_checkpoint(out, "latest")["model_config"]["dropout"] == 0.25
     assert load_checkpoint(tiny_runs["cot"])["model_config"]["dropout"] == 0.0  # the control: the start had none
 
+
+
+def test_a_resumed_run_keeps_the_record_of_what_it_started_from(tiny_runs, tmp_path):
+    """A CoLaR run records the checkpoint it started from (path, step, SHA-256 of its bytes: what the demo compares
+    with its start's best now); resumed after that start has changed, it keeps the record of the start it had."""
+    import shutil
+    from checkpoint import file_sha256, load_checkpoint, resolve_checkpoint
+    cot, out = str(tmp_path / "cot"), str(tmp_path / "colar")
+    shutil.copytree(tiny_runs["cot"], cot)
+    start = resolve_checkpoint(cot)
+    train_sft.main(tiny_colar_cfg(tiny_runs["data"], out, cot, max_steps=2, eval_every=2))
+    first = load_checkpoint(out, "latest")["started_from"]
+    assert first == {"path": start, "step": load_checkpoint(cot)["step"], "sha256": file_sha256(start)}
+    saved = torch.load(start, weights_only=True)  # the start changes (as if trained further): other bytes
+    torch.save({**saved, "seconds": 1e6}, start)
+    assert file_sha256(start) != first["sha256"]
+    train_sft.main(tiny_colar_cfg(tiny_runs["data"], out, cot, max_steps=4, eval_every=2, resume=True))
+    resumed = load_checkpoint(out, "latest")
+    assert resumed["step"] == 4 and resumed["started_from"] == first
