@@ -18,7 +18,7 @@ import torch
 import colar
 import evaluate
 import train_rl
-from checkpoint import load_checkpoint, read_pointer
+from checkpoint import file_sha256, load_checkpoint, read_pointer
 from common import Trainee, UserError
 from conftest import tiny_latent_model
 from latent_head import LOG_SIGMA_MIN, LatentHead, gaussian_log_prob
@@ -328,6 +328,9 @@ def test_train_rl_end_to_end_and_exact_resume(tiny_runs, tmp_path, capsys, monke
     for a, b in ((straight["model"], resumed["model"]), (straight["head"], resumed["head"])):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # what the run started from (the CoLaR run's best), recorded at the start and kept through the resume
+    began = load_checkpoint(str(tmp_path / "resumed"), "latest")["started_from"]
+    assert began == {"path": start["path"], "step": start["step"], "sha256": file_sha256(start["path"])}
     recs = evaluate.main(evaluate.EvalConfig(ckpt=ckpt["path"], split="test", n=4, c="2", decode="greedy",
                                              max_latents=4, device="cpu"))
     assert recs[0]["method"] == "colar_rl"
