@@ -128,10 +128,9 @@ class EvalConfig:
     device: str = "auto"           # auto, cpu, cuda, mps
 
 
-def parse_ints(text, flag, repeats=False):
+def parse_ints(text, flag):
     try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-        return values if repeats else no_repeats(values, flag)
+        return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--{flag} must be comma-separated integers, got {text!r}") from None
 
@@ -169,10 +168,10 @@ def main(cfg):
     if not decodes or set(decodes) - {"greedy", "sampled"}:
         raise UserError(f"--decode must be a comma-separated list of greedy, sampled; got {cfg.decode!r}")
     no_repeats(decodes, "decode")
-    seeds = parse_ints(cfg.seeds, "seeds", repeats=True)
+    seeds = parse_ints(cfg.seeds, "seeds")
     if "sampled" in decodes and not no_repeats(seeds, "seeds"):
         raise UserError("sampled decoding needs at least one seed")
-    asked = parse_ints(cfg.c, "c")
+    asked = no_repeats(parse_ints(cfg.c, "c"), "c")
     if cfg.c and (not asked or min(asked) < 1):
         raise UserError(f"--c values must be >= 1, got {cfg.c!r}")
     if cfg.n < 0 or cfg.max_latents < 0 or cfg.batch_size <= 0:
@@ -231,11 +230,10 @@ def main(cfg):
                      latent_temperature=cfg.latent_temperature, thoughts=thoughts)
         tqdm.write(format_record(r))
         records.append({**r, "checkpoint_sha256": sha, "settings": wanted[d]})
-        row = [x for x in records if (x["method"], x["c"]) == (method, c)]
         if cfg.out and not any(m == method and k == c for m, k, _, _ in runs[i + 1:]):
             # each row (method, c) as soon as its decodings are measured: an evaluation stopped later keeps it (see
             # --skip_done), and a row's greedy and sampled records are never from two runs
-            for old_r in merge_records(cfg.out, row):
+            for old_r in merge_records(cfg.out, [x for x in records if (x["method"], x["c"]) == (method, c)]):
                 if old_r.get("checkpoint_sha256") != sha:  # a method name reused for another model: say so
                     tqdm.write(f"replaced a record of {old_r['checkpoint']}: {format_record(old_r)}")
                 elif old_r.get("settings") != wanted[old_r["decode"]]:  # e.g. another --data_dir or --n

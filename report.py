@@ -54,12 +54,12 @@ def rows(records, split="test"):
     for r in records:
         if r["split"] == split:
             found.setdefault((r["method"], r["c"]), {})[r["decode"]] = r
+    questions = lambda r: (r.get("settings") or {}).get("questions_sha256")  # noqa: E731  (None: not recorded)
     for (method, c), by_decode in found.items():
-        questions = {(r.get("settings") or {}).get("questions_sha256") for r in by_decode.values()} - {None}
-        if len({(r.get("checkpoint_sha256"), r["n"]) for r in by_decode.values()}) > 1 or len(questions) > 1:
+        if (len({(r.get("checkpoint_sha256"), r["n"]) for r in by_decode.values()}) > 1
+                or len({questions(r) for r in by_decode.values()} - {None}) > 1):
             what = ", ".join(f"{d} {str(r.get('checkpoint_sha256'))[:12]} on {r['n']}"
-                             + (f" ({q[:12]})" if (q := (r.get("settings") or {}).get("questions_sha256")) else "")
-                             for d, r in by_decode.items())
+                             + (f" ({questions(r)[:12]})" if questions(r) else "") for d, r in by_decode.items())
             raise UserError(f"the {split} records of {method} at c = {c} measure different checkpoints or questions "
                             f"({what}): evaluate that checkpoint again with both decodings")
     others = list(dict.fromkeys(m for m, _ in found if m not in LABELS))
