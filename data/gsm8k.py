@@ -3,8 +3,8 @@ GSM8K in the GSM8K-Aug format: question||<<eq>> <<eq>> ... #### answer (the chai
 
 Reads the original GSM8K jsonl files (question + natural-language answer with <<...>> annotations and `#### answer`) and
 GSM8K-Aug txt files, and writes data/gsm8k/{train,val,test}.txt:
-- train: GSM8K train (7,473) converted, minus the 500 validation questions (6,973); or the ~385k GSM8K-Aug train file
-  given with --aug_train;
+- train: GSM8K train (7,473) converted, or the ~385k GSM8K-Aug train file given with --aug_train; either minus every
+  question of val or test (GSM8K train: 6,973 left);
 - val:   GSM8K-Aug valid.txt (500 questions taken from GSM8K train, hence held out of train above);
 - test:  GSM8K-Aug test.txt (= the 1,319 GSM8K test problems).
 The source files are read from --source if given, else from the folder in the environment variable COLAR_DATA if set;
@@ -103,15 +103,17 @@ def main(cfg):
     if cfg.aug_train:
         src = cfg.aug_train if cfg.aug_train != "download" else fetch(
             "", "gsm8k_aug/train.txt", cfg.out, AUG_TRAIN_URL, fix="give --aug_train the path of GSM8K-Aug's train.txt")
-        train = read_split(src)
+        source_train = read_split(src)
     else:
-        held_out = {" ".join(q.split()) for q, _, _ in val}
-        train = [ex for ex in read_gsm8k_jsonl(paths["gsm8k/train.jsonl"]) if " ".join(ex[0].split()) not in held_out]
+        source_train = read_gsm8k_jsonl(paths["gsm8k/train.jsonl"])
+    held_out = {" ".join(q.split()) for q, _, _ in val + test}  # a question of val or test is never trained on
+    train = [ex for ex in source_train if " ".join(ex[0].split()) not in held_out]
     os.makedirs(cfg.out, exist_ok=True)
     for name, examples in (("train", train), ("val", val), ("test", test)):
         write_split(os.path.join(cfg.out, f"{name}.txt"), examples)
     empty = sum(1 for _, s, _ in train if not s)
-    print(f"wrote {cfg.out}: train {len(train):,} ({empty} with an empty chain), val {len(val):,}, test {len(test):,}")
+    print(f"wrote {cfg.out}: train {len(train):,} ({empty} with an empty chain; {len(source_train) - len(train):,} "
+          f"held out, being val or test questions), val {len(val):,}, test {len(test):,}")
     return {"train": len(train), "val": len(val), "test": len(test)}
 
 

@@ -363,6 +363,20 @@ def test_gsm8k_reads_only_the_files_it_needs(tmp_path, monkeypatch):
         {"train": 1, "val": 1, "test": 2}
 
 
+def test_gsm8k_aug_train_never_holds_a_val_or_test_question(tmp_path, monkeypatch, capsys):
+    """GSM8K-Aug's train file is read as given; a question that is also in val or test (spacing aside) is dropped,
+    as GSM8K's own train file drops val's."""
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    aug = tmp_path / "aug.txt"
+    aug.write_text("Five plus five?||<<5+5=10>> #### 10\nTwo  plus two?||<<2+2=4>> #### 4\n"
+                   "Four times two?||<<4*2=8>> #### 8\nSix plus six?||<<6+6=12>> #### 12\n")
+    out = tmp_path / "out"
+    assert gsm8k_main(GSM8KConfig(source=str(fake_source(tmp_path / "src")), aug_train=str(aug), out=str(out))) == \
+        {"train": 2, "val": 1, "test": 2}
+    assert [q for q, _, _ in read_split(str(out / "train.txt"))] == ["Five plus five?", "Six plus six?"]
+    assert "2 held out, being val or test questions" in capsys.readouterr().out
+
+
 def test_gsm8k_an_undecodable_file_is_one_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_bytes(b"\xff\xfe{}\n")
