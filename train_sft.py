@@ -72,7 +72,8 @@ class TrainConfig:
     dropout: float = 0.0           # dropout rate (its masks: process 0's generator state resumed in every process)
     pos_emb: str = "rope"          # rope or learned
     block_size: int = 0            # context length; 0: room for the longest example and for the longest question
-                                   # with max_latents latents and an answer (as RL samples them), plus 32
+                                   # with max_latents latents and an answer (as RL samples them), plus 32; a
+                                   # resumed or --init_from model keeps its own
     # CoLaR (mode colar)
     init_from: str = ""            # CoT/CoLaR run, checkpoint, gpt2[-medium|-large|-xl] or GPT-2 folder; its shape wins
     c_max: int = 5                 # compression factors 1..c_max are trained
@@ -161,15 +162,24 @@ def starting_point(cfg):
             derived = {k: ckpt["config"].get(k, 0) for k in ("stage_steps", "remove_every") if getattr(cfg, k) == 0}
             cfg = replace(cfg, **derived)  # a baseline's schedule as the run derived it (from its first --max_steps)
             check_same(ckpt["config"], cfg, RESUME_KEYS)
+            check_block_size(cfg, ckpt, f"the run in {cfg.out_dir}")
             return cfg, ckpt, None
         if not cfg.init_from:
             return cfg, None, None
         init = (pretrained_start(cfg.init_from, cfg.dropout) if is_pretrained(cfg.init_from)
                 else load_checkpoint(cfg.init_from))
+        check_block_size(cfg, init, f"--init_from {cfg.init_from}")
         return replace(cfg, **{k: init["config"][k] for k in SHAPE_KEYS}), None, init
     except UserError:
         release_run(cfg.out_dir)  # a refused run leaves the folder as it found it
         raise
+
+
+def check_block_size(cfg, base, name):
+    """A model that exists keeps its context: a --block_size other than its own is refused, not ignored."""
+    if cfg.block_size and cfg.block_size != base["model_config"]["block_size"]:
+        raise UserError(f"--block_size {cfg.block_size}, but {name} has a context of "
+                        f"{base['model_config']['block_size']}: leave --block_size at 0 (the model's own)")
 
 
 def check_config(cfg):

@@ -198,6 +198,25 @@ def test_train_sft_rows_longer_than_the_context(tiny_runs, tmp_path, capsys):
     assert f"(--init_from {tiny_runs['cot']}'s)" in line
 
 
+def test_train_sft_a_block_size_other_than_the_models_own_is_refused(tiny_runs, tmp_path, capsys):
+    """Starting from a model, or resuming one, its context stays; a different --block_size was silently ignored."""
+    own = checkpoint.load_checkpoint(tiny_runs["cot"])["model_config"]["block_size"]
+    line, _, _ = refused(capsys, "train_sft.py", "--data_dir", tiny_runs["data"], "--device", "cpu", "--max_steps", 1,
+                         "--out_dir", tmp_path / "a", "--mode", "colar", "--init_from", tiny_runs["cot"],
+                         "--block_size", own + 64)
+    assert line == (f"error: --block_size {own + 64}, but --init_from {tiny_runs['cot']} has a context of {own}: "
+                    f"leave --block_size at 0 (the model's own)")
+    assert not os.path.exists(tmp_path / "a")
+    run = tmp_path / "cot"
+    shutil.copytree(tiny_runs["cot"], run)
+    before = sorted(os.listdir(run))
+    line, _, _ = refused(capsys, "train_sft.py", "--data_dir", tiny_runs["data"], "--device", "cpu", "--n_layer", 1,
+                         "--n_head", 2, "--n_embd", 32, "--batch_size", 16, "--max_steps", 8, "--out_dir", run,
+                         "--resume", "true", "--block_size", 16)
+    assert line.startswith(f"error: --block_size 16, but the run in {run} has a context of {own}:")
+    assert sorted(os.listdir(run)) == before
+
+
 def test_train_rl_empty_validation(tiny_runs, tmp_path, capsys):
     data = data_copy(tiny_runs["data"], tmp_path, val="")
     line, _, _ = refused(capsys, "train_rl.py", "--init_from", tiny_runs["colar"], "--data_dir", data,
