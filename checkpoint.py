@@ -130,15 +130,19 @@ def resolve_checkpoint(path, which="best"):
 def started_from(ckpt):
     """What a run starting from the checkpoint `ckpt` records of it (its path, step and bytes' SHA-256), so that a
     pipeline can tell when the run it started from has changed since (trained further, retrained)."""
-    return {"path": ckpt["path"], "step": ckpt.get("step"), "sha256": file_sha256(ckpt["path"])}
+    return {"path": ckpt["path"], "step": ckpt.get("step"), "sha256": ckpt["sha256"]}
 
 
 def file_sha256(path):
     """The SHA-256 of a file's bytes, in hex: what ties an evaluation record to the very weights it measured."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return _sha256(f)
+
+
+def _sha256(f):
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -159,16 +163,26 @@ def _unreadable(path, e):
 
 
 def load_checkpoint(path, which="best", mmap=False):
-    """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code). mmap: the
-    tensors stay in the file until read, for a caller that wants only the settings or the step."""
+    """Load a checkpoint dict (weights_only=True: plain tensors and Python values, no arbitrary code), with its
+    path and its bytes' SHA-256 (`sha256`: hashed from the same open file it is loaded from, so the hash is of the
+    weights loaded even if the path is replaced meanwhile). mmap: the tensors stay in the file until read, for a
+    caller that wants only the settings or the step (no hash)."""
     path = resolve_checkpoint(path, which)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if mmap:
+            ckpt, sha = torch.load(path, map_location="cpu", weights_only=True, mmap=True), None
+        else:
+            with open(path, "rb") as f:
+                sha = _sha256(f)
+                f.seek(0)
+                ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file fails inside torch in many ways
         raise UserError(_unreadable(path, e)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project (no model or model_config in it)")
     ckpt["path"] = path
+    if sha:
+        ckpt["sha256"] = sha
     return ckpt
 
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from baselines import inference_thoughts
-from checkpoint import file_sha256
 from common import UserError, parse_config, read_records, pick_device, run_cli, trained_speeds
 from data.format import read_split
 from latent_head import LatentHead, log_sigma_floor
@@ -211,7 +210,7 @@ def main(cfg):
         runs += [((cfg.method or mode) + "_text", 1, d, None) for d in decodes]
     for c in cs:  # every question fits the model's context at every speed, before the first evaluation
         check_prompts(model, tok, [q for q, _, _ in examples], c, thoughts)
-    records, sha = [], file_sha256(ckpt["path"])
+    records, sha = [], ckpt["sha256"]
     qa = hashlib.sha256(json.dumps([[q, a] for q, _, a in examples]).encode()).hexdigest()
     wanted = {d: settings(cfg, d, qa) for d in decodes}
     if cfg.skip_done:  # a record of this very checkpoint (its bytes, not its name), split, seeds, settings

@@ -4,7 +4,9 @@ checkpoint replaced is named. Its checks of the sampling settings, and the t qua
 
 Run: .venv/bin/python -m pytest tests/test_evaluate.py
 """
+import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -110,6 +112,29 @@ def test_each_record_is_written_as_soon_as_it_is_measured(tiny_runs, tmp_path):
         mp.setattr(evaluate, "evaluate", lambda *a, **kw: calls.append(a[4:6]) or real(*a, **kw))
         evaluate.main(evaluate.EvalConfig(**args, skip_done=True))
     assert calls == [(2, "greedy")]
+
+
+def test_the_record_hashes_the_weights_it_measured_even_if_the_file_is_replaced(tiny_runs, tmp_path, monkeypatch):
+    """A checkpoint file replaced (atomically, as every save here) between loading and hashing: the record's
+    SHA-256 is of the bytes that were loaded (the file was hashed again after loading, so it named the new one)."""
+    import checkpoint
+    path, other = tmp_path / "model.pt", tmp_path / "other.pt"
+    shutil.copy(checkpoint.resolve_checkpoint(tiny_runs["colar"], "best"), path)
+    shutil.copy(checkpoint.resolve_checkpoint(tiny_runs["cot"], "best"), other)
+    loaded = hashlib.sha256(path.read_bytes()).hexdigest()
+    real_load = checkpoint.torch.load
+
+    def load_then_replace(*a, **kw):
+        out = real_load(*a, **kw)
+        if other.exists():
+            os.replace(other, path)
+        return out
+    monkeypatch.setattr(checkpoint.torch, "load", load_then_replace)
+    out_json = str(tmp_path / "r.json")
+    evaluate.main(evaluate.EvalConfig(ckpt=str(path), split="test", n=2, c="1", decode="greedy", out=out_json,
+                                      device="cpu"))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() != loaded  # the file did change under it
+    assert [r["checkpoint_sha256"] for r in evaluate.read_records(out_json, "--out")] == [loaded]
 
 
 def test_a_row_is_written_with_both_its_decodings(tiny_runs, tmp_path, monkeypatch):
