@@ -129,12 +129,13 @@ def resolve_checkpoint(path, which="best"):
 
 def started_from(ckpt):
     """What a run starting from the checkpoint `ckpt` records of it (its path, step and bytes' SHA-256), so that a
-    pipeline can tell when the run it started from has changed since (trained further, retrained)."""
+    pipeline can tell when the run it started from has changed since (trained further, retrained). `ckpt`: as
+    load_checkpoint gives it (not mmap: with its hash)."""
     return {"path": ckpt["path"], "step": ckpt.get("step"), "sha256": ckpt["sha256"]}
 
 
 def file_sha256(path):
-    """The SHA-256 of a file's bytes, in hex: what ties an evaluation record to the very weights it measured."""
+    """The SHA-256 of a file's bytes as they are now, in hex (load_checkpoint hashes the file it loads itself)."""
     with open(path, "rb") as f:
         return _sha256(f)
 
@@ -180,9 +181,7 @@ def load_checkpoint(path, which="best", mmap=False):
         raise UserError(_unreadable(path, e)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project (no model or model_config in it)")
-    ckpt["path"] = path
-    if sha:
-        ckpt["sha256"] = sha
+    ckpt["path"], ckpt["sha256"] = path, sha
     return ckpt
 
 

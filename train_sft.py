@@ -153,7 +153,8 @@ def new_model_config(cfg, tok, encoded):
 
 def starting_point(cfg):
     """(cfg, checkpoint to resume or None, starting model to initialise from or None). Resuming or starting from
-    another model, that model's tokenizer and shape win over the flags."""
+    another model, that model's tokenizer and shape win over the flags; a --block_size other than its context is
+    refused."""
     ckpt = open_run(cfg.out_dir, cfg.resume, "train_sft")
     try:
         if ckpt:
@@ -161,8 +162,8 @@ def starting_point(cfg):
                 cfg = replace(cfg, **{k: ckpt["config"][k] for k in SHAPE_KEYS})
             derived = {k: ckpt["config"].get(k, 0) for k in ("stage_steps", "remove_every") if getattr(cfg, k) == 0}
             cfg = replace(cfg, **derived)  # a baseline's schedule as the run derived it (from its first --max_steps)
-            check_same(ckpt["config"], cfg, RESUME_KEYS)
             check_block_size(cfg, ckpt, f"the run in {cfg.out_dir}")
+            check_same(ckpt["config"], cfg, RESUME_KEYS)
             return cfg, ckpt, None
         if not cfg.init_from:
             return cfg, None, None

@@ -31,7 +31,8 @@ train() {  # train OUT_DIR COMMAND...: a new run, or the one OUT_DIR holds resum
   if [ -f "$out/latest" ]; then "$@" --resume true; else "$@"; fi
 }
 
-# data/gsm8k_aug/{train,val,test}.txt: GSM8K-Aug's train file, GSM8K-Aug's validation and test files
+# data/gsm8k_aug/{train,val,test}.txt: GSM8K-Aug's train file less any val or test question, GSM8K-Aug's
+# validation and test files
 [ -f $DATA/train.txt ] || $PY -m data.gsm8k --out $DATA --aug_train "${AUG_TRAIN:-download}"
 
 # CoT from GPT-2 (GPT-2's full vocabulary plus our special tokens, block_size 1,024), then CoLaR from the CoT model

@@ -278,10 +278,12 @@ def test_synthetic_check_steps():
 
 # --- where data/gsm8k.py finds its files: --source, COLAR_DATA, or a download into --out/raw ---------------------
 def fake_source(root):
-    """A folder shaped like the GSM8K source folder, two examples a file; the second train question is val's."""
+    """A folder shaped like the GSM8K source folder; of the three train questions the second is val's, the third
+    test's (both held out of train)."""
     def jsonl(rows):
         return "".join(json.dumps({"question": q, "answer": f"Add: <<{e}>>{a}.\n#### {a}"}) + "\n" for q, e, a in rows)
-    files = {"gsm8k/train.jsonl": jsonl([("One plus one?", "1+1=2", "2"), ("Two plus two?", "2+2=4", "4")]),
+    files = {"gsm8k/train.jsonl": jsonl([("One plus one?", "1+1=2", "2"), ("Two plus two?", "2+2=4", "4"),
+                                         ("Four  times two?", "4*2=8", "8")]),
              "gsm8k_aug/valid.txt": "Two plus two?||<<2+2=4>> #### 4\n",
              "gsm8k_aug/test.txt": "Three plus three?||<<3+3=6>> #### 6\nFour times two?||<<4*2=8>> #### 8\n"}
     assert set(files) == set(FILES)

@@ -115,8 +115,8 @@ def test_each_record_is_written_as_soon_as_it_is_measured(tiny_runs, tmp_path):
 
 
 def test_the_record_hashes_the_weights_it_measured_even_if_the_file_is_replaced(tiny_runs, tmp_path, monkeypatch):
-    """A checkpoint file replaced (atomically, as every save here) between loading and hashing: the record's
-    SHA-256 is of the bytes that were loaded (the file was hashed again after loading, so it named the new one)."""
+    """A checkpoint file replaced (atomically, as every save here) just after it is loaded: the record's SHA-256
+    is still of the bytes loaded (hashing the path again after loading named the new file)."""
     import checkpoint
     path, other = tmp_path / "model.pt", tmp_path / "other.pt"
     shutil.copy(checkpoint.resolve_checkpoint(tiny_runs["colar"], "best"), path)
