@@ -8,7 +8,8 @@
 # 56.4% after 6,000 steps, 98.6% after 10,000 more on a fresh schedule (STAGES=3:10000 INIT=.../colar_c3_pad0_6000);
 # c = 4 (from the 6,000-step c = 3 model) 4.8% after 6,000 (one digit at chance), 90.6% after 10,000 more; c = 5
 # 77.0% after 10,000, 90.9% after 8,000 more (STAGES=5:8000 INIT=.../colar_c5_pad0_10000; 0.95 of CoT). The default
-# stages: about 3 hours on a 2-core CPU.
+# stages: about 3 hours on a 2-core CPU. Skipping the middle (STAGES="5:10000 5:8000" from a c = 2 model): 1.3%,
+# then 9.2% (EXPERIMENTS.md, 2026-12-02, "c = 5 straight from a c = 2 model").
 #
 # PAD=K moves every chunk boundary: `data.multiplication --pad_first K` writes the first partial product with K more
 # zeros, so every later token sits K places on (with K = 2 the c = 3 chunk `prod[3] p3[4] prod[4]`, which holds both
