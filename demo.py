@@ -10,7 +10,8 @@ Each stage is one command of this repository, printed before it runs (so the dem
 stage whose result exists is skipped: the data when every split is there, a finished training run (one made with
 other settings is refused, never reported as this run's), an evaluation already in the results file for the same
 checkpoint. An interrupted training stage resumes from its latest checkpoint. So an interrupted demo picks up where
-it stopped when run again with the same flags.
+it stopped when run again with the same flags. Records in the results file that this run did not make (a stage it
+leaves out, a run folder moved away) are kept, so they stay in the table; the demo names them.
 
     python demo.py                      # the whole pipeline, about 36 minutes on 2 CPU cores
     python demo.py --quick true         # the same pipeline, smaller, in about 6 minutes (out/quick, out/quick/results)
@@ -387,6 +388,16 @@ def run_times(stages, results):
             f"{(total + evaluation) / 60:.1f} min in all")
 
 
+def other_records(results, run_dirs):
+    """The (method, c) of each record in the results file that measures none of run_dirs' checkpoints (each folder's
+    best, as evaluated): a stage this run left out, or a run folder moved away since. They stay in the file, and so in
+    the table; the demo names them."""
+    names = {d: read_pointer(d, "best") or read_pointer(d, "latest") for d in run_dirs}
+    current = {file_sha256(os.path.join(d, n)) for d, n in names.items() if n and os.path.isfile(os.path.join(d, n))}
+    return sorted({(r["method"], r["c"]) for r in read_records(results, "--results")
+                   if r.get("checkpoint_sha256") not in current})
+
+
 def reference_flags(cfg):
     """report.py's --reference: the reference run's records, when the file exists and is not this run's own."""
     ref = cfg.reference
@@ -463,6 +474,11 @@ def main(cfg, given=None):
     for name, run_dir, cs in evals:
         eval_stage(cfg, name, run_dir, cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
+    others = other_records(cfg.results, [run_dir for _, run_dir, _ in evals])
+    if others:
+        print(f"note: {cfg.results} also holds records of models this run did not evaluate (a stage left out, or a "
+              f"run moved away): {', '.join(f'{m} c = {c}' for m, c in others)}; the table shows them, and "
+              f"another --results leaves them out")
     stem = os.path.splitext(cfg.results)[0]
     run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"] + reference_flags(cfg))
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())

@@ -90,6 +90,7 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     assert sum("already trained" in s for s in stage_lines(out, "skipped")) == 4
     assert commands(out) == ["evaluate.py"] * 4 + ["report.py"]  # each finds its records there: the table again
     assert out.count(f"already in {results}, skipped") == len(records) and "records merged" not in out
+    assert "did not evaluate" not in out  # every record is of a model this run evaluated
     with open(results) as f:
         assert json.load(f) == records
 
@@ -115,6 +116,9 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd, monkeypatch):
     demo.main(replace(cfg, n_test=2))
     out = capfd.readouterr().out
     assert out.count("already trained") == 4 and "evaluation of cot (" in out
+    # the baselines' records are still in the file, but this run (without --baselines) did not evaluate them
+    note = next(s for s in out.splitlines() if s.startswith("note:"))
+    assert "coconut c = 0, distill c = 0, icot c = 1, pause c = 0;" in note and "colar" not in note
     assert [args[0] for args in ran] == ["evaluate.py"] * 4 + ["report.py"]  # (without --baselines: 4 methods)
     assert all("--n=2" in args for args in ran[:4])
     assert ran[-1][1:] == [f"--results={results}", f"--md={results[:-5]}.md", f"--png={results[:-5]}.png",
@@ -413,6 +417,25 @@ def test_ablations_of_a_ladder_switch_its_first_and_last_speed(tmp_path, monkeyp
     assert (runs["colar_135"]["init_from"], runs["colar_135"]["c_values"]) == (str(out / "cot"), "1,3,5")
     dl = [(a[1], a[-1]) for a in evaluated if "--method=colar_dl" in a]
     assert dl == [(f"--ckpt={out / 'colar_dl_c2_40'}", "--c=2"), (f"--ckpt={out / 'colar_dl_c4_30'}", "--c=4")]
+
+
+def test_records_of_models_the_run_did_not_evaluate_are_named(tmp_path):
+    """A record whose checkpoint is not the best of any folder the run evaluated (here: colar at c = 2 of a model
+    since trained again, and a method whose folder is gone) is named; the records of the folders' best are not."""
+    hashes = {}
+    for name, data in (("cot", b"cot weights"), ("colar", b"colar weights")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt_000002.pt").write_bytes(data)
+        (tmp_path / name / "best").write_text("ckpt_000002.pt\n")
+        hashes[name] = hashlib.sha256(data).hexdigest()
+    record = lambda m, c, sha: dict(method=m, c=c, decode="greedy", split="test",  # noqa: E731
+                                    checkpoint_sha256=sha)
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps([record("cot", 1, hashes["cot"]), record("colar", 1, hashes["colar"]),
+                                   record("colar", 2, hashlib.sha256(b"older colar").hexdigest()),
+                                   record("pause", 0, hashlib.sha256(b"pause").hexdigest())]))
+    assert demo.other_records(str(results), [str(tmp_path / "cot"), str(tmp_path / "colar")]) == [
+        ("colar", 2), ("pause", 0)]
 
 
 def test_the_runs_time_sums_each_stage_from_its_checkpoint_and_the_evaluation_from_its_records(tmp_path, monkeypatch):
