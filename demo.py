@@ -372,30 +372,36 @@ def resolve(cfg, given=None):
     return cfg
 
 
-def run_times(stages, results):
+def split_records(results, run_dirs):
+    """The records in the results file that measure one of run_dirs' checkpoints (each folder's best, as evaluated),
+    and the others: a stage this run left out, or a run folder moved away or trained again since. The others stay
+    in the file, and so in the table; the demo names them."""
+    names = {d: read_pointer(d, "best") or read_pointer(d, "latest") for d in run_dirs}
+    current = {file_sha256(os.path.join(d, n)) for d, n in names.items() if n and os.path.isfile(os.path.join(d, n))}
+    records = read_records(results, "--results")
+    return ([r for r in records if r.get("checkpoint_sha256") in current],
+            [r for r in records if r.get("checkpoint_sha256") not in current])
+
+
+def other_records(results, run_dirs):
+    """The (method, c) of each record in the results file that measures none of run_dirs' checkpoints."""
+    return sorted({(r["method"], r["c"]) for r in split_records(results, run_dirs)[1]})
+
+
+def run_times(stages, results, run_dirs):
     """The run's time over every command that worked on it (an interrupted demo may be resumed many times): each
     training stage's minutes as its latest checkpoint records them (? where it records none), the evaluation's as
-    its records do."""
+    the records of run_dirs' models do (not those of models this run did not evaluate)."""
     parts, total = [], 0.0
     for name, _, run_flags in stages:
         found = read_pointer(run_flags["out_dir"], "latest")
         seconds = load_checkpoint(run_flags["out_dir"], "latest", mmap=True).get("seconds") if found else None
         parts.append(f"{name} {'?' if seconds is None else f'{seconds / 60:.1f}'}")
         total += seconds or 0.0
-    evaluation = sum(r.get("seconds", 0.0) for r in read_records(results, "--results"))
+    evaluation = sum(r.get("seconds", 0.0) for r in split_records(results, run_dirs)[0])
     return (f"the run's time over every resume (training from its checkpoints, evaluation from its records): "
             f"{', '.join(parts)} min of training, {evaluation / 60:.1f} min of evaluation; "
             f"{(total + evaluation) / 60:.1f} min in all")
-
-
-def other_records(results, run_dirs):
-    """The (method, c) of each record in the results file that measures none of run_dirs' checkpoints (each folder's
-    best, as evaluated): a stage this run left out, or a run folder moved away since. They stay in the file, and so in
-    the table; the demo names them."""
-    names = {d: read_pointer(d, "best") or read_pointer(d, "latest") for d in run_dirs}
-    current = {file_sha256(os.path.join(d, n)) for d, n in names.items() if n and os.path.isfile(os.path.join(d, n))}
-    return sorted({(r["method"], r["c"]) for r in read_records(results, "--results")
-                   if r.get("checkpoint_sha256") not in current})
 
 
 def reference_flags(cfg):
@@ -474,7 +480,8 @@ def main(cfg, given=None):
     for name, run_dir, cs in evals:
         eval_stage(cfg, name, run_dir, cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
-    others = other_records(cfg.results, [run_dir for _, run_dir, _ in evals])
+    evaluated = [run_dir for _, run_dir, _ in evals]
+    others = other_records(cfg.results, evaluated)
     if others:
         print(f"note: {cfg.results} also holds records of models this run did not evaluate (a stage left out, or a "
               f"run moved away): {', '.join(f'{m} c = {c}' for m, c in others)}; the table shows them, and "
@@ -483,7 +490,7 @@ def main(cfg, given=None):
     run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"] + reference_flags(cfg))
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
           + f"; total {(time.time() - t0) / 60:.1f} min")
-    print(run_times(stages, cfg.results))
+    print(run_times(stages, cfg.results, evaluated))
     with open(stem + ".md") as f:
         return f.read().rstrip("\n")
 

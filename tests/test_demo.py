@@ -440,17 +440,26 @@ def test_records_of_models_the_run_did_not_evaluate_are_named(tmp_path):
 
 def test_the_runs_time_sums_each_stage_from_its_checkpoint_and_the_evaluation_from_its_records(tmp_path, monkeypatch):
     """The demo's last line: each training stage's minutes as its latest checkpoint records them (90 s and 30 s
-    here; ? for a checkpoint without them and for a stage not trained), the evaluation's from its records' seconds
-    (45 + 15), and the sum: (90 + 30 + 60) / 60 = 3.0 minutes."""
-    seconds = {"o/cot": 90.0, "o/nocot": 30.0, "o/colar": None}
-    monkeypatch.setattr(demo, "read_pointer", lambda out_dir, name: "ckpt.pt" if out_dir in seconds else None)
-    monkeypatch.setattr(demo, "load_checkpoint",
-                        lambda out_dir, name, mmap: {} if seconds[out_dir] is None else {"seconds": seconds[out_dir]})
+    here; ? for a checkpoint without them and for a stage not trained), the evaluation's from the records of the
+    models this run evaluated (45 + 15; not the 600 s of a model it did not), and the sum: (90 + 30 + 60) / 60 = 3.0
+    minutes."""
+    seconds = {"cot": 90.0, "nocot": 30.0, "colar": None}
+    for name in seconds:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt_000002.pt").write_bytes(name.encode())
+        (tmp_path / name / "latest").write_text("ckpt_000002.pt\n")
+    monkeypatch.setattr(demo, "load_checkpoint", lambda out_dir, name, mmap: {
+        "seconds": seconds[os.path.basename(out_dir)]} if seconds[os.path.basename(out_dir)] else {})
+    record = lambda m, d, sha, s: dict(method=m, c=1, decode=d, split="test", checkpoint_sha256=sha,  # noqa: E731
+                                       seconds=s)
     results = tmp_path / "r.json"
-    results.write_text(json.dumps([dict(method="cot", c=1, decode=d, split="test", seconds=s)
-                                   for d, s in (("greedy", 45.0), ("sampled", 15.0))]))
-    stages = [(name, "train_sft.py", {"out_dir": f"o/{name}"}) for name in ("cot", "nocot", "colar", "colar_rl")]
-    assert demo.run_times(stages, str(results)) == (
+    results.write_text(json.dumps([record("cot", "greedy", hashlib.sha256(b"cot").hexdigest(), 45.0),
+                                   record("cot", "sampled", hashlib.sha256(b"cot").hexdigest(), 15.0),
+                                   record("pause", "greedy", hashlib.sha256(b"pause").hexdigest(), 600.0)]))
+    stages = [(name, "train_sft.py", {"out_dir": str(tmp_path / name)})
+              for name in ("cot", "nocot", "colar", "colar_rl")]
+    evaluated = [str(tmp_path / name) for name in ("cot", "nocot", "colar")]
+    assert demo.run_times(stages, str(results), evaluated) == (
         "the run's time over every resume (training from its checkpoints, evaluation from its records): cot 1.5, "
         "nocot 0.5, colar ?, colar_rl ? min of training, 1.0 min of evaluation; 3.0 min in all")
 
