@@ -35,7 +35,7 @@ actions in the objective, only the final <|eot|> is (as in the paper; --stop_act
 log(1 - p(<|eot|>)), to the latent made at the same position); one speed c per run; no KL penalty and no
 reference model (as in the paper). sigma gets a floor, --sigma_min (0.1 by default, in the head's normalised units where
 a target entry has RMS 1): the SFT loss drives sigma to ~1e-4, where sampling explores nothing and the log-density
-explodes as soon as mu moves (a trial without the floor had a gradient norm of 5.7e3 at step 1 and NaN at step 3).
+explodes as soon as mu moves (EXPERIMENTS.md, "RL, choosing the sigma floor").
 The floor is a clamp: where the head's sigma lies below it (after SFT, in every dimension) RL samples with sigma =
 --sigma_min and learns the mean alone (no gradient reaches the head's log-sigma layer through the clamp). The floor
 is saved with the head, so sampled evaluation of the RL checkpoint draws from the same policy.

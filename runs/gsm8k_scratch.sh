@@ -5,10 +5,10 @@
 # steps from the CoT model), RL at c = 5 (60 steps) and the test evaluation (1,319 questions) into
 # out/gsm8k/results/gsm8k_demo.json, .md and .png, beside the committed reference run's results/gsm8k_demo.*.
 #
-#   bash runs/gsm8k_scratch.sh                           # downloads the four source files once, into data/gsm8k/raw
+#   bash runs/gsm8k_scratch.sh                           # downloads the three source files once, into data/gsm8k/raw
 #   COLAR_DATA=/path/to/folder bash runs/gsm8k_scratch.sh   # offline: a folder with gsm8k/ and gsm8k_aug/ in it
 #
-# On a 2-core CPU the training takes about 30 minutes (CoT 6.0, No-CoT 4.7, CoLaR 13.3, RL 5.3) and the evaluation
+# On a 2-core CPU the training takes about 24 minutes before RL (CoT 6.0, No-CoT 4.7, CoLaR 13.3) and the evaluation
 # longer: sampled decoding over 5 seeds costs 4 to 7 minutes per row (EXPERIMENTS.md). Resumable: run it again.
 # Expect the floor, 1-4% for every method: a from-scratch model on 7k problems learns the format, not the mathematics.
 set -euo pipefail

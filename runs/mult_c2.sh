@@ -57,7 +57,7 @@ colar() {  # colar OUT_DIR STEPS: the CoLaR stage from the CoT model
 # 200,000 train and 1,000 val problems from seed 1234, none with an operand pair of the public test file
 [ -f $DATA/train.txt ] || $PY -m data.multiplication --digits $DIGITS --format $FORMAT --lag $LAG --out $DATA
 
-# CoT: a 2,000-step schedule decays the learning rate too early to learn the task; 4,000 steps of 8,000 do
+# CoT: 4,000 steps of an 8,000-step schedule (the learning rate still high when it stops)
 train $OUT/cot $PY train_sft.py --data_dir $DATA --mode cot --tokenizer place --max_steps 8000 \
     --stop_at 4000 --eval_every 1000 --eval_n 500 --max_latents 96 --seed $SEED --out_dir $OUT/cot
 

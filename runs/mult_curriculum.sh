@@ -3,7 +3,7 @@
 # then at c = 4 alone from that, then c = 5, each stage from the best checkpoint (by validation) of the one before, on
 # the place-by-place chain. Each stage is probed on validation (latents.py --probe) and evaluated on the public test
 # file.
-# Trained at every speed at once the model answers nothing above c = 1 here (the demo); trained at c = 2 alone it
+# Trained at every speed at once the model answers 1% at c = 2 and nothing above (the demo); trained at c = 2 alone it
 # matches CoT. Logged (EXPERIMENTS.md, 2026-12-01 and 02), from seed 3's c = 2 model (98.0% on test; CoT 95.8%): c = 3
 # 56.4% after 6,000 steps, 98.6% after 10,000 more on a fresh schedule (STAGES=3:10000 INIT=.../colar_c3_pad0_6000);
 # c = 4 (from the 6,000-step c = 3 model) 4.8% after 6,000 (one digit at chance), 90.6% after 10,000 more; c = 5
@@ -14,7 +14,7 @@
 # PAD=K moves every chunk boundary: `data.multiplication --pad_first K` writes the first partial product with K more
 # zeros, so every later token sits K places on (with K = 2 the c = 3 chunk `prod[3] p3[4] prod[4]`, which holds both
 # inputs of its sum digit, becomes `p3[4] prod[4] p3[5]`). Logged (EXPERIMENTS.md, 2026-12-01): from seed 3's c = 2
-# model c = 3 answers 56.4% of the test file on the plain chain and 58.0% with K = 2, every digit written in both;
+# model c = 3 answers 56.4% of the test file on the plain chain and 58.0% with K = 2 (one digit at 88% with K = 2);
 # from seed 1337's c = 2 model the plain chain gave 3.9%: the starting model matters, the boundaries little.
 #
 #   SEED=3 bash runs/mult_c2.sh              # first, the c = 2 model: out/mult4_c2_interleaved_seed3/colar_c2_14000
