@@ -141,7 +141,8 @@ def print_config(cfg):
 
 
 def check_flags(cfg, choices=None, positive=(), nonnegative=()):
-    """One line for the first flag out of range: a value not among its choices, a number not > 0, or not >= 0."""
+    """One line for the first flag out of range: a value not among its choices, a number not > 0, or not >= 0, or
+    infinite (an lr of inf would train to NaN before saying so)."""
     for name, options in (choices or {}).items():
         if getattr(cfg, name) not in options:
             raise UserError(f"--{name} must be one of {', '.join(map(str, options))}, got {getattr(cfg, name)!r}")
@@ -149,6 +150,8 @@ def check_flags(cfg, choices=None, positive=(), nonnegative=()):
         for name in names:
             if not getattr(cfg, name) >= low:  # also refuses NaN
                 raise UserError(f"--{name} must be {word}, got {getattr(cfg, name)}")
+            if getattr(cfg, name) == float("inf"):
+                raise UserError(f"--{name} must be a finite number, got inf")
 
 
 def nearest_existing(path):
@@ -161,6 +164,8 @@ def nearest_existing(path):
 def check_writable(path, flag):
     """Refuse, before any work, an output file that could not be written when the work is done: a folder, a path
     through a file, a place without write permission."""
+    if not os.path.basename(path):
+        raise UserError(f"{flag} needs a file name, got {path!r}")
     if os.path.isdir(path):
         raise UserError(f"{flag} {path} is a folder: name a file")
     parent = nearest_existing(os.path.dirname(os.path.abspath(path)))

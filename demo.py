@@ -39,6 +39,7 @@ from common import (UserError, check_flags, check_folder, given_fields, parse_co
                     read_json, read_records, run_cli)
 from data.multiplication import FORMATS, MultConfig, default_out
 from data.synthetic import SynthConfig
+from data.synthetic import check as check_synth
 from tokenizer import KINDS
 
 
@@ -323,6 +324,8 @@ def check_inputs(cfg):
         raise UserError(f"--n_embd ({cfg.n_embd}) must be a multiple of --n_head ({cfg.n_head})")
     if cfg.rl_length_penalty > 1:
         raise UserError(f"--rl_length_penalty must be at most 1, got {cfg.rl_length_penalty}")
+    if cfg.task == "synth":  # the data stage's own checks, before it runs
+        check_synth(SynthConfig(steps_min=cfg.steps_min, steps_max=cfg.steps_max))
     pick_device(cfg.device)
     read_records(cfg.results, "--results")
     check_folder(cfg.data_dir, "--data_dir")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import colar
-from common import UserError, check_writable, parse_config, pick_device, run_cli, trained_speeds
+from common import UserError, check_flags, check_writable, parse_config, pick_device, run_cli, trained_speeds
 from compress import compress
 from data.format import chain_text, parse_line, read_split
 from sample import answer_questions, answered, load_model
@@ -238,6 +238,7 @@ def draw(panels, labels, path):
 
 
 def main(cfg):
+    check_flags(cfg, positive=("max_latents",), nonnegative=("probe",))
     try:
         speeds = [int(v) for v in cfg.c.split(",") if v.strip()]
     except ValueError:

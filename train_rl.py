@@ -187,6 +187,9 @@ def starting_point(cfg):
         if base.get("latent_head") is None:
             raise UserError(f"{base['path']} has no latent head: RL starts from a CoLaR checkpoint (train_sft.py "
                             f"--mode colar)")
+        if base["config"].get("mode", "colar") != "colar":  # a baseline's thought module is no latent head
+            raise UserError(f"{base['path']} was trained with --mode {base['config']['mode']}: RL starts from a "
+                            f"CoLaR checkpoint (train_sft.py --mode colar)")
         if base["latent_config"]["deterministic"]:
             raise UserError(f"{base['path']} has a deterministic latent head (DL): there is no latent distribution "
                             f"to sample and reinforce")

@@ -288,8 +288,8 @@ def build_model(cfg, model_cfg, init, device):
     think = thinker(cfg.mode, model_cfg.n_embd)
     if init:
         model.load_state_dict(init["model"])
-        with_head = (head is not None and init.get("latent_head")
-                     and (init.get("latent_config") or {}).get("hidden") == cfg.latent_hidden)
+        with_head = (head is not None and init.get("latent_head") and init.get("config", {}).get("mode") == "colar"
+                     and (init.get("latent_config") or {}).get("hidden") == cfg.latent_hidden)  # not a baseline's
         if with_head:
             head.load_state_dict(init["latent_head"])
         print0(f"initialised from {init['path']}" + (", its latent head too" if with_head else ""))

@@ -311,3 +311,22 @@ def test_distill_loss_against_a_reference_built_from_public_forwards():
     ref_grads = torch.autograd.grad(ref, list(model.parameters()) + list(proj.parameters()))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_a_baseline_run_starts_colar_with_a_new_head_and_is_refused_by_rl(tiny_runs, tmp_path, capsys):
+    """A pause run's checkpoint carries its thought module where a CoLaR run keeps its latent head: CoLaR SFT from it
+    takes its GPT only (loading the thought as a latent head failed inside torch), and RL refuses it in one line."""
+    import train_rl
+    import train_sft
+    from common import UserError
+    from conftest import tiny_colar_cfg, tiny_train_cfg
+    pause = str(tmp_path / "pause")
+    train_sft.main(tiny_train_cfg(tiny_runs["data"], pause, mode="pause", init_from=tiny_runs["cot"], max_steps=2,
+                                  stages=1, stage_steps=1, c_thought=1, eval_every=2))
+    capsys.readouterr()
+    train_sft.main(tiny_colar_cfg(tiny_runs["data"], str(tmp_path / "colar"), pause, max_steps=1, eval_every=1))
+    out = capsys.readouterr().out
+    assert f"initialised from {pause}" in out and "its latent head too" not in out
+    with pytest.raises(UserError, match="was trained with --mode pause: RL starts from a CoLaR checkpoint"):
+        train_rl.main(train_rl.RLConfig(init_from=pause, data_dir=tiny_runs["data"], out_dir=str(tmp_path / "rl"),
+                                        c=2, group=4, questions=8, max_latents=4, max_steps=1, device="cpu"))

@@ -94,6 +94,7 @@ def test_check_flags_names_the_first_flag_out_of_range():
     for bad, line in ((C(mode="co"), "--mode must be one of cot, nocot, got 'co'"),
                       (C(lr=0.0), "--lr must be positive, got 0.0"),
                       (C(lr=float("nan")), "--lr must be positive, got nan"),
+                      (C(lr=float("inf")), "--lr must be a finite number, got inf"),
                       (C(n=-1), "--n must be >= 0, got -1")):
         with pytest.raises(UserError) as e:
             check_flags(bad, **ok)

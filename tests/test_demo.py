@@ -351,7 +351,8 @@ def test_colar_stages_train_one_speed_at_a_time(tmp_path, capfd, monkeypatch):
     (dict(colar_stages="2:0", rl_c=2), "'2:0', not speed:steps"),
     (dict(colar_stages="2:100 3:50 2:100", rl_c=2), "'2:100' twice"),
     (dict(colar_stages="2:100 3:50", rl_c=5), "--rl_c 5 is not a speed of --colar_stages"),
-    (dict(rl_lr=0.0), "--rl_lr must be positive"), (dict(rl_sigma_min=-0.1), "--rl_sigma_min must be >= 0")])
+    (dict(rl_lr=0.0), "--rl_lr must be positive"), (dict(rl_sigma_min=-0.1), "--rl_sigma_min must be >= 0"),
+    (dict(steps_min=9), "need 1 <= steps_min <= steps_max, got 9, 8")])
 def test_bad_one_speed_stages_or_rl_settings_are_refused_before_any_stage(tmp_path, monkeypatch, given, message):
     ran = []
     monkeypatch.setattr(demo, "run", ran.append)
