@@ -104,11 +104,16 @@ def save_checkpoint(out_dir, step, state, keep_last=3, best=False):
 
 
 def read_pointer(out_dir, which):
+    """The checkpoint name a run folder's pointer file (`best`, `latest`) holds, or None where there is none."""
+    path = os.path.join(out_dir, which)
     try:
-        with open(os.path.join(out_dir, which)) as f:
+        with open(path) as f:
             return f.read().strip()
     except FileNotFoundError:
         return None
+    except (IsADirectoryError, UnicodeDecodeError):  # a checkpoint copied over the pointer, a folder of that name
+        raise UserError(f"{path} is not a pointer (a text file naming one of the folder's checkpoints): move it "
+                        f"aside") from None
 
 
 def resolve_checkpoint(path, which="best"):

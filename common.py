@@ -116,8 +116,15 @@ def given_fields(cls, argv=None):
     return set(_given_values(cls, argv))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a flag it cannot take is one `error:` line, as every other refusal is (not its usage text)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
+
+
 def _given_values(cls, argv):
-    parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0])
+    parser = _Parser(description=(sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", default=None, help="JSON file of field values (flags given here override it)")
     helps = _field_help(cls)
     for f in dataclasses.fields(cls):

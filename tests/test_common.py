@@ -54,7 +54,8 @@ def test_bad_flags_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parse_config(Cfg, argv)
     assert e.value.code == 2
-    assert argv[0] in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert argv[0] in err and err.startswith("error: ") and err.count("\n") == 1  # one line, no usage text
 
 
 def test_config_file_with_unknown_field(tmp_path, capsys):

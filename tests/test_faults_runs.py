@@ -355,6 +355,19 @@ def test_a_pointer_to_a_missing_file_says_so(tiny_data, tmp_path, capsys):
         load_checkpoint(out)
 
 
+def test_a_pointer_that_is_not_text_is_refused_in_one_line(tmp_path):
+    """A checkpoint copied over `best` (a UnicodeDecodeError inside the loader) or a folder named `latest`."""
+    out = str(tmp_path / "run")
+    save_checkpoint(out, 1, SMALL, best=True)
+    shutil.copy(os.path.join(out, "ckpt_000001.pt"), os.path.join(out, "best"))
+    with pytest.raises(UserError, match=r"run/best is not a pointer \(a text file naming one of the folder's"):
+        load_checkpoint(out)
+    os.remove(os.path.join(out, "latest"))
+    os.mkdir(os.path.join(out, "latest"))
+    with pytest.raises(UserError, match="run/latest is not a pointer"):
+        read_pointer(out, "latest")
+
+
 def test_a_checkpoint_read_for_its_settings_alone_is_the_same_checkpoint(tmp_path):
     """mmap=True (the demo's reads of a run's step, settings and seconds) leaves the tensors in the file until
     touched: the values read are the saved ones, and a foreign or cut file is refused as by a full read."""
