@@ -198,11 +198,29 @@ def read_records(path, flag):
     if not os.path.exists(path):
         return []
     records = read_json(path, flag, ": fix or move it, the records go into it")
-    if not isinstance(records, list) or not all(isinstance(r, dict) and {"method", "c", "decode", "split"} <= set(r)
-                                                for r in records):
-        raise UserError(f"{flag} {path} is not a JSON list of evaluation records: fix or move it, the records go "
-                        f"into it")
+    problems = [record_problem(r) for r in records] if isinstance(records, list) else ["it is not a list"]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        raise UserError(f"{flag} {path} is not a JSON list of evaluation records ({problem}): fix or move it, the "
+                        f"records go into it")
     return records
+
+
+RECORD_TYPES = {"method": str, "c": int, "decode": str, "split": str, "n": int, "accuracy": (int, float),
+                "mean_len": (int, float), "seeds": list}
+
+
+def record_problem(r, required=("method", "c", "decode", "split")):
+    """What keeps `r` from being an evaluation record (a field missing, or of another type), or None."""
+    if not isinstance(r, dict):
+        return f"{json.dumps(r)[:40]} is not a record"
+    missing = [k for k in required if k not in r]
+    if missing:
+        return f"a record lacks {', '.join(missing)}"
+    for k, kind in RECORD_TYPES.items():
+        if k in r and (not isinstance(r[k], kind) or isinstance(r[k], bool)):
+            return f"a record's {k} is {json.dumps(r[k])[:40]}"
+    return None
 
 
 def trained_speeds(run):

@@ -216,7 +216,7 @@ def main(cfg):
     if cfg.skip_done:  # a record of this very checkpoint (its bytes, not its name), split, seeds, settings
         done = {(r["method"], r["c"], r["decode"]): r for r in old if r.get("checkpoint_sha256") == sha
                 and r["split"] == cfg.split and r.get("settings") == wanted.get(r["decode"])
-                and r["seeds"] == ([] if r["decode"] == "greedy" else seeds)}
+                and r.get("seeds") == ([] if r["decode"] == "greedy" else seeds)}
         records = [done[m, c, d] for m, c, d, _ in runs if (m, c, d) in done]
         for r in records:
             print(f"already in {cfg.out}, skipped: {format_record(r)}")

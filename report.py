@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from baselines import BASELINES
-from common import UserError, check_flags, check_writable, parse_config, read_json, run_cli
+from common import UserError, check_flags, check_writable, parse_config, read_json, record_problem, run_cli
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_ladder": "CoLaR, one speed at a time",
@@ -38,9 +38,9 @@ def load_records(paths):
         if not isinstance(data, list):
             raise UserError(f"results file {path} should hold a JSON list of records, not a {type(data).__name__}")
         for i, r in enumerate(data):
-            missing = [k for k in FIELDS if not isinstance(r, dict) or k not in r]
-            if missing:
-                raise UserError(f"results file {path}: record {i} lacks {', '.join(missing)}")
+            problem = record_problem(r, FIELDS)
+            if problem:
+                raise UserError(f"results file {path}: record {i}: {problem}")
         records += data
     return records
 

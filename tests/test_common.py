@@ -6,6 +6,7 @@ Run: .venv/bin/python -m pytest tests/test_common.py
 import ast
 import json
 import os
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from conftest import ROOT, tiny_gpt
 
 from checkpoint import open_run, save_checkpoint
 from common import (EpochSampler, UserError, check_flags, get_lr, grad_accum_steps, make_optimizer, parse_config,
-                    pick_device, print_config, run_cli, trained_speeds)
+                    pick_device, print_config, read_records, run_cli, trained_speeds)
 from latent_head import LatentHead
 
 SCRIPTS = ("train_sft", "train_rl", "evaluate", "demo", "bench", "report", "latents")  # each run as python X.py
@@ -230,3 +231,17 @@ def test_every_top_level_module_is_packaged():
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         listed = set(re.findall(r'"(\w+)"', re.search(r"py-modules = \[(.*?)\]", f.read(), re.S).group(1)))
     assert listed == {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+
+
+def test_read_records_refuses_a_record_of_the_wrong_types_before_any_work(tmp_path):
+    """A record whose c is a list made evaluate.py fail when merging, after its evaluation (lost)."""
+    path = tmp_path / "r.json"
+    good = dict(method="cot", c=1, decode="greedy", split="test", seeds=[])
+    path.write_text(json.dumps([good]))
+    assert read_records(str(path), "--out") == [good]  # the control
+    for bad, words in ((dict(good, c=[1]), "a record's c is [1]"), (dict(good, c=True), "a record's c is true"),
+                       (dict(good, seeds=3), "a record's seeds is 3"), ("cot", '"cot" is not a record')):
+        path.write_text(json.dumps([good, bad]))
+        with pytest.raises(UserError, match=re.escape(f"--out {path} is not a JSON list of evaluation records "
+                                                      f"({words}): fix or move it")):
+            read_records(str(path), "--out")

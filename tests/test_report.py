@@ -178,7 +178,11 @@ def test_load_records_concatenates(tmp_path):
 
 @pytest.mark.parametrize("content, words", [(None, "cannot read"), ("[{\"method\": ", "not valid JSON"),
                                             ('{"method": "cot"}', "JSON list"),
-                                            ('[{"method": "cot", "c": 1}]', "record 0 lacks decode")])
+                                            ('[{"method": "cot", "c": 1}]', "record 0: a record lacks decode"),
+                                            (json.dumps([{**RECORDS[0], "accuracy": "high"}]),  # a format error
+                                             'record 0: a record\'s accuracy is "high"'),
+                                            (json.dumps([{**RECORDS[0], "method": ["cot"]}]),  # unhashable
+                                             'record 0: a record\'s method is ["cot"]')])
 def test_load_records_errors_name_the_file(tmp_path, content, words):
     path = tmp_path / "r.json"
     if content is not None:
