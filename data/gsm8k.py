@@ -56,6 +56,8 @@ def read_gsm8k_jsonl(path):
             question, answer = row["question"], row["answer"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"{where}: malformed line, expected JSON with 'question' and 'answer' ({e})") from None
+        if not (isinstance(question, str) and isinstance(answer, str)):
+            raise DataError(f"{where}: malformed line, 'question' and 'answer' must be text")
         steps, final = parse_gsm8k_answer(answer, where)
         out.append((question.replace("\n", " ").strip(), steps, final))
     return out

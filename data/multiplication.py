@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import UserError, check_flags, check_folder, parse_config, run_cli  # noqa: E402
-from data.format import DataError, format_line, write_split  # noqa: E402
+from data.format import DataError, format_line, read_lines, write_split  # noqa: E402
 from data.gsm8k import fetch  # noqa: E402
 
 FORMATS = ("icot", "product", "sums", "interleaved", "columns")
@@ -103,9 +103,10 @@ def parse_icot_line(line, where="<line>"):
         left, right = line.split("||")[0].split(" * ")
         n = len(left.split())
         a, b = int("".join(left.split())[::-1]), int("".join(right.split())[::-1])
+        rewritten = icot_line(a, b, n)  # a second operand longer than the first has no line of n digits
     except ValueError:
         raise DataError(f"{where}: not a line of iCoT's multiplication files: {line[:80]!r}") from None
-    if icot_line(a, b, n) != line.rstrip("\n"):
+    if rewritten != line.rstrip("\n"):
         raise DataError(f"{where}: not the line iCoT's rule gives for {a} x {b}: {line[:80]!r}")
     return a, b, n
 
@@ -187,8 +188,7 @@ def main(cfg):
     else:
         path = fetch(os.environ.get("COLAR_DATA", ""), rel, out, TEST_URL.format(n=n),
                      fix=f"give --test_file (or COLAR_DATA, a folder that holds {rel})")
-    with open(path, encoding="utf-8") as f:
-        test = [parse_icot_line(line, f"{path}:{i}") for i, line in enumerate(f, 1) if line.strip()]
+    test = [parse_icot_line(line, f"{path}:{i}") for i, line in enumerate(read_lines(path), 1) if line.strip()]
     if not test or any(m != n for _, _, m in test):
         raise UserError(f"{path} does not hold {n}x{n} problems (--digits {n})")
     taken = {(a, b) for a, b, _ in test}

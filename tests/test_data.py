@@ -386,6 +386,18 @@ def test_gsm8k_an_undecodable_file_is_one_line(tmp_path):
         read_gsm8k_jsonl(str(path))
 
 
+def test_gsm8k_a_row_whose_answer_is_not_text_is_one_line(tmp_path):
+    """A number for an answer was a TypeError from inside the answer parser."""
+    path = tmp_path / "train.jsonl"
+    good = '{"question": "How many?", "answer": "3 <<1+2=3>>\\n#### 3"}\n'
+    path.write_text(good + '{"question": "How many?", "answer": 5}\n')
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}:2: malformed line, 'question' and 'answer' must "
+                                        f"be text$"):
+        read_gsm8k_jsonl(str(path))
+    path.write_text(good)  # the control
+    assert read_gsm8k_jsonl(str(path)) == [("How many?", ["1+2=3"], "3")]
+
+
 @pytest.mark.parametrize("module", ["synthetic", "gsm8k", "multiplication"])
 def test_data_out_that_cannot_be_a_folder_is_refused_first(tmp_path, monkeypatch, module):
     """--out an existing file, or a path through one: refused before the sources are read or the data generated

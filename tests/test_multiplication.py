@@ -123,6 +123,12 @@ def test_main_errors(tmp_path, monkeypatch):
     bad.write_text(icot_line(123, 456, 3) + "\n" + icot_line(123, 456, 3).replace("####", "#### 1") + "\n")
     with pytest.raises(DataError, match=r"bad.txt:2: not the line iCoT's rule gives for 123 x 456"):
         main(MultConfig(digits=3, test_file=str(bad), out=str(tmp_path / "o")))
+    bad.write_text("1 2 3 * 4 5 6 7||x #### 1\n")  # a second operand longer than the first: a ValueError inside
+    with pytest.raises(DataError, match=r"bad.txt:1: not a line of iCoT's multiplication files"):
+        main(MultConfig(digits=3, test_file=str(bad), out=str(tmp_path / "o")))
+    bad.write_bytes(b"\xff\xfe 1 2 3\n")  # not UTF-8
+    with pytest.raises(DataError, match=r"bad.txt: not UTF-8 text"):
+        main(MultConfig(digits=3, test_file=str(bad), out=str(tmp_path / "o")))
     with pytest.raises(UserError, match="--format must be one of icot, product, sums, interleaved, columns"):
         main(MultConfig(format="chain", test_file=good, out=str(tmp_path / "o")))
     with pytest.raises(UserError, match="is not a file"):
