@@ -168,6 +168,17 @@ def nearest_existing(path):
     return path
 
 
+PICTURES = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "eps", "ps", "tif", "tiff")  # formats matplotlib writes
+
+
+def check_picture(path, flag):
+    """A picture's file, refused before any work where it could not be written, or not as a picture matplotlib
+    draws (its extension says the format)."""
+    check_writable(path, flag)
+    if os.path.splitext(path)[1][1:].lower() not in PICTURES:
+        raise UserError(f"{flag} {path}: a picture ends in one of .{', .'.join(PICTURES)}")
+
+
 def check_writable(path, flag):
     """Refuse, before any work, an output file that could not be written when the work is done: a folder, a path
     through a file, a place without write permission."""

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import colar
-from common import UserError, check_flags, check_writable, parse_config, pick_device, run_cli, trained_speeds
+from common import UserError, check_flags, check_picture, parse_config, pick_device, run_cli, trained_speeds
 from compress import compress
 from data.format import chain_text, parse_line, read_split
 from sample import answer_questions, answered, load_model
@@ -247,7 +247,7 @@ def main(cfg):
         raise UserError(f"--c must be >= 1 for a CoLaR model, got {cfg.c}")
     if cfg.probe > 0:
         return main_probe(cfg, speeds)
-    check_writable(cfg.out, "--out")  # before the model answers, not when the picture is drawn
+    check_picture(cfg.out, "--out")  # before the model answers, not when the picture is drawn
     try:
         import matplotlib  # noqa: F401  (drawn at the end: found missing before the model answers)
     except ImportError:

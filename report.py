@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 
 from baselines import BASELINES
-from common import UserError, check_flags, check_writable, parse_config, read_json, record_problem, run_cli
+from common import (UserError, check_flags, check_picture, check_writable, parse_config, read_json, record_problem,
+                    run_cli)
 
 # the table's methods, in its order, with their labels; any other method follows them, labelled by its own name
 LABELS = {"nocot": "No-CoT", "cot": "CoT", "colar": "CoLaR", "colar_ladder": "CoLaR, one speed at a time",
@@ -225,9 +226,9 @@ def main(cfg):
         raise UserError("--training_runs makes the table of the spread over training runs alone: it has no plot or "
                         "reference column; leave out --png and --reference")
     inputs = [p for p in paths + others + [cfg.reference] if p and os.path.exists(p)]
-    for flag, path in (("--md", cfg.md), ("--png", cfg.png)):
+    for flag, path, check in (("--md", cfg.md, check_writable), ("--png", cfg.png, check_picture)):
         if path:
-            check_writable(path, flag)
+            check(path, flag)
             if os.path.exists(path) and any(os.path.samefile(path, p) for p in inputs):
                 raise UserError(f"{flag} {path} is one of the records files read: writing it would destroy them")
     if cfg.md and cfg.png and os.path.realpath(cfg.md) == os.path.realpath(cfg.png):

@@ -221,7 +221,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_never_writes_over_what_it_reads(tmp_path, capsys):
     """--md or --png naming a records file read (--results, --reference, --training_runs) replaced the records with
     the table; refused in one line, the file untouched. --training_runs has no plot or reference: refused, not
-    silently dropped. A plot with no records to draw is refused before the table is written."""
+    silently dropped. A plot with no records to draw, or in a format matplotlib does not write, is refused before the
+    table is written."""
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(RECORDS))
     b.write_text(json.dumps(RECORDS))
@@ -229,7 +230,9 @@ def test_cli_never_writes_over_what_it_reads(tmp_path, capsys):
                        (dict(png=str(tmp_path / "." / "a.json")), "--png"),
                        (dict(md=str(b), reference=str(b)), f"--md {b} is one of the records files read"),
                        (dict(md=str(b), training_runs=str(b)), f"--md {b} is one of the records files read"),
-                       (dict(md=str(tmp_path / "t.md"), png=str(tmp_path / "t.md")), "name the same file"),
+                       (dict(md=str(tmp_path / "t.png"), png=str(tmp_path / "t.png")), "name the same file"),
+                       (dict(md=str(tmp_path / "t.md"), png=str(tmp_path / "t.xyz")),  # after the table was written
+                        f"--png {tmp_path / 't.xyz'}: a picture ends in one of .png, .pdf, .svg"),
                        (dict(training_runs=str(b), png=str(tmp_path / "s.png")), "has no plot or reference column"),
                        (dict(training_runs=str(b), reference=str(b)), "has no plot or reference column"),
                        (dict(md=str(tmp_path / "t.md"), png=str(tmp_path / "s.png"), decode="sampled", split="val"),
