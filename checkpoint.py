@@ -118,6 +118,8 @@ def read_pointer(out_dir, which):
 
 def resolve_checkpoint(path, which="best"):
     """A checkpoint file, or a run folder (then its `best` checkpoint, else its `latest`)."""
+    if not path:
+        raise UserError("no checkpoint named (an empty path): give a checkpoint file or a run folder")
     if os.path.isdir(path):
         for w in (which, "latest"):
             name = read_pointer(path, w)
@@ -199,6 +201,8 @@ def lock_run(out_dir):
     crash), so a dead run never leaves its folder locked and no pid is guessed alive or dead; the file only tells
     the refused run who holds it (pid and host). A process that holds the folder already (an earlier run in this
     process, stopped by an error) keeps it."""
+    if not out_dir or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+        raise UserError(f"{out_dir!r} is not a run folder: " + ("a file is there" if out_dir else "an empty name"))
     key = os.path.realpath(out_dir)
     if fcntl is None or key in _LOCKS:
         return

@@ -95,6 +95,8 @@ class GSM8KConfig:
 
 def main(cfg):
     check_folder(cfg.out, "--out")
+    if cfg.source and not os.path.isdir(cfg.source):  # a mistyped path: say so, rather than download the files
+        raise UserError(f"--source {cfg.source} is not a folder (one that holds {', '.join(FILES)})")
     source = cfg.source or os.environ.get("COLAR_DATA", "")
     if source and not cfg.source:
         print(f"reading the source files from COLAR_DATA={source}")

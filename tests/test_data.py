@@ -344,6 +344,9 @@ def test_failed_download_names_the_flag_that_gives_the_file(tmp_path, monkeypatc
     """Offline, a missing source file points at --source, and a failed --aug_train download at --aug_train (it
     once pointed at --source, where the 385k-line file is never looked for)."""
     monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    with pytest.raises(UserError, match=r"--source .*nowhere is not a folder \(one that holds gsm8k/train.jsonl, "):
+        gsm8k_main(GSM8KConfig(source=str(tmp_path / "nowhere"), out=str(tmp_path / "out")))  # it tried to download
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty.gsm8k.train\.jsonl is missing .*give --source \(or COLAR_DATA\) a "
                                         r"folder that holds gsm8k/train\.jsonl$"):
         gsm8k_main(GSM8KConfig(source=str(tmp_path / "empty"), out=str(tmp_path / "out")))

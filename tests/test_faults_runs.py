@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fractions
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -213,6 +214,19 @@ def test_resuming_a_finished_run_writes_nothing(colar_run, tiny_data, tmp_path):
 
 
 # --- one live run per folder ---------------------------------------------------------------------------------------
+def test_a_run_folder_that_is_a_file_or_no_name_and_an_empty_checkpoint_path_say_so(tmp_path):
+    """They were `cannot write in .../afile: File exists`, `cannot write in : No such file or directory` and
+    `checkpoint not found: ` (with nothing after it)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UserError, match=re.escape(f"{str(afile)!r} is not a run folder: a file is there")):
+        open_run(str(afile), False, "train_sft")
+    with pytest.raises(UserError, match=re.escape("'' is not a run folder: an empty name")):
+        open_run("", False, "train_sft")
+    with pytest.raises(UserError, match=re.escape("no checkpoint named (an empty path): give a checkpoint file")):
+        load_checkpoint("")
+
+
 def test_one_live_run_per_folder(tiny_data, tmp_path):
     """A second live run in a folder is refused, by the real command in a new process (this process holds the
     folder: a run in it would keep it); a run killed holding the folder leaves it free for the next."""
