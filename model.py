@@ -162,8 +162,12 @@ class GPT(nn.Module):
             config = os.path.join(name_or_path, "config.json")
             if not os.path.isfile(config):
                 raise ValueError(f"{name_or_path} has no config.json: not a model folder in Hugging Face's layout")
-            with open(config) as f:
-                kind = json.load(f).get("model_type")
+            try:
+                with open(config) as f:
+                    meta = json.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{config} cannot be read as JSON ({e})") from None
+            kind = meta.get("model_type") if isinstance(meta, dict) else None
             if kind != "gpt2":
                 raise ValueError(f"{config} describes a model of type {kind!r}, not GPT-2 ('gpt2')")
         try:

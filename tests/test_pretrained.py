@@ -6,6 +6,7 @@ Run: .venv/bin/python -m pytest tests/test_pretrained.py   (the conversion tests
 """
 import json
 import math
+import re
 import socket
 import sys
 from dataclasses import replace
@@ -196,6 +197,17 @@ def test_gpt2_folder_loads_offline_with_the_same_logits(tmp_path, offline):
         torch.testing.assert_close(m(x)[0], hf(x).logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="has no config.json"):
         GPT.from_pretrained(str(tmp_path))
+
+
+def test_a_folder_whose_config_is_not_a_gpt2_one_is_refused_in_one_line(tmp_path):
+    """config.json holding a JSON string was an AttributeError; holding no JSON, a bare JSONDecodeError."""
+    config = tmp_path / "config.json"
+    for text, words in (('"gpt2"', "describes a model of type None, not GPT-2"),
+                        ('{"model_type": "llama"}', "describes a model of type 'llama', not GPT-2"),
+                        ("{model_type: gpt2", "cannot be read as JSON")):
+        config.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{config} {words}")):
+            GPT.from_pretrained(str(tmp_path))
 
 
 def test_init_from_a_gpt2_folder_trains_offline(tiny_data, tmp_path, offline):
