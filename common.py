@@ -194,12 +194,16 @@ def check_writable(path, flag):
         raise UserError(f"{flag} {path} cannot be written: no permission to write {target}")
 
 
-def check_folder(path, flag):
-    """Refuse, before any work, an output folder that could not be made: an existing file, or a path through one."""
+def check_folder(path, flag, files=()):
+    """Refuse, before any work, an output folder that could not be made (an existing file, or a path through one),
+    or one of `files` in it that could not be written (a folder of that name)."""
     parent = nearest_existing(os.path.abspath(path))
     if not os.path.isdir(parent):
         what = "is a file, not a folder" if parent == os.path.abspath(path) else f"cannot be made: {parent} is a file"
         raise UserError(f"{flag} {path} {what}")
+    for name in files:
+        if os.path.isdir(os.path.join(path, name)):
+            raise UserError(f"{flag} {path} holds a folder named {name}, where that file is to be written")
 
 
 def read_records(path, flag):

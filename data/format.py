@@ -62,6 +62,9 @@ def check_split(path):
         raise DataError(f"data file not found: {path}")
 
 
+SPLIT_FILES = ("train.txt", "val.txt", "test.txt")  # what a data folder holds
+
+
 def read_lines(path):
     """The lines of a data file; one line saying why when it cannot be read."""
     check_split(path)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import UserError, check_folder, parse_config, run_cli  # noqa: E402
-from data.format import STEP, DataError, normalise_answer, read_lines, read_split, write_split  # noqa: E402
+from data.format import (STEP, SPLIT_FILES, DataError, normalise_answer, read_lines, read_split,  # noqa: E402
+                         write_split)
 
 # where each file lives in --source, and where it can be downloaded from
 FILES = {
@@ -94,7 +95,7 @@ class GSM8KConfig:
 
 
 def main(cfg):
-    check_folder(cfg.out, "--out")
+    check_folder(cfg.out, "--out", SPLIT_FILES)
     if cfg.source and not os.path.isdir(cfg.source):  # a mistyped path: say so, rather than download the files
         raise UserError(f"--source {cfg.source} is not a folder (one that holds {', '.join(FILES)})")
     source = cfg.source or os.environ.get("COLAR_DATA", "")

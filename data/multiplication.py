@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import UserError, check_flags, check_folder, parse_config, run_cli  # noqa: E402
-from data.format import DataError, format_line, read_lines, write_split  # noqa: E402
+from data.format import SPLIT_FILES, DataError, format_line, read_lines, write_split  # noqa: E402
 from data.gsm8k import fetch  # noqa: E402
 
 FORMATS = ("icot", "product", "sums", "interleaved", "columns")
@@ -179,7 +179,7 @@ def main(cfg):
         raise UserError("--pad_first is for chains of partial products, not --format columns")
     n = cfg.digits
     out = cfg.out or default_out(n, cfg.format, cfg.lag, cfg.pad_first)
-    check_folder(out, "--out")
+    check_folder(out, "--out", SPLIT_FILES)
     rel = f"mult_{n}x{n}/test_bigbench.txt"
     if cfg.test_file:
         if not os.path.isfile(cfg.test_file):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import UserError, check_folder, parse_config, run_cli  # noqa: E402
-from data.format import chain_text, format_line, write_split  # noqa: E402
+from data.format import SPLIT_FILES, chain_text, format_line, write_split  # noqa: E402
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -108,7 +108,7 @@ def generate(cfg):
 
 
 def main(cfg):
-    check_folder(cfg.out, "--out")
+    check_folder(cfg.out, "--out", SPLIT_FILES)
     splits = generate(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     for name, examples in splits.items():

@@ -403,13 +403,16 @@ def test_gsm8k_a_row_whose_answer_is_not_text_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("module", ["synthetic", "gsm8k", "multiplication"])
 def test_data_out_that_cannot_be_a_folder_is_refused_first(tmp_path, monkeypatch, module):
-    """--out an existing file, or a path through one: refused before the sources are read or the data generated
-    (they were tracebacks from makedirs after the work)."""
+    """--out an existing file, a path through one, or a folder with a folder where a split is to go: refused before
+    the sources are read or the data generated (they were tracebacks from makedirs or the write after the work)."""
     import importlib
     mod = importlib.import_module(f"data.{module}")
     cfg_cls = {"synthetic": SynthConfig, "gsm8k": GSM8KConfig, "multiplication": mod.__dict__.get("MultConfig")}[module]
     monkeypatch.setattr("urllib.request.urlretrieve", offline)
     (tmp_path / "f").write_text("")
-    for out, message in ((tmp_path / "f", "is a file, not a folder"), (tmp_path / "f" / "d", "cannot be made: ")):
+    (tmp_path / "o" / "val.txt").mkdir(parents=True)  # written after the train file (and the work) were done
+    for out, message in ((tmp_path / "f", "is a file, not a folder"), (tmp_path / "f" / "d", "cannot be made: "),
+                         (tmp_path / "o", "holds a folder named val.txt, where that file is to be written")):
         with pytest.raises(UserError, match=f"^--out {re.escape(str(out))} {message}"):
             mod.main(cfg_cls(out=str(out)))
+    assert os.listdir(tmp_path / "o") == ["val.txt"]
