@@ -153,10 +153,11 @@ def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
     z, zmask = latents.true_chunks(model, b, c)
     per_row = [list(z[i][zmask[i]]) for i in range(len(examples))]  # each example's true chunks, in order
 
-    def fake(latents_of):
+    def fake(latents_of, right=(), finished=True):
+        """Rows whose latents are latents_of(i), answering right (the reference) for the rows in `right`."""
         def answer_questions(model, tok, questions, c, **kw):
-            return [{"answer": "", "finished": True, "length": len(latents_of(i)), "latents": latents_of(i)}
-                    for i in range(len(questions))]
+            return [{"answer": examples[i][2] if i in right else "", "finished": finished,
+                     "length": len(latents_of(i)), "latents": latents_of(i)} for i in range(len(questions))]
         return answer_questions
     K = min(len(r) for r in per_row)
 
@@ -164,9 +165,11 @@ def test_probe_nearest_rates_by_construction(tiny_runs, monkeypatch):
         """Generated latent i is the true chunk k of example source(i): a hit when that chunk is example i's own, or
         identical to it (a tie); no two different chunks here are equally near."""
         return sum(torch.equal(per_row[source(i)][k], per_row[i][k]) for i in range(len(per_row))) / len(per_row)
-    monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[i]))  # its own chunks
+    monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[i], right={0}))  # its own chunks
     r = latents.probe(model, head, tok, examples, c)
-    assert r["nearest"][:K] == [1.0] * K and r["generated"] == 0.0
+    assert r["nearest"][:K] == [1.0] * K and r["generated"] == 0.25  # 1 of 4 answered right
+    monkeypatch.setattr(latents, "answer_questions", fake(lambda i: per_row[i], right={0}, finished=False))
+    assert latents.probe(model, head, tok, examples, c)["generated"] == 0.0  # the right value, cut short: wrong
     chains = [chain for _, chain, _ in colar.encode(tok, examples, "colar")]
     assert r["chunks"] == r["latents"] == sum(-(-len(ch) // c) for ch in chains) / len(examples)  # ceil(L / c) each
     nxt = lambda i: (i + 1) % len(per_row)  # noqa: E731

@@ -180,3 +180,9 @@ def test_prompt_layout(kind, c, gpt2):
     assert p[-1] == tok.bot and p.count(tok.speed) == 1
     assert tok.decode(p) == f"{q}<|speed|>{c}<|bot|>"
     assert prompt(tok, tok.encode(q), c) == p  # the question given as ids
+
+
+def test_prompt_ids_by_hand():
+    """The char tokenizer's ids are the characters' bytes: '3' 51, '+' 43, '4' 52, '1' 49, '2' 50."""
+    tok = Tokenizer("char")
+    assert prompt(tok, "3+4", 12) == [51, 43, 52, tok.speed, 49, 50, tok.bot]
