@@ -371,6 +371,25 @@ def test_colar_checkpoint_contents(tiny_runs):
     assert torch.equal(head.scale, best["latent_head"]["scale"]) and model.cfg.n_embd == 32
 
 
+def test_evaluate_aggregates_scripted_rows_by_hand(monkeypatch):
+    """evaluate.evaluate over decoding passes whose rows are given: seed 0 answers rows 0 and 1 right, row 2 with
+    the right value but cut short by the cap (wrong), row 3 wrong: accuracy 2/4, lengths (2 + 4 + 4 + 2) / 4 = 3,
+    1/4 at the cap; seed 1 answers row 0 alone, every length 4: 1/4, 4, 0. Means 0.375, 3.5, 0.125; 95% t-intervals
+    with 1 degree of freedom (t = 12.706): sd(0.5, 0.25) = 0.25 / sqrt(2), so 12.706 x 0.1768 / sqrt(2) = 1.588;
+    sd(3, 4) = 0.7071, so 6.353."""
+    import sample
+    rows = {0: [("5", True, 2, False), ("7", True, 4, False), ("9", False, 4, True), ("x", True, 2, False)],
+            1: [("5", True, 4, False), ("x", True, 4, False), ("x", True, 4, False), ("x", True, 4, False)]}
+    monkeypatch.setattr(sample, "answer_questions", lambda model, tok, questions, c, temperature, top_p, seed, **kw: [
+        dict(answer=a, finished=f, length=n, hit_cap=h) for a, f, n, h in rows[seed]])
+    examples = [(f"q{i}", [], a) for i, a in enumerate(["5", "7", "9", "1"])]
+    r = evaluate.evaluate(None, None, examples, "colar", 2, "sampled", seeds=(0, 1), head=object())
+    assert (r["accuracy"], r["mean_len"], r["hit_cap"]) == (0.375, 3.5, 0.125)
+    assert r["ci95"] == pytest.approx(1.588, abs=1e-3) and r["len_ci95"] == pytest.approx(6.353, abs=1e-3)
+    greedy = evaluate.evaluate(None, None, examples, "colar", 2, "greedy", head=object())  # one pass, seed 0
+    assert (greedy["accuracy"], greedy["mean_len"], greedy["hit_cap"], greedy["ci95"]) == (0.5, 3.0, 0.25, None)
+
+
 def test_evaluate_colar_records(tiny_runs, tmp_path):
     out_json = str(tmp_path / "r.json")
     recs = evaluate.main(evaluate.EvalConfig(ckpt=tiny_runs["colar"], split="test", n=4, decode="greedy,sampled",
@@ -387,13 +406,14 @@ def test_evaluate_colar_records(tiny_runs, tmp_path):
         res = answer_questions(model, tok, [q for q, _, _ in examples], r["c"], head=head, max_latents=4)
         assert r["mean_len"] == pytest.approx(sum(x["length"] for x in res) / 4)
         assert r["hit_cap"] == pytest.approx(sum(x["hit_cap"] for x in res) / 4)
-        correct = sum(answers_match(x["answer"], a) for x, (_, _, a) in zip(res, examples))
+        correct = sum(x["finished"] and answers_match(x["answer"], a) for x, (_, _, a) in zip(res, examples))
         assert r["accuracy"] == pytest.approx(correct / 4)
     for r in (x for x in recs if x["decode"] == "sampled"):  # the means and intervals of one pass per seed
         res = [answer_questions(model, tok, [q for q, _, _ in examples], r["c"], 1.0, 0.9, seed, head=head,
                                 latent_temperature=1.0, max_latents=4, stop="sampled") for seed in (0, 1)]
         lens = [sum(x["length"] for x in rs) / 4 for rs in res]
-        accs = [sum(answers_match(x["answer"], a) for x, (_, _, a) in zip(rs, examples)) / 4 for rs in res]
+        accs = [sum(x["finished"] and answers_match(x["answer"], a) for x, (_, _, a) in zip(rs, examples)) / 4
+                for rs in res]
         assert r["mean_len"] == pytest.approx(sum(lens) / 2) and r["len_ci95"] == pytest.approx(evaluate.ci95(lens))
         assert r["accuracy"] == pytest.approx(sum(accs) / 2) and r["ci95"] == pytest.approx(evaluate.ci95(accs))
     # max_latents 0: no latent can be fed
