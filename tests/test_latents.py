@@ -88,7 +88,7 @@ def test_main_refuses_what_it_cannot_draw(runs):
         latents.main(latents.LatentsConfig(ckpt=runs["colar"], question="no separator", device="cpu"))
     with pytest.raises(UserError, match="--max_latents must be positive, got -3"):  # it drew a picture of nothing
         latents.main(latents.LatentsConfig(ckpt=runs["colar"], data_dir=runs["data"], max_latents=-3, device="cpu"))
-    with pytest.raises(UserError, match="--out x.xyz: a picture ends in one of"):  # matplotlib failed after the model ran
+    with pytest.raises(UserError, match="--out x.xyz: a picture ends in one of"):  # matplotlib failed after the model
         latents.main(latents.LatentsConfig(ckpt=runs["colar"], data_dir=runs["data"], out="x.xyz", device="cpu"))
     with pytest.raises(UserError, match="--out needs a file name, got ''"):  # it wrote ./.png
         latents.main(latents.LatentsConfig(ckpt=runs["colar"], data_dir=runs["data"], out="", device="cpu"))
