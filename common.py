@@ -155,9 +155,10 @@ def check_flags(cfg, choices=None, positive=(), nonnegative=()):
             raise UserError(f"--{name} must be one of {', '.join(map(str, options))}, got {getattr(cfg, name)!r}")
     for names, low, word in ((positive, 1e-300, "positive"), (nonnegative, 0, ">= 0")):
         for name in names:
-            if not getattr(cfg, name) >= low:  # also refuses NaN
-                raise UserError(f"--{name} must be {word}, got {getattr(cfg, name)}")
-            if getattr(cfg, name) == float("inf"):
+            value = getattr(cfg, name)
+            if not value >= low:  # also refuses NaN
+                raise UserError(f"--{name} must be {word}, got {value}")
+            if value == float("inf"):
                 raise UserError(f"--{name} must be a finite number, got inf")
 
 

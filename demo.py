@@ -37,9 +37,9 @@ from itertools import takewhile
 from checkpoint import file_sha256, load_checkpoint, read_pointer, resolve_checkpoint
 from common import (UserError, check_flags, check_folder, given_fields, parse_config, pick_device, print_config,
                     read_json, read_records, run_cli)
+from data.format import SPLIT_FILES
 from data.multiplication import FORMATS, MultConfig, default_out
-from data.synthetic import SynthConfig
-from data.synthetic import check as check_synth
+from data.synthetic import SynthConfig, check as check_synth
 from tokenizer import KINDS
 
 
@@ -281,12 +281,9 @@ def speed_ends(speeds, start, folders):
     return {first: (start, speeds[:lead]), last: (folders[tail - 1] if tail else start, speeds[tail:])}
 
 
-SPLITS = ("train", "val", "test")
-
-
 def data_done(data_dir):
     """Whether the data stage has run: every split is there (each is written whole or not at all)."""
-    return all(os.path.isfile(os.path.join(data_dir, f"{split}.txt")) for split in SPLITS)
+    return all(os.path.isfile(os.path.join(data_dir, name)) for name in SPLIT_FILES)
 
 
 def as_flags(made):
@@ -387,22 +384,22 @@ def split_records(results, run_dirs):
             [r for r in records if r.get("checkpoint_sha256") not in current])
 
 
-def other_records(results, run_dirs):
-    """The (method, c) of each record in the results file that measures none of run_dirs' checkpoints."""
-    return sorted({(r["method"], r["c"]) for r in split_records(results, run_dirs)[1]})
+def other_records(others):
+    """The (method, c) of each of split_records' other records."""
+    return sorted({(r["method"], r["c"]) for r in others})
 
 
-def run_times(stages, results, run_dirs):
+def run_times(stages, records):
     """The run's time over every command that worked on it (an interrupted demo may be resumed many times): each
     training stage's minutes as its latest checkpoint records them (? where it records none), the evaluation's as
-    the records of run_dirs' models do (not those of models this run did not evaluate)."""
+    this run's `records` do (split_records' first list)."""
     parts, total = [], 0.0
     for name, _, run_flags in stages:
         found = read_pointer(run_flags["out_dir"], "latest")
         seconds = load_checkpoint(run_flags["out_dir"], "latest", mmap=True).get("seconds") if found else None
         parts.append(f"{name} {'?' if seconds is None else f'{seconds / 60:.1f}'}")
         total += seconds or 0.0
-    evaluation = sum(r.get("seconds", 0.0) for r in split_records(results, run_dirs)[0])
+    evaluation = sum(r.get("seconds", 0.0) for r in records)
     return (f"the run's time over every resume (training from its checkpoints, evaluation from its records): "
             f"{', '.join(parts)} min of training, {evaluation / 60:.1f} min of evaluation; "
             f"{(total + evaluation) / 60:.1f} min in all")
@@ -484,8 +481,8 @@ def main(cfg, given=None):
     for name, run_dir, cs in evals:
         eval_stage(cfg, name, run_dir, cs, text_cot=(name == "colar"))
     times["evaluation"] = time.time() - t
-    evaluated = [run_dir for _, run_dir, _ in evals]
-    others = other_records(cfg.results, evaluated)
+    mine, not_mine = split_records(cfg.results, [run_dir for _, run_dir, _ in evals])  # each checkpoint hashed once
+    others = other_records(not_mine)
     if others:
         print(f"note: {cfg.results} also holds records of models this run did not evaluate (a stage left out, or a "
               f"run moved away): {', '.join(f'{m} c = {c}' for m, c in others)}; the table shows them, and "
@@ -494,7 +491,7 @@ def main(cfg, given=None):
     run(["report.py", f"--results={cfg.results}", f"--md={stem}.md", f"--png={stem}.png"] + reference_flags(cfg))
     print("stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
           + f"; total {(time.time() - t0) / 60:.1f} min")
-    print(run_times(stages, cfg.results, evaluated))
+    print(run_times(stages, mine))
     with open(stem + ".md") as f:
         return f.read().rstrip("\n")
 
